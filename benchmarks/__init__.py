@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's FAISS LSH/HNSW grid, Qdrant vs FAISS, and performance."""

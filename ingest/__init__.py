@@ -1,0 +1,1 @@
+"""Ingest: read volumes, preprocess slices, embed them and upsert them into the store."""

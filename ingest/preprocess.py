@@ -1,0 +1,114 @@
+"""Intensity normalisation (per volume) and model input preparation (per batch of slices).
+
+Volume level, numpy, on the CPU (:func:`normalize_intensity`): voxel values → [0, 1].
+
+- ``percentile``: the 0.5–99.5 percentile window of the volume (metadata free, the paper's).
+- ``ct``: a fixed Hounsfield window (default −1000…1000 HU), so CT keeps its absolute scale.
+- ``auto``: ``ct`` when the voxel values look like calibrated Hounsfield units (see
+  :func:`looks_like_hu`), else ``percentile``. Decided from voxel values only, never from
+  labels or file names.
+
+Batch level, torch, on the model's device (:func:`to_model_input`): resize to the model's input
+size, replicate to 3 channels, normalise with the model's mean and std.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IntensityMode = Literal["auto", "percentile", "ct"]
+INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+CT_WINDOW_HU = (-1000.0, 1000.0)
+_SAMPLE = 1_000_000
+
+
+def _subsample(data: np.ndarray, size: int = _SAMPLE) -> np.ndarray:
+    flat = data.reshape(-1)
+    if flat.size <= size:
+        return flat
+    step = flat.size // size
+    return flat[::step]
+
+
+def looks_like_hu(data: np.ndarray) -> bool:
+    """True when a volume's voxel values look like calibrated CT Hounsfield units.
+
+    CT in HU has air at about −1000 (outside the body, lungs, or the padding value −1024 /
+    −2048 / −3024), soft tissue near 0…100 and bone above. MR and already-windowed images are
+    non-negative or arbitrarily scaled. The rule: the 1st percentile lies in [−3100, −600] and a
+    noticeable part of the voxels (≥ 2 %) is below −500, while the median stays within a
+    physical HU range.
+    """
+    sample = _subsample(data).astype(np.float32, copy=False)
+    p1, p50 = np.percentile(sample, [1.0, 50.0])
+    if not (-3100.0 <= p1 <= -600.0):
+        return False
+    if not (-1100.0 <= p50 <= 3000.0):
+        return False
+    return float(np.mean(sample < -500.0)) >= 0.02
+
+
+def resolve_intensity(data: np.ndarray, mode: str) -> str:
+    """The concrete mode (``percentile`` or ``ct``) for ``mode`` on this volume."""
+    if mode not in INTENSITY_MODES:
+        raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
+    if mode == "auto":
+        return "ct" if looks_like_hu(data) else "percentile"
+    return mode
+
+
+def normalize_intensity(
+    data: np.ndarray,
+    mode: str = "auto",
+    *,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    hu_window: tuple[float, float] = CT_WINDOW_HU,
+) -> np.ndarray:
+    """Map a volume's voxel values to float32 in [0, 1]."""
+    concrete = resolve_intensity(data, mode)
+    if concrete == "ct":
+        lo, hi = hu_window
+    else:
+        lo, hi = (float(v) for v in np.percentile(_subsample(data), percentiles))
+    out = data.astype(np.float32, copy=True)
+    if hi <= lo:  # a constant volume
+        out[:] = 0.0
+        return out
+    out -= lo
+    out /= hi - lo
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def to_model_input(
+    slices: torch.Tensor,
+    size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> torch.Tensor:
+    """(N, H, W) slices in [0, 1] → (N, 3, size, size), normalised, on ``slices.device``.
+
+    Bilinear resize with antialiasing of the whole slice (the aspect ratio is not kept, as in
+    the paper's 224×224 inputs), channel replication, then ``(x - mean) / std``.
+    """
+    if slices.ndim != 3:
+        raise ValueError(f"expected (N, H, W) slices, got shape {tuple(slices.shape)}")
+    x = slices.unsqueeze(1).float()
+    if x.shape[-2:] != (size, size):
+        antialias = x.device.type == "cpu" or x.shape[-1] > size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=antialias)
+    x = x.clamp_(0.0, 1.0).expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s

@@ -1,0 +1,75 @@
+"""All settings in one place: environment variables with the ``MEDIR_`` prefix, or a ``.env``.
+
+Nested groups use ``__``: ``MEDIR_HNSW__M=32``, ``MEDIR_SEARCH__K=5``. The names the issues and
+docker-compose use are top level: ``MEDIR_QDRANT_URL``, ``MEDIR_QDRANT_API_KEY``,
+``MEDIR_REDIS_URL``, ``MEDIR_WEIGHTS_DIR``, ``MEDIR_STORE_PATH``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "dinov2-s-onnx"
+
+
+class HnswSettings(BaseModel):
+    """HNSW graph parameters of the Qdrant collections (server and embedded alike)."""
+
+    m: int = Field(16, ge=4, le=128)
+    ef_construct: int = Field(128, ge=8)
+    ef: int = Field(128, ge=8, description="hnsw_ef at query time")
+    full_scan_threshold_kb: int = Field(1024, ge=1)
+
+
+class SearchSettings(BaseModel):
+    """Defaults of a volume query (the paper's: all slices, k=1, plain count vote)."""
+
+    k: int = Field(1, ge=1, le=1000)
+    top: int = Field(10, ge=1)
+    sampling: str = "all"
+    weighting: str = "gaussian"
+    sigma: float = Field(0.25, gt=0, description="Gaussian sigma as a fraction of the depth")
+
+
+class UiSettings(BaseModel):
+    upload_limit_mb: int = Field(1024, ge=1)
+    ingest_roots: list[Path] = Field(default_factory=lambda: [Path("data")])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MEDIR_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    cache_dir: Path = Path.home() / ".cache" / "medir"
+    weights_dir: Path = Path("models")
+    store_path: Path = Path("data/store")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    redis_url: str | None = None
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+    upsert_batch: int = Field(512, ge=1)
+    intensity: str = Field("auto", description="auto | percentile | ct")
+    hnsw: HnswSettings = HnswSettings()
+    search: SearchSettings = SearchSettings()
+    ui: UiSettings = UiSettings()
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.data_dir / "samples"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

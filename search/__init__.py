@@ -1,0 +1,1 @@
+"""Search: the vector store, slice sampling and weights, the vote, and volume queries."""

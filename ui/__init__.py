@@ -1,0 +1,1 @@
+"""Streamlit UI (search, ingest and collection pages)."""
