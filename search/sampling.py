@@ -1,0 +1,123 @@
+"""Query-side slice selection and vote weights (the paper's Sec. III-B and Table III).
+
+Pure numpy, no I/O. A :class:`Sampling` chooses slice indices; a :class:`Weighting` gives each
+chosen slice a weight. Specs are strings so they travel through the CLI, the queue and JSON:
+
+- sampling: ``all`` | ``every-n:N`` | ``every-mm:X`` | ``random:K[:SEED]``
+- weighting: ``none`` | ``gaussian[:SIGMA]`` (σ as a fraction of the volume's depth)
+
+Slice-wise (SW) prediction is an aggregation mode of the vote, see :mod:`search.vote`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medir.errors import ConfigError
+
+DEFAULT_SEED = 0
+DEFAULT_SIGMA = 0.25
+
+
+@dataclass(frozen=True)
+class Sampling:
+    kind: str  # all | every-n | every-mm | random
+    value: float = 0.0
+    seed: int = DEFAULT_SEED
+
+    @classmethod
+    def parse(cls, spec: str) -> Sampling:
+        parts = spec.strip().lower().split(":")
+        kind = parts[0]
+        try:
+            if kind == "all" and len(parts) == 1:
+                return cls("all")
+            if kind in ("every-n", "every_n", "n") and len(parts) == 2:
+                n = int(parts[1])
+                if n < 1:
+                    raise ValueError
+                return cls("every-n", n)
+            if kind in ("every-mm", "every_mm", "mm") and len(parts) == 2:
+                x = float(parts[1])
+                if not x > 0:
+                    raise ValueError
+                return cls("every-mm", x)
+            if kind in ("random", "k") and len(parts) in (2, 3):
+                k = int(parts[1])
+                seed = int(parts[2]) if len(parts) == 3 else DEFAULT_SEED
+                if k < 1:
+                    raise ValueError
+                return cls("random", k, seed)
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"bad sampling {spec!r}; use all, every-n:N, every-mm:X or random:K[:SEED]"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind == "random":
+            return f"random:{int(self.value)}:{self.seed}"
+        if self.kind == "every-n":
+            return f"every-n:{int(self.value)}"
+        return f"every-mm:{self.value:g}"
+
+    def select(self, n_slices: int, z_spacing_mm: float = 1.0) -> np.ndarray:
+        """Sorted indices of the chosen slices of a volume with ``n_slices`` slices."""
+        if n_slices <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.kind == "all":
+            return np.arange(n_slices, dtype=np.int64)
+        if self.kind == "every-n":
+            return np.arange(0, n_slices, int(self.value), dtype=np.int64)
+        if self.kind == "every-mm":
+            if z_spacing_mm <= 0:
+                raise ConfigError(f"every-mm sampling needs a positive z spacing, got "
+                                  f"{z_spacing_mm}")
+            # Positions 0, x, 2x, ... mm; each maps to the nearest slice (no repeats).
+            z = np.arange(n_slices) * z_spacing_mm
+            targets = np.arange(0.0, z[-1] + 1e-9, self.value)
+            idx = np.rint(targets / z_spacing_mm).astype(np.int64)
+            return np.unique(np.clip(idx, 0, n_slices - 1))
+        # random: k distinct slices (all if the volume has fewer), seeded
+        k = min(int(self.value), n_slices)
+        rng = np.random.default_rng(self.seed)
+        return np.sort(rng.choice(n_slices, size=k, replace=False).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Weighting:
+    kind: str  # none | gaussian
+    sigma: float = DEFAULT_SIGMA
+
+    @classmethod
+    def parse(cls, spec: str) -> Weighting:
+        parts = spec.strip().lower().split(":")
+        try:
+            if parts[0] in ("none", "count", "uniform") and len(parts) == 1:
+                return cls("none")
+            if parts[0] in ("gaussian", "w") and len(parts) in (1, 2):
+                sigma = float(parts[1]) if len(parts) == 2 else DEFAULT_SIGMA
+                if not sigma > 0:
+                    raise ValueError
+                return cls("gaussian", sigma)
+        except ValueError:
+            pass
+        raise ConfigError(f"bad weighting {spec!r}; use none or gaussian[:SIGMA] (SIGMA > 0, "
+                          "a fraction of the volume's depth)")
+
+    def __str__(self) -> str:
+        return "none" if self.kind == "none" else f"gaussian:{self.sigma:g}"
+
+    def weights(self, indices: np.ndarray, n_slices: int) -> np.ndarray:
+        """Weight of each chosen slice. Gaussian: centred on the middle slice of the volume,
+        σ = ``sigma`` × (n_slices − 1), peak 1."""
+        idx = np.asarray(indices, dtype=np.float64)
+        if self.kind == "none":
+            return np.ones_like(idx)
+        centre = (n_slices - 1) / 2.0
+        sd = self.sigma * max(n_slices - 1, 1)
+        return np.exp(-0.5 * ((idx - centre) / sd) ** 2)

@@ -1,0 +1,206 @@
+"""The embedded store: Qdrant Edge (``qdrant-edge-py``), Qdrant's in-process engine.
+
+Real segments, WAL, HNSW and payload indexes in a local directory, no server. One directory per
+collection under the store path, each an ``EdgeShard`` plus a small ``medir.json`` with the
+vector size. Only one process may open a store directory at a time: in queue mode the worker
+owns it and serves both ingest and search.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from medir.config import HnswSettings
+from medir.errors import StoreUnavailable
+from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
+
+_META = "medir.json"
+_VECTOR = "slice"
+
+
+def _condition(key: str, value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return qe.FieldCondition(key=key, match=qe.MatchAny(any=list(value)))
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value=value))
+
+
+def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
+    if flt is None or flt.empty:
+        return None
+    must = [_condition(k, v) for k, v in flt.must.items()] or None
+    must_not = [_condition(k, v) for k, v in flt.must_not.items()] or None
+    return qe.Filter(must=must, must_not=must_not)
+
+
+class EdgeStore(SliceStore):
+    """:class:`SliceStore` on Qdrant Edge shards in ``path``."""
+
+    mode = "embedded"
+
+    def __init__(self, path: str | Path, hnsw: HnswSettings | None = None) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.hnsw = hnsw or HnswSettings()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, qe.EdgeShard] = {}
+
+    # ---- collections ------------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        return self.path / name
+
+    def collections(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if (p / _META).is_file())
+
+    def collection_dim(self, name: str) -> int:
+        return int(json.loads((self._dir(name) / _META).read_text())["dim"])
+
+    def _config(self, dim: int) -> qe.EdgeConfig:
+        h = self.hnsw
+        return qe.EdgeConfig(
+            vectors={_VECTOR: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=h.m, ef_construct=h.ef_construct, full_scan_threshold=h.full_scan_threshold_kb
+            ),
+        )
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is None:
+            d = self._dir(name)
+            if not (d / _META).is_file():
+                raise KeyError(name)
+            try:
+                shard = qe.EdgeShard.load(str(d / "shard"))
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"{d}: cannot open the embedded store ({exc}); is another medir process "
+                    "(a worker, the UI) using it? Stop it or go through the queue"
+                ) from None
+            self._shards[name] = shard
+        return shard
+
+    def ensure_collection(self, name: str, dim: int) -> None:
+        d = self._dir(name)
+        if (d / _META).is_file():
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            shard = qe.EdgeShard.create(str(d / "shard"), self._config(dim))
+        except Exception as exc:
+            raise StoreUnavailable(f"{d}: cannot create the embedded store ({exc})") from None
+        for key in INDEXED_KEYWORDS:
+            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
+        shard.flush()
+        self._shards[name] = shard
+        tmp = d / (_META + ".tmp")
+        tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge"}))
+        tmp.replace(d / _META)  # the marker makes the collection visible, last
+
+    def drop_collection(self, name: str) -> None:
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    # ---- writes -----------------------------------------------------------------------------
+    def upsert(self, name: str, points: Sequence[SlicePoint]) -> None:
+        if not points:
+            return
+        shard = self._shard(name)
+        shard.update(qe.UpdateOperation.upsert_points([
+            qe.Point(id=p.id, vector={_VECTOR: np.asarray(p.vector, np.float32).tolist()},
+                     payload=p.payload)
+            for p in points
+        ]))
+
+    def delete(self, name: str, flt: Filter) -> None:
+        if flt.empty:
+            raise ValueError("refusing to delete with an empty filter")
+        self._shard(name).update(qe.UpdateOperation.delete_points_by_filter(to_edge_filter(flt)))
+
+    def set_payload(self, name: str, flt: Filter, payload: Mapping[str, Any]) -> None:
+        self._shard(name).update(
+            qe.UpdateOperation.set_payload_by_filter(to_edge_filter(flt), dict(payload))
+        )
+
+    def flush(self) -> None:
+        for shard in self._shards.values():
+            shard.flush()
+
+    def optimize(self, name: str) -> None:
+        """Build the HNSW index now (otherwise the engine does it when it decides)."""
+        self._shard(name).optimize()
+
+    # ---- reads ------------------------------------------------------------------------------
+    def search_batch(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        payload_keys: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        shard = self._shard(name)
+        ef = qe.SearchParams(hnsw_ef=max(self.hnsw.ef, k), exact=exact)
+        with_payload: Any = list(payload_keys) if payload_keys is not None else True
+        edge_filter = to_edge_filter(flt)
+        requests = [
+            qe.QueryRequest(limit=k, query=qe.Query.Nearest(v.tolist(), using=_VECTOR),
+                            filter=edge_filter, with_payload=with_payload, params=ef)
+            for v in np.asarray(vectors, dtype=np.float32)
+        ]
+        if not requests:
+            return []
+        results = shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[Hit(str(p.id), float(p.score), p.payload or {}) for p in row]
+                for row in results]
+
+    def count(self, name: str, flt: Filter | None = None) -> int:
+        return int(self._shard(name).count(qe.CountRequest(exact=True,
+                                                           filter=to_edge_filter(flt))))
+
+    def facet(self, name: str, key: str, flt: Filter | None = None,
+              limit: int = 1000) -> dict[Any, int]:
+        resp = self._shard(name).facet(
+            qe.FacetRequest(key=key, limit=limit, exact=True, filter=to_edge_filter(flt))
+        )
+        return {h.value: int(h.count) for h in resp.hits}
+
+    def scroll(
+        self, name: str, flt: Filter | None = None, *, with_vectors: bool = False,
+        batch: int = 1024,
+    ) -> Iterator[Record]:
+        shard = self._shard(name)
+        offset: Any = None
+        edge_filter = to_edge_filter(flt)
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(
+                offset=offset, limit=batch, filter=edge_filter, with_payload=True,
+                with_vector=with_vectors,
+            ))
+            for r in records:
+                vec = None
+                if with_vectors and r.vector is not None:
+                    raw = r.vector[_VECTOR] if isinstance(r.vector, dict) else r.vector
+                    vec = np.asarray(raw, dtype=np.float32)
+                yield Record(str(r.id), r.payload or {}, vec)
+            if offset is None or not records:
+                return
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            try:
+                shard.flush()
+                shard.close()
+            except Exception:  # closing twice or after a failed op must not mask errors
+                pass
+        self._shards.clear()

@@ -1,0 +1,18 @@
+"""Open the store the settings select: a Qdrant server when ``MEDIR_QDRANT_URL`` is set,
+otherwise the embedded Qdrant Edge store at ``MEDIR_STORE_PATH``."""
+
+from __future__ import annotations
+
+from medir.config import Settings, get_settings
+from search.store import SliceStore
+
+
+def open_store(settings: Settings | None = None) -> SliceStore:
+    s = settings or get_settings()
+    if s.qdrant_url:
+        from search.store_qdrant import QdrantStore
+
+        return QdrantStore(url=s.qdrant_url, api_key=s.qdrant_api_key, hnsw=s.hnsw)
+    from search.store_edge import EdgeStore
+
+    return EdgeStore(s.store_path, hnsw=s.hnsw)
