@@ -1,0 +1,206 @@
+"""Volume queries: a volume → chosen slices → embeddings → one batch k-NN request → vote.
+
+The query volume can be a file (new or already indexed) or the id of an indexed volume, whose
+stored slice vectors are reused without re-embedding. The query volume itself is excluded from
+the results when it is indexed (matched by content, not by name).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.embedders.base import Embedder
+from ingest.preprocess import normalize_intensity
+from ingest.reader import open_volume
+from ingest.volume import Volume
+from medir.errors import EmptyStore, MedirError, ModelMismatch
+from search.sampling import Sampling, Weighting
+from search.store import (
+    HIT_PAYLOAD_KEYS,
+    LABEL_KEYS,
+    READY,
+    Filter,
+    SliceStore,
+    collection_name,
+    content_id,
+)
+from search.vote import SliceMatch, VolumeResult, vote
+
+
+@dataclass
+class QueryOptions:
+    sampling: str = "all"
+    weighting: str = "gaussian"
+    k: int = 1
+    top: int = 10
+    filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    exact: bool = False
+    intensity: str = "auto"
+
+    def parsed(self) -> tuple[Sampling, Weighting]:
+        return Sampling.parse(self.sampling), Weighting.parse(self.weighting)
+
+
+@dataclass
+class SearchResult:
+    query_id: str
+    query_source: str
+    model: str
+    n_slices: int
+    chosen_slices: list[int]
+    weights: list[float]
+    options: dict[str, Any]
+    ranking: list[VolumeResult]
+    slice_predictions: list[SliceMatch]
+    timings: dict[str, float]
+
+    def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
+        return {
+            "query": {"volume_id": self.query_id, "source": self.query_source,
+                      "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
+                      "weights": self.weights},
+            "model": self.model,
+            "options": self.options,
+            "ranking": [r.to_dict(with_matches) for r in self.ranking],
+            "slice_predictions": [m.__dict__ for m in self.slice_predictions],
+            "timings": self.timings,
+        }
+
+
+def check_collection(store: SliceStore, embedder: Embedder) -> str:
+    """The collection to query, or a clear error (empty store, other model, other version)."""
+    coll = collection_name(embedder.name)
+    existing = store.collections()
+    if coll not in existing:
+        if existing:
+            models = ", ".join(c.removeprefix("medir_") for c in existing)
+            raise ModelMismatch(
+                f"the store at {store.location} has no volumes embedded with {embedder.name!r}; "
+                f"it holds collections for: {models}. Query with --model set to one of those, "
+                f"or ingest with --model {embedder.name}"
+            )
+        raise EmptyStore(f"the store at {store.location} is empty: ingest volumes first "
+                         "(medir ingest PATH...)")
+    if store.count(coll, READY) == 0:
+        raise EmptyStore(f"collection {coll} at {store.location} holds no complete volume")
+    versions = store.facet(coll, "embedder", READY)
+    if versions and embedder.embedder_id not in versions:
+        raise ModelMismatch(
+            f"collection {coll} was built with {', '.join(map(str, versions))} but this query "
+            f"uses {embedder.embedder_id}; re-ingest the collection with this model version"
+        )
+    if store.collection_dim(coll) != embedder.dim:
+        raise ModelMismatch(f"collection {coll} holds {store.collection_dim(coll)}-d vectors, "
+                            f"{embedder.name} makes {embedder.dim}-d ones")
+    return coll
+
+
+def _filter(options: QueryOptions, exclude_content: str | None) -> Filter:
+    must: dict[str, Any] = dict(READY.must)
+    for key, values in options.filters.items():
+        if key not in LABEL_KEYS:
+            raise MedirError(f"cannot filter on {key!r}; label filters: {', '.join(LABEL_KEYS)}")
+        vals = [v for v in values if v]
+        if vals:
+            must[key] = vals if len(vals) > 1 else vals[0]
+    must_not = {"content_id": exclude_content} if exclude_content else {}
+    return Filter(must, must_not)
+
+
+def search_vectors(
+    store: SliceStore,
+    coll: str,
+    slice_vectors: np.ndarray,
+    n_slices: int,
+    z_spacing: float,
+    options: QueryOptions,
+    *,
+    exclude_content: str | None = None,
+    slice_indices: np.ndarray | None = None,
+) -> tuple[list[int], list[float], Any, dict[str, float]]:
+    """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
+
+    ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
+    """
+    sampling, weighting = options.parsed()
+    idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
+    chosen = sampling.select(n_slices, z_spacing)
+    pos = {int(s): i for i, s in enumerate(idx_all)}
+    rows = [pos[int(c)] for c in chosen if int(c) in pos]
+    chosen_list = [int(idx_all[r]) for r in rows]
+    weights = weighting.weights(np.asarray(chosen_list), n_slices)
+    t0 = time.perf_counter()
+    hits = store.search_batch(coll, slice_vectors[rows], options.k,
+                              _filter(options, exclude_content), exact=options.exact,
+                              payload_keys=HIT_PAYLOAD_KEYS)
+    t1 = time.perf_counter()
+    result = vote(chosen_list, weights.tolist(), hits, top=options.top)
+    t2 = time.perf_counter()
+    return chosen_list, weights.tolist(), result, {"knn_s": t1 - t0, "vote_s": t2 - t1}
+
+
+def search_volume(
+    volume: Volume, store: SliceStore, embedder: Embedder, options: QueryOptions
+) -> SearchResult:
+    """Query with a volume read from a file (embedding only the chosen slices)."""
+    coll = check_collection(store, embedder)
+    sampling, _ = options.parsed()
+    chosen = sampling.select(volume.n_slices, volume.spacing[2])
+    t0 = time.perf_counter()
+    norm = normalize_intensity(volume.data, options.intensity)
+    vectors = embedder.embed(norm[chosen])
+    t_embed = time.perf_counter() - t0
+    exclude = content_id(volume.sha256, volume.index_4d)
+    chosen_list, weights, result, timings = search_vectors(
+        store, coll, vectors, volume.n_slices, volume.spacing[2], options,
+        exclude_content=exclude, slice_indices=chosen,
+    )
+    return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
+                        chosen_list, weights, _opts(options), result.ranking,
+                        result.slice_predictions, {"embed_s": t_embed, **timings})
+
+
+def search_file(
+    path: str | Path, store: SliceStore, embedder: Embedder, options: QueryOptions,
+    index_4d: int | None = None,
+) -> SearchResult:
+    """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume)."""
+    vf = open_volume(path)
+    vol = vf.read((index_4d or 0) if vf.is_4d else None)
+    return search_volume(vol, store, embedder, options)
+
+
+def search_indexed(
+    volume_id: str, store: SliceStore, embedder: Embedder, options: QueryOptions
+) -> SearchResult:
+    """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
+    coll = check_collection(store, embedder)
+    records = sorted(store.scroll(coll, Filter({"volume_id": volume_id, **READY.must}),
+                                  with_vectors=True),
+                     key=lambda r: int(r.payload["slice"]))
+    if not records:
+        raise MedirError(f"no indexed volume {volume_id!r} in collection {coll}")
+    first = records[0].payload
+    n = int(first["n_slices"])
+    spacing = [float(s) for s in first["spacing"]]
+    vectors = np.stack([r.vector for r in records if r.vector is not None])
+    slices = np.asarray([int(r.payload["slice"]) for r in records])
+    chosen_list, weights, result, timings = search_vectors(
+        store, coll, vectors, n, spacing[2], options,
+        exclude_content=str(first["content_id"]), slice_indices=slices,
+    )
+    return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n, chosen_list,
+                        weights, _opts(options), result.ranking, result.slice_predictions,
+                        {"embed_s": 0.0, **timings})
+
+
+def _opts(options: QueryOptions) -> dict[str, Any]:
+    return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
+            "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
+            "exact": options.exact}

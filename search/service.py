@@ -1,0 +1,87 @@
+"""The search layer's entry points used by the CLI, the UI and the Celery tasks.
+
+``run_search`` goes through the queue when a broker is configured (``MEDIR_REDIS_URL``: the
+worker owns the model and, in embedded mode, the store) and runs in-process otherwise.
+``search_in_process`` is what the ``search_volume`` task itself runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.embedders import get_embedder
+from medir.config import Settings, get_settings
+from search.query import QueryOptions, search_file, search_indexed
+from search.store import LABEL_KEYS, READY, SliceStore
+from search.store_factory import open_store
+
+
+def search_in_process(
+    volume: str,
+    model: str,
+    options: QueryOptions,
+    *,
+    by_id: bool = False,
+    index_4d: int | None = None,
+    store: SliceStore | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Run one volume query here; returns the JSON-serialisable result."""
+    s = settings or get_settings()
+    embedder = get_embedder(model, device=s.device, batch_size=s.batch_size,
+                            weights_dir=s.weights_dir)
+    own = store is None
+    st = store or open_store(s)
+    try:
+        if by_id:
+            result = search_indexed(volume, st, embedder, options)
+        else:
+            result = search_file(volume, st, embedder, options, index_4d=index_4d)
+        return result.to_dict()
+    finally:
+        if own:
+            st.close()
+
+
+def run_search(
+    volume: str,
+    model: str,
+    options: QueryOptions,
+    *,
+    by_id: bool = False,
+    index_4d: int | None = None,
+) -> dict[str, Any]:
+    """A volume query through the queue when one is configured, else in-process."""
+    s = get_settings()
+    if s.redis_url:
+        from ingest.queue.submit import submit_search
+
+        return submit_search(volume, model, options, by_id=by_id, index_4d=index_4d)
+    return search_in_process(volume, model, options, by_id=by_id, index_4d=index_4d)
+
+
+def store_stats(store: SliceStore) -> dict[str, Any]:
+    """Collections, volumes and points per model, label facets (the collection page, info)."""
+    collections = []
+    for name in store.collections():
+        facets = {key: store.facet(name, key, READY) for key in LABEL_KEYS}
+        collections.append({
+            "name": name,
+            "dim": store.collection_dim(name),
+            "points": store.count(name),
+            "ready_points": store.count(name, READY),
+            "volumes": len(store.facet(name, "volume_id", READY, limit=1_000_000)),
+            "embedders": sorted(map(str, store.facet(name, "embedder", READY))),
+            "facets": facets,
+        })
+    return {"mode": store.mode, "location": store.location, "collections": collections}
+
+
+def collection_stats(settings: Settings | None = None) -> dict[str, Any]:
+    s = settings or get_settings()
+    if s.redis_url and not s.qdrant_url:
+        from ingest.queue.submit import submit_stats
+
+        return submit_stats()
+    with open_store(s) as store:
+        return store_stats(store)
