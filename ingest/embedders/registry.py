@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,10 +29,18 @@ def register(cls: E) -> E:
     return cls
 
 
+def _plugin_modules() -> tuple[str, ...]:
+    """Extra modules that register a team's own embedders: ``MEDIR_PLUGINS=pkg.mod,other``."""
+    raw = os.environ.get("MEDIR_PLUGINS", "")
+    return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+
 def _ensure_imported() -> None:
     global _imported
     if _imported:
         return
+    for mod in _plugin_modules():
+        importlib.import_module(mod)
     for mod in _MODULES:
         try:
             importlib.import_module(mod)
