@@ -162,10 +162,21 @@ def _open_nifti(p: Path) -> VolumeFile:
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
-    header_zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    header_zooms = _raw_pixdim(p, img)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
     return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+
+
+def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:
+    """The voxel sizes as written in the file (nibabel silently replaces bad ones on load)."""
+    try:
+        with nib.openers.ImageOpener(str(p)) as fobj:
+            raw = type(img.header).from_fileobj(fobj, check=False)
+        dims = int(raw["dim"][0])
+        return tuple(float(z) for z in raw["pixdim"][1:1 + min(max(dims, 3), 3)])
+    except Exception as exc:
+        raise VolumeError(p, f"unreadable NIfTI header ({_reason(exc)})") from None
 
 
 def _open_nrrd(p: Path) -> VolumeFile:
