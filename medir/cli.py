@@ -129,7 +129,7 @@ def ingest(
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
         transient=False,
     ) as bar:
-        files_task = bar.add_task("volumes files", total=len(files), rate="")
+        files_task = bar.add_task("files", total=len(files), rate="")
         vol_task = bar.add_task("slices", total=1, rate="")
 
         def progress(vid: str, done: int, total: int) -> None:

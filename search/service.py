@@ -12,7 +12,7 @@ from typing import Any
 from ingest.embedders import get_embedder
 from medir.config import Settings, get_settings
 from search.query import QueryOptions, search_file, search_indexed
-from search.store import LABEL_KEYS, READY, SliceStore
+from search.store import LABEL_KEYS, READY, Filter, SliceStore
 from search.store_factory import open_store
 
 
@@ -64,7 +64,7 @@ def store_stats(store: SliceStore) -> dict[str, Any]:
     """Collections, volumes and points per model, label facets (the collection page, info)."""
     collections = []
     for name in store.collections():
-        facets = {key: store.facet(name, key, READY) for key in LABEL_KEYS}
+        facets = {key: _volumes_per_value(store, name, key) for key in LABEL_KEYS}
         collections.append({
             "name": name,
             "dim": store.collection_dim(name),
@@ -75,6 +75,15 @@ def store_stats(store: SliceStore) -> dict[str, Any]:
             "facets": facets,
         })
     return {"mode": store.mode, "location": store.location, "collections": collections}
+
+
+def _volumes_per_value(store: SliceStore, name: str, key: str) -> dict[str, int]:
+    """Number of complete volumes per value of a label (facets count points, not volumes)."""
+    out: dict[str, int] = {}
+    for value in store.facet(name, key, READY):
+        flt = READY.and_(Filter({key: value}))
+        out[str(value)] = len(store.facet(name, "volume_id", flt, limit=1_000_000))
+    return dict(sorted(out.items()))
 
 
 def collection_stats(settings: Settings | None = None) -> dict[str, Any]:
