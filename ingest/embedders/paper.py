@@ -183,16 +183,25 @@ class HFBackbone(PaperEmbedder):
     def build(self, path: Path) -> nn.Module:
         self._check_config(path)
         try:
-            return self._from_pretrained(path)
+            model, info = self._from_pretrained(path)
         except MedirError:
             raise
         except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
             raise MedirError(
                 f"{path}: cannot load {self.name} ({type(exc).__name__}: {exc})"
             ) from exc
+        # from_pretrained fills missing weights with random ones: refuse that.
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise MedirError(
+                f"{path}: weights file lacks {len(missing)} tensors of {self.name} "
+                f"(e.g. {missing[:3]}); wrong model?"
+            )
+        return model
 
     @abstractmethod
-    def _from_pretrained(self, path: Path) -> nn.Module: ...
+    def _from_pretrained(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """``from_pretrained(path, output_loading_info=True)`` of the transformers class."""
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         assert self.module is not None
@@ -234,7 +243,9 @@ class _DinoV1(HFBackbone):
         from transformers import ViTModel
 
         # The DINO checkpoints have no pooler; the CLS token is read after the final LayerNorm.
-        return ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
+        return ViTModel.from_pretrained(  # type: ignore[no-any-return]
+            str(path), add_pooling_layer=False, local_files_only=True, output_loading_info=True
+        )
 
 
 class _DinoV2(HFBackbone):
@@ -243,7 +254,9 @@ class _DinoV2(HFBackbone):
     def _from_pretrained(self, path: Path) -> nn.Module:
         from transformers import Dinov2Model
 
-        return Dinov2Model.from_pretrained(str(path), local_files_only=True)
+        return Dinov2Model.from_pretrained(  # type: ignore[no-any-return]
+            str(path), local_files_only=True, output_loading_info=True
+        )
 
 
 @register
@@ -341,7 +354,9 @@ class RadImageNetSwin(HFBackbone):
     def _from_pretrained(self, path: Path) -> nn.Module:
         from transformers import SwinModel
 
-        return SwinModel.from_pretrained(str(path), local_files_only=True)
+        return SwinModel.from_pretrained(  # type: ignore[no-any-return]
+            str(path), local_files_only=True, output_loading_info=True
+        )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         assert self.module is not None
@@ -352,20 +367,28 @@ class RadImageNetSwin(HFBackbone):
     def prepare_weights(cls, src: Path, dest: Path) -> list[Path]:
         if src.is_dir():
             return super().prepare_weights(src, dest)
-        from transformers import SwinModel
+        from safetensors.torch import save_file
 
         obj = load_tensor_file(src)
         sd = obj.get("model", obj.get("state_dict", obj))
         config, hf_sd = swin_state_dict_to_hf(sd)
-        model = SwinModel(config)
-        load_checked(model, hf_sd, str(src))
-        dest.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(dest))
+        if config.embed_dim * 2 ** (len(config.depths) - 1) != cls.info.dim:
+            raise MedirError(f"{src}: not a Swin-T/S checkpoint ({cls.info.dim}-d features)")
+        with tempfile.TemporaryDirectory() as tmp:
+            config.save_pretrained(tmp)
+            save_file({k: v.contiguous() for k, v in hf_sd.items()}, f"{tmp}/model.safetensors")
+            cls(device="cpu").build(Path(tmp))  # refuses missing or misshapen tensors
+            dest.mkdir(parents=True, exist_ok=True)
+            for n in (HF_CONFIG, "model.safetensors"):
+                shutil.copyfile(Path(tmp) / n, dest / n)
         return [dest / HF_CONFIG, dest / "model.safetensors"]
 
 
 def swin_state_dict_to_hf(sd: dict[str, torch.Tensor]) -> tuple[Any, StateDict]:
-    """Convert a Microsoft Swin-Transformer (or timm) state dict to transformers ``SwinModel``.
+    """Convert a Microsoft Swin-Transformer (or timm) state dict to transformers' Swin files.
+
+    The keys produced are those of the Hub's Swin checkpoints (``attention.self.query`` …,
+    what ``save_pretrained`` writes); ``relative_position_index`` buffers are recomputed.
 
     The architecture (embed dim, depths, heads, window, patch size) is read from the tensors.
     Microsoft's layout puts ``layers.i.downsample`` at the end of stage i; timm ≥ 0.9 at the
@@ -427,12 +450,6 @@ def swin_state_dict_to_hf(sd: dict[str, torch.Tensor]) -> tuple[Any, StateDict]:
                 out[k.replace(".attn.qkv.", f".attention.self.{part}.")] = t.clone()
             continue
         out[k] = v
-    # relative_position_index is a buffer transformers recomputes; keep its own values.
-    from transformers import SwinModel
-
-    for k, v in SwinModel(config).state_dict().items():
-        if k.endswith("relative_position_index"):
-            out[k] = v
     return config, out
 
 

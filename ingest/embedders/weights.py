@@ -62,6 +62,15 @@ def is_hf_folder(path: Path) -> bool:
     return (path / HF_CONFIG).is_file() and any((path / f).is_file() for f in HF_WEIGHT_FILES)
 
 
+def hf_cache_dir() -> str | None:
+    """The Hub cache directory from the environment at call time (None: library default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
 def hf_cached_folder(repo_id: str, *, download: bool = False) -> Path | None:
     """The snapshot folder of ``repo_id`` in the Hugging Face cache, or None.
 
@@ -74,6 +83,7 @@ def hf_cached_folder(repo_id: str, *, download: bool = False) -> Path | None:
     try:
         path = snapshot_download(
             repo_id,
+            cache_dir=hf_cache_dir(),
             local_files_only=not download,
             allow_patterns=["*.json", "*.safetensors", "*.bin"],
         )
@@ -114,8 +124,9 @@ def load_tensor_file(path: Path) -> Mapping[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise MedirError(
-            f"{path}: cannot read as torch weights ({type(exc).__name__}: {exc})"
+            f"{path}: cannot read as torch weights ({type(exc).__name__}: {first[:200]})"
         ) from exc
     if not isinstance(obj, Mapping):
         raise MedirError(f"{path}: expected a state dict, found {type(obj).__name__}")
