@@ -1,0 +1,63 @@
+"""The collection page: which store is in use, and per model its volumes, points and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ui.common import forget_stats, header, show_error, store_stats
+
+
+def render() -> None:
+    """Draw the collection page."""
+    header("Collection", "What the store holds: one collection per embedding model.")
+    if st.button("Refresh", icon="🔄", key="refresh"):
+        forget_stats()
+    try:
+        stats = store_stats()
+    except Exception as exc:
+        show_error(exc)
+        return
+    c = st.columns(3)
+    c[0].metric("Store mode", str(stats.get("mode", "?")))
+    c[1].metric("Collections", len(stats.get("collections", [])))
+    c[2].metric("Volumes (all models)",
+                sum(int(col["volumes"]) for col in stats.get("collections", [])))
+    st.caption(f"Location: `{stats.get('location', '?')}`")
+    if not stats.get("collections"):
+        st.info("**The store is empty.** Index volumes on the **Ingest** page or with "
+                "`medir ingest PATH`.", icon="📭")
+        return
+    st.dataframe(_summary(stats), hide_index=True, key="collections_table")
+    for col in stats["collections"]:
+        _collection(col)
+
+
+def _summary(stats: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"model": c["name"].removeprefix("medir_"), "collection": c["name"],
+         "volumes": c["volumes"], "points (slices)": c["points"],
+         "searchable points": c["ready_points"], "dim": c["dim"],
+         "embedder versions": ", ".join(c.get("embedders", []))}
+        for c in stats["collections"]
+    ])
+
+
+def _collection(col: dict[str, Any]) -> None:
+    st.subheader(col["name"].removeprefix("medir_"))
+    pending = int(col["points"]) - int(col["ready_points"])
+    st.caption(f"{col['volumes']} volumes · {col['points']} points · {col['dim']}-d"
+               + (f" · {pending} points of volumes still being ingested" if pending else ""))
+    facets = {k: v for k, v in col.get("facets", {}).items() if v}
+    if not facets:
+        st.caption("No labels: volumes were indexed without a labels table.")
+        return
+    cols = st.columns(min(len(facets), 3))
+    for i, (key, values) in enumerate(facets.items()):
+        with cols[i % len(cols)]:
+            st.markdown(f"**Volumes per {key}**")
+            frame = pd.DataFrame({key: list(values), "volumes": list(values.values())})
+            st.bar_chart(frame, x=key, y="volumes", horizontal=True,
+                         height=40 + 28 * len(values))

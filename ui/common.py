@@ -1,0 +1,81 @@
+"""Pieces shared by the pages: settings, cached store statistics, models, error messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from medir.config import Settings, get_settings
+from medir.errors import EmptyStore, MedirError, ModelMismatch, StoreUnavailable
+from ui import backend
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def _key(s: Settings) -> str:
+    return f"{s.store_path}|{s.qdrant_url}|{s.redis_url}"
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _stats(key: str) -> dict[str, Any]:
+    return backend.stats(get_settings())
+
+
+def store_stats() -> dict[str, Any]:
+    """Collection statistics, cached for a few seconds (cleared after searches and ingests)."""
+    return _stats(_key(settings()))
+
+
+def forget_stats() -> None:
+    _stats.clear()
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _volumes(key: str, model: str) -> list[str] | None:
+    return backend.indexed_volumes(get_settings(), model)
+
+
+def indexed_volumes(model: str) -> list[str] | None:
+    return _volumes(_key(settings()), model)
+
+
+@st.cache_data(show_spinner=False)
+def model_names() -> list[str]:
+    from ingest.embedders import model_names as names
+
+    return names()
+
+
+def collection_models(stats: dict[str, Any]) -> list[str]:
+    """Models that have a collection in the store (``medir_<model>`` → ``<model>``)."""
+    return [c["name"].removeprefix("medir_") for c in stats.get("collections", [])]
+
+
+def collection_of(stats: dict[str, Any], model: str) -> dict[str, Any] | None:
+    return next((c for c in stats.get("collections", [])
+                 if c["name"].removeprefix("medir_") == model), None)
+
+
+def show_error(exc: BaseException) -> None:
+    """One clear message per kind of failure, with what to do next."""
+    if isinstance(exc, backend.QueueUnavailable):
+        st.error(f"**Worker not running or queue unavailable.** {exc}", icon="🛑")
+    elif isinstance(exc, EmptyStore):
+        st.warning(f"**The store is empty.** {exc} Open **Ingest** in the sidebar to add "
+                   "volumes.", icon="📭")
+    elif isinstance(exc, ModelMismatch):
+        st.error(f"**Model mismatch.** {exc}", icon="🧭")
+    elif isinstance(exc, StoreUnavailable):
+        st.error(f"**Store unavailable.** {exc}", icon="🔒")
+    elif isinstance(exc, MedirError):
+        st.error(str(exc), icon="⚠️")
+    else:
+        st.error(f"Unexpected error: {type(exc).__name__}: {exc}", icon="💥")
+
+
+def header(title: str, caption: str) -> None:
+    st.title(title)
+    st.caption(f"{caption}  \n{backend.mode_text(settings())}")

@@ -1,0 +1,286 @@
+"""The search page: a query volume in, a ranking of similar volumes out, with the reasons.
+
+The query is an uploaded file (NIfTI or NRRD, within ``ui.upload_limit_mb``) or an indexed
+volume (its stored slice vectors are reused). Results show the weighted vote per volume, each
+result's mid-slice, which query slices voted for whom along z, and matched slice pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from numpy.typing import NDArray
+
+from medir.errors import MedirError
+from search.query import QueryOptions
+from search.store import LABEL_KEYS
+from ui import backend, views
+from ui.common import (
+    collection_models,
+    collection_of,
+    forget_stats,
+    header,
+    indexed_volumes,
+    model_names,
+    settings,
+    show_error,
+    store_stats,
+)
+from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir
+
+RESULT_KEY = "search_result"
+FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "dataset")]
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def _display_volume(source: str, index_4d: int | None, mtime: float) -> NDArray[np.uint8]:
+    return views.display_volume(source, index_4d)
+
+
+def display_volume(source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
+    """8-bit slices of a volume file, or None when the file is not readable from here."""
+    path = Path(source)
+    try:
+        mtime = path.stat().st_mtime
+        return _display_volume(str(path), views.index_4d_of(volume_id), mtime)
+    except (OSError, MedirError):
+        return None
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _thumbnail(source: str, volume_id: str) -> str | None:
+    vol = display_volume(source, volume_id)
+    if vol is None:
+        return None
+    return views.png_data_uri(views.slice_image(vol, views.mid_slice(vol), size=96))
+
+
+def render() -> None:
+    """Draw the search page."""
+    header("Search similar volumes",
+           "Every chosen axial slice of the query votes for the volumes of its nearest "
+           "database slices; the most-voted volumes are the answer.")
+    try:
+        stats = store_stats()
+    except Exception as exc:
+        show_error(exc)
+        return
+    stored = collection_models(stats)
+    if not stored:
+        st.info("**The store is empty.** Index volumes on the **Ingest** page (or with "
+                "`medir ingest PATH`) before searching.", icon="📭")
+        return
+    query = _query_inputs(stats, stored)
+    if query is not None:
+        _run(*query)
+    result = st.session_state.get(RESULT_KEY)
+    if result is not None:
+        _results(result)
+
+
+def _query_inputs(stats: dict[str, Any], stored: list[str]
+                  ) -> tuple[str, str, QueryOptions, bool] | None:
+    """The query form; returns (query, model, options, by_id) when Search is pressed."""
+    s = settings()
+    names = model_names()
+    choices = stored + [m for m in names if m not in stored]
+    default = s.model if s.model in stored else stored[0]
+    left, right = st.columns([3, 2], gap="large")
+    with right:
+        st.subheader("Options")
+        model = st.selectbox("Model", choices, index=choices.index(default), key="model",
+                             help="The embedder of the collection to search. Models without a "
+                                  "collection in the store are listed after those with one.")
+        if model not in stored:
+            st.warning(f"No volumes are indexed with **{model}**; the store holds "
+                       f"{', '.join(stored)}.", icon="🧭")
+        c1, c2 = st.columns(2)
+        kind = c1.selectbox("Slice sampling", ["all", "every-n", "every-mm", "random"],
+                            index=["all", "every-n", "every-mm", "random"].index(
+                                s.search.sampling.split(":")[0])
+                            if s.search.sampling.split(":")[0] in
+                            ("all", "every-n", "every-mm", "random") else 0,
+                            key="sampling")
+        sampling = "all"
+        if kind == "every-n":
+            sampling = f"every-n:{c2.number_input('every n slices', 1, 100, 2, key='n')}"
+        elif kind == "every-mm":
+            sampling = f"every-mm:{c2.number_input('every x mm', 0.5, 100.0, 5.0, key='mm')}"
+        elif kind == "random":
+            sampling = f"random:{c2.number_input('k random slices', 1, 2000, 20, key='kr')}"
+        c1, c2 = st.columns(2)
+        gauss = c1.selectbox("Weighting", ["gaussian", "none"],
+                             index=0 if s.search.weighting.startswith("gaussian") else 1,
+                             key="weighting",
+                             help="Gaussian: slices near the query's centre count more.")
+        weighting = "none"
+        if gauss == "gaussian":
+            sigma = c2.number_input("σ (fraction of depth)", 0.05, 2.0, s.search.sigma,
+                                    step=0.05, key="sigma")
+            weighting = f"gaussian:{sigma:g}"
+        c1, c2 = st.columns(2)
+        k = int(c1.number_input("k neighbours per slice", 1, 100, s.search.k, key="k"))
+        top = int(c2.number_input("Top-N volumes", 1, 100, s.search.top, key="top"))
+        filters = _filter_inputs(collection_of(stats, model))
+    with left:
+        st.subheader("Query volume")
+        source = st.radio("Query", ["Upload a volume", "An indexed volume"], horizontal=True,
+                          label_visibility="collapsed", key="source")
+        query: str | None = None
+        by_id = source == "An indexed volume"
+        if by_id:
+            query = _indexed_input(model)
+        else:
+            upload = st.file_uploader(
+                f"NIfTI (.nii, .nii.gz) or NRRD (.nrrd), up to {s.ui.upload_limit_mb} MB",
+                type=list(UPLOAD_TYPES), max_upload_size=s.ui.upload_limit_mb, key="upload")
+            if upload is not None:
+                try:
+                    path = save_upload(upload.name, upload.getvalue(),
+                                       upload_dir(s.data_dir), s.ui.upload_limit_mb)
+                except MedirError as exc:
+                    st.error(f"**Bad upload.** {exc}", icon="🚫")
+                else:
+                    query = str(path.resolve())
+                    st.caption(f"Saved as `{path.name}`; a 4D file is searched with its first "
+                               "volume.")
+        pressed = st.button("Search", type="primary", icon="🔎", disabled=query is None,
+                            key="go")
+    if pressed and query is not None:
+        opts = QueryOptions(sampling=sampling, weighting=weighting, k=k, top=top,
+                            filters=filters, intensity=s.intensity)
+        return query, model, opts, by_id
+    return None
+
+
+def _indexed_input(model: str) -> str | None:
+    try:
+        ids = indexed_volumes(model)
+    except Exception as exc:
+        show_error(exc)
+        return None
+    if ids is None:  # the worker owns the embedded store: type the id
+        typed = st.text_input("Indexed volume id", key="volume_id_text",
+                              help="The id shown on the Collection page or by `medir info`.")
+        return typed.strip() or None
+    if not ids:
+        st.warning(f"No volumes are indexed with {model}.", icon="🧭")
+        return None
+    picked: str | None = st.selectbox("Indexed volume", ids, key="volume_id")
+    return picked
+
+
+def _filter_inputs(coll: dict[str, Any] | None) -> dict[str, list[str]]:
+    facets: dict[str, dict[str, int]] = (coll or {}).get("facets", {})
+    keys = [k for k in FILTER_KEYS if facets.get(k)]
+    if not keys:
+        return {}
+    st.markdown("**Label filters** (restrict the database, never used for ranking)")
+    cols = st.columns(len(keys))
+    out: dict[str, list[str]] = {}
+    for col, key in zip(cols, keys, strict=True):
+        counts = facets[key]
+        opts = list(counts)
+        names = {v: f"{v} ({counts[v]})" for v in opts}
+        chosen = col.multiselect(key, opts, key=f"filter_{key}", format_func=names.__getitem__)
+        if chosen:
+            out[key] = chosen
+    return out
+
+
+def _run(query: str, model: str, options: QueryOptions, by_id: bool) -> None:
+    st.session_state.pop(RESULT_KEY, None)
+    try:
+        with st.spinner("Embedding the query's slices and voting…"):
+            result = backend.search(settings(), query, model, options, by_id=by_id)
+    except Exception as exc:
+        show_error(exc)
+        return
+    forget_stats()
+    if not by_id:
+        result["query"]["file"] = query
+    st.session_state[RESULT_KEY] = result
+
+
+def _results(result: dict[str, Any]) -> None:
+    ranking = result["ranking"]
+    q = result["query"]
+    st.divider()
+    if not ranking:
+        st.warning("No volume matched (are the label filters too narrow?).", icon="🔍")
+        return
+    best = ranking[0]
+    t = result.get("timings", {})
+    st.subheader("Results")
+    c = st.columns(4)
+    c[0].metric("Prediction", views.labels_text(best.get("labels", {})),
+                help="The labels of the most-voted volume.")
+    c[1].metric("Top volume", best["volume_id"])
+    c[2].metric("Vote share", f"{best['score']:.0%}")
+    c[3].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}",
+                help=f"embed {t.get('embed_s', 0):.2f} s · k-NN {t.get('knn_s', 0):.3f} s")
+    thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"]) for r in ranking}
+    frame = views.results_frame(result, thumbs)
+    st.dataframe(
+        frame, hide_index=True, key="results_table",
+        column_order=["rank", "thumbnail", "volume", "votes", "hits", "score", "similarity",
+                      "modality", "region", "organ"],
+        column_config={
+            "rank": st.column_config.NumberColumn("#", width="small"),
+            "thumbnail": st.column_config.ImageColumn("mid-slice", width="small"),
+            "score": st.column_config.ProgressColumn("vote share", min_value=0.0,
+                                                     max_value=1.0, format="percent"),
+            "similarity": st.column_config.NumberColumn("mean cos", format="%.3f"),
+        },
+        row_height=64,
+    )
+    st.markdown("##### Votes along the query's z axis")
+    order = [r["volume_id"] for r in ranking[:5]]
+    st.altair_chart(views.vote_chart(views.vote_frame(result), int(q["n_slices"]), order),
+                    width="stretch")
+    _pair_viewer(result)
+
+
+def _pair_viewer(result: dict[str, Any]) -> None:
+    q = result["query"]
+    chosen = [int(c) for c in q["chosen_slices"]]
+    if not chosen:
+        return
+    st.markdown("##### Matched slices")
+    ids = [r["volume_id"] for r in result["ranking"]]
+    c1, c2 = st.columns([1, 2])
+    target = c1.selectbox("Compare with", ids, key="pair_volume",
+                          format_func=lambda v: f"#{ids.index(v) + 1} {v}")
+    weights = dict(zip(chosen, q["weights"], strict=True))
+    centre = max(chosen, key=lambda s: weights.get(s, 0.0))
+    qs = int(c2.select_slider("Query slice", chosen, value=centre, key="pair_slice"))
+    in_volume, best = views.match_for(result, target, qs)
+    match = in_volume or best
+    query_vol = display_volume(q.get("file") or q.get("source", ""), q["volume_id"])
+    left, right = st.columns(2)
+    with left:
+        if query_vol is not None:
+            st.image(views.slice_image(query_vol, qs, size=360), width="stretch",
+                     caption=f"Query · slice {qs} of {q['n_slices']} · "
+                             f"weight {weights.get(qs, 0):.2f}")
+        else:
+            st.info("The query file is not readable from this server.")
+    with right:
+        if match is None:
+            st.info("This slice cast no vote.")
+            return
+        rank = next((r for r in result["ranking"] if r["volume_id"] == match["volume_id"]),
+                    None)
+        source = rank.get("source", "") if rank else ""
+        db_vol = display_volume(source, match["volume_id"]) if source else None
+        note = "" if in_volume else f" (no hit in {target}; this slice's best match)"
+        caption = (f"{match['volume_id']} · slice {match['db_slice']} · cos "
+                   f"{float(match['similarity']):.3f}{note}")
+        if db_vol is not None:
+            st.image(views.slice_image(db_vol, int(match["db_slice"]), size=360),
+                     width="stretch", caption=caption)
+        else:
+            st.info(f"{caption}: the file is not readable from this server.")
