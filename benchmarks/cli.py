@@ -1,0 +1,210 @@
+"""``medir bench``: the paper's grid (``paper``) and the engine comparison (``engines``).
+
+The grid's defaults live in ``benchmarks/configs/paper.json``; options override them. Results
+go to a folder (JSON, CSV, Markdown, PNG) with the machine and git commit recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from medir.config import get_settings
+from medir.errors import ConfigError, MedirError
+
+app = typer.Typer(help="Benchmarks: the paper's Table III grid, FAISS vs Qdrant engines.",
+                  no_args_is_help=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    """A :class:`MedirError` becomes one line on stderr and exit status 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MedirError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: ``--models a,b --models c`` → [a, b, c].
+    Index specs carry commas inside (``hnsw:M=32,efC=128``): a piece with '=' but no ':' is
+    glued back to the previous one."""
+    out: list[str] = []
+    for v in values or []:
+        for piece in (p.strip() for p in v.split(",")):
+            if not piece:
+                continue
+            if out and "=" in piece and ":" not in piece and ":" in out[-1]:
+                out[-1] += "," + piece
+            else:
+                out.append(piece)
+    return out
+
+
+@app.command("paper")
+@_errors
+def paper(
+    dataset: Annotated[Path | None, typer.Option(
+        help="MSD folder (TaskXX_*/imagesTr|imagesTs, dataset.json) or a folder with "
+             "manifest.csv; default: the sample collection.")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        help="Embedding models (repeat or comma-separate); default: the configured model.")
+    ] = None,
+    indexes: Annotated[list[str] | None, typer.Option(
+        help="Index specs: flat, lsh[:nbits=N], hnsw[:M=32,efC=128,efS=128], qdrant[:...].")
+    ] = None,
+    variants: Annotated[list[str] | None, typer.Option(
+        help="Grid columns: random:K, every-mm:X, every-n:N, all, W, SW (default: Table III).")
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="Neighbours per query slice.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Grid config JSON.")] = None,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/paper"),
+    cache: Annotated[Path | None, typer.Option(
+        help="Embedding cache folder (default: <cache_dir>/embeddings).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Slices per model batch.")] = None,
+    intensity: Annotated[str | None, typer.Option(help="auto | percentile | ct")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Keep the first N files of each split of each task (quick runs).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="MSD task numbers, e.g. 1,4,9.")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Replicate the paper's Table III: every model × index × sampling/aggregation column."""
+    from benchmarks.datasets import load_dataset
+    from benchmarks.grid import GridConfig, run_grid
+    from benchmarks.report import write_report
+    from ingest.embedders import get_embedder
+
+    settings = get_settings()
+    cfg = GridConfig.load(config)
+    if indexes:
+        cfg.indexes = _split(indexes)
+    if variants:
+        cfg.variants = _split(variants)
+    if k is not None:
+        cfg.k = k
+    if intensity is not None:
+        cfg.intensity = intensity
+    cfg.validate()
+    try:
+        task_list = [int(t) for t in tasks.split(",")] if tasks else None
+    except ValueError:
+        raise ConfigError(f"bad --tasks {tasks!r}; use task numbers like 1,4,9") from None
+    ds = load_dataset(dataset or settings.samples_dir, limit=limit, tasks=task_list)
+    model_list = _split(models) or [settings.model]
+    dev = device or settings.device
+    bs = batch_size or settings.batch_size
+
+    def factory(name: str) -> Any:
+        return get_embedder(name, device=dev, batch_size=bs)
+
+    run = run_grid(ds, model_list, cfg, cache or settings.cache_dir / "embeddings", factory,
+                   progress=progress)
+    files = write_report(run, out, plots=plots)
+    typer.echo(f"{len(run.cells)} cells, {run.timings['total_seconds']:.1f} s → "
+               f"{files['markdown']}", err=True)
+
+
+@app.command("engines")
+@_errors
+def engines(
+    sizes: Annotated[str, typer.Option(
+        help="Vector sets: sample (cached embeddings of --dataset) and/or synthetic sizes, "
+             "e.g. sample,100k,440k.")] = "sample,100k",
+    engines_: Annotated[list[str] | None, typer.Option(
+        "--engines", help="Index specs (flat is also the ground truth).")] = None,
+    ef: Annotated[str, typer.Option(help="Query-time ef values for HNSW and Qdrant.")
+                  ] = "64,128,256",
+    k: Annotated[int, typer.Option(help="k of recall@k and of the QPS searches.")] = 10,
+    volume_k: Annotated[int, typer.Option(help="k of the 100-slice volume query.")] = 1,
+    queries: Annotated[int, typer.Option(help="Single-slice queries (recall, batch QPS).")
+                       ] = 1000,
+    volume_queries: Annotated[int, typer.Option(help="100-slice volume queries timed.")] = 50,
+    single: Annotated[int, typer.Option(help="Queries timed one at a time.")] = 200,
+    dim: Annotated[int, typer.Option(help="Dimension of synthetic vectors.")] = 384,
+    seed: Annotated[int, typer.Option()] = 0,
+    dataset: Annotated[Path | None, typer.Option(help="Collection for the sample set.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model of the sample set.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/engines"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """FAISS exact, FAISS HNSW and the Qdrant store on the same vectors."""
+    import numpy as np
+
+    from benchmarks.engines import (
+        DEFAULT_ENGINES,
+        VectorSet,
+        bench_set,
+        make_queries,
+        parse_size,
+        synthetic_volumes,
+        write_engines,
+    )
+
+    settings = get_settings()
+    specs = _split(engines_) or list(DEFAULT_ENGINES)
+    try:
+        efs = [int(e) for e in ef.split(",") if e.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --ef {ef!r}; use integers like 64,128,256") from None
+    from benchmarks.indexes import make_index
+
+    for s in specs:
+        make_index(s, 8)
+    rows: list[dict[str, Any]] = []
+    config = {"sizes": sizes, "engines": specs, "ef": efs, "k": k, "volume_k": volume_k,
+              "queries": queries, "volume_queries": volume_queries, "single": single,
+              "dim": dim, "seed": seed}
+    for size in (parse_size(s) for s in sizes.split(",") if s.strip()):
+        if size == "sample":
+            vectors, volume_of, name = _sample_vectors(dataset, model, cache, device)
+            config["sample_model"] = model or settings.model
+        else:
+            assert isinstance(size, int)
+            vectors, volume_of = synthetic_volumes(size, dim, seed)
+            name = f"synthetic-{size}"
+        q, vq = make_queries(vectors, volume_of, queries, volume_queries, seed=seed + 1)
+        vs = VectorSet(name, vectors, np.asarray(volume_of, np.int64), q, vq)
+        rows += bench_set(vs, specs, efs, k=k, volume_k=volume_k, n_single=single,
+                          progress=progress)
+        write_engines(rows, out, config)  # after each set: a long run keeps what it measured
+    files = write_engines(rows, out, config)
+    typer.echo(files["markdown"].read_text(), nl=False)
+    print(f"→ {files['json']}", file=sys.stderr)
+
+
+def _sample_vectors(dataset: Path | None, model: str | None, cache: Path | None,
+                    device: str | None) -> tuple[Any, Any, str]:
+    """The cached (or now embedded) slice vectors of a collection, with a volume index."""
+    import numpy as np
+
+    from benchmarks.cache import EmbeddingCache, build_cache
+    from benchmarks.datasets import load_dataset
+    from ingest.embedders import get_embedder
+
+    settings = get_settings()
+    ds = load_dataset(dataset or settings.samples_dir)
+    name = model or settings.model
+    c = EmbeddingCache(cache or settings.cache_dir / "embeddings", name, settings.intensity)
+    emb = get_embedder(name, device=device or settings.device, batch_size=settings.batch_size)
+    entries = build_cache(c, sorted({x.path for x in ds.cases}), emb, progress=True)
+    blocks, vol = [], []
+    for i, e in enumerate(e for es in entries.values() for e in es):
+        blocks.append(c.load(e).vectors)
+        vol.append(np.full(e.n_slices, i, np.int64))
+    return np.concatenate(blocks), np.concatenate(vol), f"sample-{name}"
