@@ -123,11 +123,14 @@ class EdgeStore(SliceStore):
     def delete(self, name: str, flt: Filter) -> None:
         if flt.empty:
             raise ValueError("refusing to delete with an empty filter")
-        self._shard(name).update(qe.UpdateOperation.delete_points_by_filter(to_edge_filter(flt)))
+        edge_filter = to_edge_filter(flt)
+        assert edge_filter is not None
+        self._shard(name).update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
 
     def set_payload(self, name: str, flt: Filter, payload: Mapping[str, Any]) -> None:
+        edge_filter = to_edge_filter(flt) or qe.Filter()
         self._shard(name).update(
-            qe.UpdateOperation.set_payload_by_filter(to_edge_filter(flt), dict(payload))
+            qe.UpdateOperation.set_payload_by_filter(edge_filter, dict(payload))
         )
 
     def flush(self) -> None:

@@ -104,8 +104,8 @@ class QdrantStore(SliceStore):
         self.client.delete(name, points_selector=selector, wait=True)
 
     def set_payload(self, name: str, flt: Filter, payload: Mapping[str, Any]) -> None:
-        self.client.set_payload(name, payload=dict(payload), points=to_qdrant_filter(flt),
-                                wait=True)
+        self.client.set_payload(name, payload=dict(payload),
+                                points=to_qdrant_filter(flt) or models.Filter(), wait=True)
 
     def search_batch(
         self,

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System packages the tests use: redis-server (queue tests start their own), chromium (the
+# UI's browser test), docker-compose (validates docker-compose.yml; no engine is needed).
+# Installs with apt-get when missing and permitted; otherwise says what is missing.
+set -euo pipefail
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[system] installing ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "[system] missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]});"\
+       "tests that need them will be skipped" >&2
+fi
