@@ -1,0 +1,39 @@
+"""The background queue: Celery tasks on a Redis broker, one task per 3D volume.
+
+Layout: :mod:`.app` builds the Celery app from settings, :mod:`.tasks` holds the tasks and the
+worker process's lazily loaded model and store, :mod:`.worker` starts a worker, :mod:`.submit`
+is the client side (``medir ingest --queue``, queries through the queue), :mod:`.jobs` keeps
+job records in Redis for ``medir jobs``.
+
+Importing this package imports neither Celery nor torch; the client side never loads a model.
+"""
+
+from __future__ import annotations
+
+from medir.errors import MedirError
+
+INGEST_QUEUE = "ingest"
+SEARCH_QUEUE = "search"
+INGEST_TASK = "medir.ingest_volume"
+SEARCH_TASK = "medir.search_volume"
+STATS_TASK = "medir.store_stats"
+
+
+class TaskFailed(MedirError):
+    """A task that failed for a reason retrying cannot fix (bad file, unknown model, ...).
+
+    It carries one message, so Celery can rebuild it on the client from the result backend.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+
+
+__all__ = [
+    "INGEST_QUEUE",
+    "INGEST_TASK",
+    "SEARCH_QUEUE",
+    "SEARCH_TASK",
+    "STATS_TASK",
+    "TaskFailed",
+]

@@ -1,0 +1,274 @@
+"""The client side of the queue: submit ingest jobs and follow them, queries through a worker.
+
+Paths are sent as absolute paths: a worker must see the same files (same machine, or the same
+mount in every container). A 4D file becomes one task per 3D volume. A file the client cannot
+open is still submitted, so its task fails in the worker with the reason, like any other job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ingest.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
+from medir.config import get_settings
+from medir.errors import MedirError, StoreUnavailable, VolumeError
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
+
+    from search.query import QueryOptions
+
+POLL_S = 0.5
+NO_WORKER_HINT_S = 10.0
+
+
+@dataclass
+class VolumeJob:
+    """One submitted ``ingest_volume`` task."""
+
+    task_id: str
+    path: str
+    index_4d: int | None
+    volume_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    state: str = "PENDING"
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _app() -> Celery:
+    from ingest.queue.app import get_app
+
+    app = get_app()
+    check_broker(get_settings().redis_url or "")
+    return app
+
+
+def check_broker(url: str) -> None:
+    """Fail with one clear line when the broker does not answer."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"the queue broker at {_safe_url(url)} does not answer ({exc}); "
+                               "start redis-server, or unset MEDIR_REDIS_URL to work "
+                               "in-process") from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (for messages)."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def expand_files(files: Sequence[Path],
+                 labels: Mapping[str, Mapping[str, str]] | None) -> list[VolumeJob]:
+    """One job per 3D volume: a 4D file gives one per index of its 4th axis."""
+    from ingest.pipeline import labels_for
+    from ingest.reader import case_id_of, open_volume
+
+    jobs: list[VolumeJob] = []
+    for f in files:
+        path = Path(f).expanduser().resolve()
+        try:
+            vf = open_volume(path)
+            ids = vf.volume_ids()
+            indices: list[int | None] = list(range(vf.n_volumes)) if vf.is_4d else [None]
+            case = vf.case_id
+        except VolumeError:
+            ids, indices, case = [case_id_of(path)], [None], case_id_of(path)
+        for vid, k in zip(ids, indices, strict=True):
+            jobs.append(VolumeJob(str(uuid.uuid4()), str(path), k, vid,
+                                  labels_for(labels, path, vid, case)))
+    return jobs
+
+
+def submit_ingest(
+    files: list[Path],
+    model: str,
+    labels: Mapping[str, Mapping[str, str]] | None,
+    *,
+    wait: bool,
+    console: Console,
+) -> bool:
+    """Submit one ``ingest_volume`` task per 3D volume; follow them unless ``wait`` is false.
+
+    Returns True when every task succeeded (or, without waiting, when all were submitted).
+    """
+    from ingest.queue.jobs import Job, job_store
+
+    app = _app()
+    jobs = expand_files(files, labels)
+    records = job_store()
+    settings = get_settings()
+    for j in jobs:
+        records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
+                           model=model))
+        app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
+            "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
+            "intensity": settings.intensity,
+        })
+    console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
+                  f"{INGEST_QUEUE!r} (model {model})", highlight=False)
+    if not wait:
+        for j in jobs:
+            console.print(f"  {j.task_id}  {j.volume_id}", highlight=False)
+        console.print("follow them with: medir jobs", highlight=False)
+        return True
+    return follow(app, jobs, console)
+
+
+def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
+    """Show per-volume progress and the total slices/s until every job finished."""
+    results = {j.task_id: app.AsyncResult(j.task_id) for j in jobs}
+    pending = {j.task_id: j for j in jobs}
+    rows: dict[str, TaskID] = {}
+    t0 = time.monotonic()
+    first_start: float | None = None
+    slices_done = 0  # slices embedded by finished volumes (indexed, not skipped)
+    warned = False
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as bar:
+        overall = bar.add_task("volumes", total=len(jobs), info="")
+        while pending:
+            running = 0
+            for tid, j in list(pending.items()):
+                res = results[tid]
+                state = res.state
+                if state == "PROGRESS" and isinstance(res.info, dict):
+                    first_start = first_start or time.monotonic()
+                    j.done, j.total = int(res.info.get("done", 0)), int(res.info.get("total", 0))
+                    if tid not in rows:
+                        rows[tid] = bar.add_task(f"  {j.volume_id[:40]}", total=j.total or 1,
+                                                 info="")
+                    bar.update(rows[tid], completed=j.done, total=j.total or 1)
+                    running += j.done
+                elif state == "STARTED":
+                    first_start = first_start or time.monotonic()
+                elif state in ("SUCCESS", "FAILURE", "REVOKED"):
+                    j.state = state
+                    if state == "SUCCESS" and isinstance(res.result, dict):
+                        j.result = res.result
+                        if j.result.get("status") == "indexed":
+                            slices_done += int(j.result.get("n_slices", 0))
+                        msg = (f"{j.result.get('status', 'done'):8s} {j.volume_id} "
+                               f"({j.result.get('n_slices', 0)} slices, "
+                               f"{float(j.result.get('task_seconds', 0)):.1f} s)")
+                        bar.console.print(msg, highlight=False)
+                    else:
+                        j.error = _error_of(res)
+                        bar.console.print(f"[red]failed[/]   {j.volume_id}: {j.error}",
+                                          highlight=False)
+                    if tid in rows:
+                        bar.remove_task(rows.pop(tid))
+                    del pending[tid]
+                    bar.advance(overall)
+            elapsed = time.monotonic() - (first_start or t0)
+            rate = (slices_done + running) / elapsed if first_start and elapsed > 0 else 0.0
+            bar.update(overall, info=f"{rate:.1f} slices/s")
+            if pending and not first_start and not warned and \
+                    time.monotonic() - t0 > NO_WORKER_HINT_S:
+                warned = True
+                if not _workers_alive(app):
+                    bar.console.print("[yellow]no worker answers: start one with "
+                                      "`medir worker` (the jobs wait in the queue)[/]")
+            if pending:
+                time.sleep(POLL_S)
+    failed = [j for j in jobs if j.state != "SUCCESS"]
+    total_s = time.monotonic() - t0
+    rate = slices_done / max(time.monotonic() - (first_start or t0), 1e-9)
+    console.print(f"{len(jobs) - len(failed)} of {len(jobs)} volume(s) done in {total_s:.1f} s, "
+                  f"{slices_done} slices embedded ({rate:.1f} slices/s)", highlight=False)
+    if failed:
+        console.print(f"[red]{len(failed)} volume(s) failed[/], the others were indexed")
+    return not failed
+
+
+def _error_of(res: AsyncResult) -> str:
+    info = res.info
+    if isinstance(info, BaseException):
+        return str(info) or type(info).__name__
+    return str(info or res.state)
+
+
+def _workers_alive(app: Celery) -> bool:
+    try:
+        return bool(app.control.ping(timeout=1.0))
+    except Exception:
+        return False
+
+
+def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
+    """Wait for a query-like task; its failure becomes a MedirError with the worker's line."""
+    deadline = time.monotonic() + timeout
+    while not res.ready():
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(f"{what}: no answer from a worker within {timeout:.0f} s; "
+                                   f"is `medir worker` running on queue {SEARCH_QUEUE!r}?")
+        time.sleep(0.05)
+    if res.state != "SUCCESS":
+        raise MedirError(_error_of(res))
+    out = res.result
+    res.forget()
+    if not isinstance(out, dict):
+        raise MedirError(f"{what}: unexpected answer {out!r}")
+    return out
+
+
+def _option_dict(options: QueryOptions) -> dict[str, Any]:
+    data = dataclasses.asdict(options)
+    data["filters"] = {k: list(v) for k, v in dict(options.filters).items()}
+    return data
+
+
+def submit_search(
+    volume: str,
+    model: str,
+    options: QueryOptions,
+    *,
+    by_id: bool,
+    index_4d: int | None,
+) -> dict[str, Any]:
+    """Run a volume query on a worker; the same dict as ``search_in_process``."""
+    from ingest.queue.app import queue_settings
+
+    app = _app()
+    target = volume if by_id else str(Path(volume).expanduser().resolve())
+    if not by_id and not Path(target).exists():
+        raise VolumeError(target, "no such file")
+    res = app.send_task(SEARCH_TASK, queue=SEARCH_QUEUE, kwargs={
+        "volume": target, "model": model, "options": _option_dict(options), "by_id": by_id,
+        "index_4d": index_4d,
+    })
+    return _wait(res, queue_settings().search_timeout, f"query {volume}")
+
+
+def submit_stats(timeout: float | None = None) -> dict[str, Any]:
+    """Collections, volumes and points of the store a worker owns."""
+    from ingest.queue.app import queue_settings
+
+    app = _app()
+    res = app.send_task(STATS_TASK, queue=SEARCH_QUEUE)
+    return _wait(res, timeout or queue_settings().search_timeout, "store statistics")

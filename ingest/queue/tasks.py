@@ -1,0 +1,339 @@
+"""The Celery tasks and the worker process's state: one model per name, one store, both lazy.
+
+Tasks only orchestrate (../shared/STYLE.md item 3): ``ingest_volume`` reads one 3D volume and
+calls :func:`ingest.pipeline.index_volume`; ``search_volume`` runs the same query code as
+:func:`search.service.search_in_process`; ``store_stats`` is :func:`search.service.store_stats`.
+
+GPU safety: nothing here touches CUDA or loads weights at import. The embedders and the store
+are created on first use inside the process that runs tasks (after fork for a prefork child;
+``worker_process_init`` drops anything inherited from a parent), then kept for the life of the
+process. The embedded store allows one process: in that mode the worker process owns it and
+keeps it open across tasks, and ``worker_init`` takes an owner lock so a second worker on the
+same store path refuses to start instead of failing every task.
+
+Failures: :class:`~medir.errors.StoreUnavailable` and connection errors are retried with
+exponential backoff; any other :class:`~medir.errors.MedirError` (a bad file, an unknown model,
+missing weights) fails the task at once as :class:`~ingest.queue.TaskFailed` with its message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+
+from celery import Celery, Task
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from ingest.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
+from medir.config import Settings, get_settings
+from medir.errors import MedirError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ingest.embedders.base import Embedder
+    from search.store import SliceStore
+
+log = logging.getLogger(__name__)
+
+TRANSIENT: tuple[type[BaseException], ...] = (StoreUnavailable, ConnectionError, TimeoutError)
+OWNER_LOCK = ".medir-worker.lock"
+
+T = TypeVar("T")
+
+
+# ---- worker process state ------------------------------------------------------------------
+class _ProcessState:
+    """Models and store of the current process, created lazily, dropped after a fork."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        self.embedders: dict[str, Embedder] = {}
+        self.store: SliceStore | None = None
+        self.owner_lock: IO[str] | None = None
+
+    def reset_if_forked(self) -> None:
+        if self.pid != os.getpid():
+            # inherited from the parent: never reuse a model (CUDA context) or a store handle
+            self.pid = os.getpid()
+            self.lock = threading.RLock()
+            self.embedders = {}
+            self.store = None
+
+
+_state = _ProcessState()
+
+
+def worker_embedder(model: str, settings: Settings | None = None) -> Embedder:
+    """The process's embedder for ``model``; weights load on its first ``embed``."""
+    from ingest.embedders import get_embedder
+
+    s = settings or get_settings()
+    _state.reset_if_forked()
+    with _state.lock:
+        emb = _state.embedders.get(model)
+        if emb is None:
+            emb = get_embedder(model, device=s.device, batch_size=s.batch_size,
+                               weights_dir=s.weights_dir)
+            _state.embedders[model] = emb
+        return emb
+
+
+def worker_store(settings: Settings | None = None) -> SliceStore:
+    """The process's store, opened once and kept open across tasks (thread-safe wrapper)."""
+    from search.store_factory import open_store
+
+    _state.reset_if_forked()
+    with _state.lock:
+        if _state.store is None:
+            # duck-typed: every SliceStore method, called under one lock
+            _state.store = cast("SliceStore", _LockedStore(open_store(settings or get_settings())))
+        return _state.store
+
+
+def close_worker_state() -> None:
+    """Flush and close the store (worker shutdown); models are simply dropped."""
+    with _state.lock:
+        if _state.store is not None and _state.pid == os.getpid():
+            try:
+                _state.store.close()
+            except Exception as exc:  # shutting down: report, do not mask the exit
+                log.warning("closing the store: %s", exc)
+        _state.store = None
+        _state.embedders = {}
+
+
+class _LockedStore:
+    """Serialises calls into one store object, so a threads-pool worker can run a query while
+    another thread ingests (an embedded engine handle is not safe for concurrent calls)."""
+
+    def __init__(self, inner: SliceStore) -> None:
+        self._inner = inner
+        self._lock = threading.RLock()
+        self.mode = inner.mode
+        self.location = inner.location
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        lock = self._lock
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                result = attr(*args, **kwargs)
+                if name == "scroll":  # a generator: drain it under the lock
+                    result = iter(list(result))
+                return result
+
+        return locked
+
+    def __enter__(self) -> _LockedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def acquire_owner_lock(settings: Settings | None = None) -> None:
+    """In embedded-store mode, make this process the store's only worker (flock on a file in
+    the store folder; the kernel releases it when the process dies, even by SIGKILL)."""
+    s = settings or get_settings()
+    if s.qdrant_url or _state.owner_lock is not None:
+        return
+    s.store_path.mkdir(parents=True, exist_ok=True)
+    fh = open(s.store_path / OWNER_LOCK, "a+")  # noqa: SIM115 - held for the process life
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StoreUnavailable(
+            f"another medir worker owns the embedded store at {s.store_path}; the embedded "
+            "store allows one worker process (set MEDIR_QDRANT_URL to run several)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _state.owner_lock = fh
+
+
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    try:
+        acquire_owner_lock()
+    except StoreUnavailable as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None  # Celery logs and swallows Exceptions from handlers
+
+
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    _state.reset_if_forked()
+
+
+@worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    close_worker_state()
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    close_worker_state()
+
+
+# ---- task bodies ---------------------------------------------------------------------------
+def _jobs() -> Any:
+    from ingest.queue.jobs import job_store
+
+    try:
+        return job_store()
+    except Exception as exc:  # records are a convenience; the task must not fail for them
+        log.warning("job records unavailable: %s", exc)
+        return None
+
+
+def _record(task: Task, **changes: Any) -> None:
+    if task.name == STATS_TASK:  # polled often; not a job anyone follows
+        return
+    jobs = _jobs()
+    if jobs is not None and task.request.id:
+        jobs.update(task.request.id, **changes)
+
+
+def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
+    """Run a task body with medir's failure policy and job-record bookkeeping."""
+    from ingest.queue.app import queue_settings
+
+    _record(task, state="STARTED", started=time.time(), kind=kind,
+            worker=task.request.hostname or "", retries=task.request.retries, error="")
+    try:
+        result = body()
+    except TRANSIENT as exc:
+        qs = queue_settings()
+        n = task.request.retries
+        if n >= qs.max_retries:
+            msg = f"gave up after {n} retries: {exc}"
+            _record(task, state="FAILURE", error=msg, finished=time.time())
+            raise TaskFailed(msg) from None
+        delay = min(qs.retry_backoff * 2 ** n, qs.retry_backoff_max) * random.uniform(0.8, 1.2)
+        _record(task, state="RETRY", error=f"{exc} (retry {n + 1} in {delay:.0f} s)")
+        raise task.retry(exc=exc, countdown=delay, max_retries=qs.max_retries) from None
+    except MedirError as exc:
+        _record(task, state="FAILURE", error=str(exc), finished=time.time())
+        raise TaskFailed(str(exc)) from None
+    except Exception as exc:
+        _record(task, state="FAILURE", error=f"{type(exc).__name__}: {exc}",
+                finished=time.time())
+        raise
+    _record(task, state="SUCCESS", finished=time.time())
+    return result
+
+
+def ingest_volume_body(
+    task: Task,
+    path: str,
+    index_4d: int | None,
+    model: str,
+    labels: Mapping[str, str] | None = None,
+    intensity: str | None = None,
+) -> dict[str, Any]:
+    """Index one 3D volume (``index_4d`` of a 4D file); returns the ingest report."""
+    from ingest.pipeline import index_volume
+    from ingest.reader import open_volume
+
+    s = get_settings()
+    t0 = time.perf_counter()
+    vf = open_volume(path)
+    vol = vf.read(index_4d if vf.is_4d else None)
+    vol.labels = dict(labels or {})
+    embedder = worker_embedder(model, s)
+    store = worker_store(s)
+    last = [0.0]
+
+    def progress(volume_id: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.25:
+            return
+        last[0] = now
+        meta = {"done": done, "total": total, "volume_id": volume_id}
+        task.update_state(state="PROGRESS", meta=meta)
+        _record(task, state="PROGRESS", done=done, total=total)
+
+    _record(task, volume=vol.volume_id, total=vol.n_slices, done=0)
+    report = index_volume(store, embedder, vol, intensity=intensity or s.intensity,
+                          upsert_batch=s.upsert_batch, progress=progress)
+    out = report.to_dict()
+    seconds = time.perf_counter() - t0
+    out["task_seconds"] = seconds
+    out["model"] = model
+    _record(task, done=report.n_slices, total=report.n_slices)
+    return out
+
+
+def search_volume_body(
+    volume: str,
+    model: str,
+    options: Mapping[str, Any],
+    by_id: bool = False,
+    index_4d: int | None = None,
+) -> dict[str, Any]:
+    """The server-side vote: the same result dict as ``search_in_process``."""
+    from search.query import QueryOptions, search_file, search_indexed
+
+    s = get_settings()
+    opts = QueryOptions(**{**options, "filters": {k: list(v) for k, v in
+                                                  dict(options.get("filters") or {}).items()}})
+    embedder = worker_embedder(model, s)
+    store = worker_store(s)
+    if by_id:
+        result = search_indexed(volume, store, embedder, opts)
+    else:
+        result = search_file(volume, store, embedder, opts,
+                             index_4d=index_4d)
+    return result.to_dict()
+
+
+def store_stats_body() -> dict[str, Any]:
+    """Collections, volumes and points (complete and all) of the worker's store."""
+    from search.service import store_stats
+
+    return store_stats(worker_store())
+
+
+def register_tasks(app: Celery) -> None:
+    """Register medir's tasks on ``app`` under fixed names (clients send them by name)."""
+
+    @app.task(bind=True, name=INGEST_TASK, acks_late=True, reject_on_worker_lost=True)
+    def ingest_volume(self: Task, path: str, index_4d: int | None = None,
+                      model: str | None = None, labels: Mapping[str, str] | None = None,
+                      intensity: str | None = None) -> dict[str, Any]:
+        """Index one 3D volume of a file; progress in the task state (PROGRESS)."""
+        name = model or get_settings().model
+        _record(self, file=path, model=name)
+        return _run(self, "ingest", lambda: ingest_volume_body(
+            self, path, index_4d, name, labels, intensity))
+
+    @app.task(bind=True, name=SEARCH_TASK, acks_late=True, reject_on_worker_lost=True)
+    def search_volume(self: Task, volume: str, model: str | None = None,
+                      options: Mapping[str, Any] | None = None, by_id: bool = False,
+                      index_4d: int | None = None) -> dict[str, Any]:
+        """Rank indexed volumes against a query volume (a file the worker can read, or an id)."""
+        name = model or get_settings().model
+        return _run(self, "search", lambda: search_volume_body(
+            volume, name, options or {}, by_id, index_4d))
+
+    @app.task(bind=True, name=STATS_TASK, acks_late=True, reject_on_worker_lost=True)
+    def store_stats(self: Task) -> dict[str, Any]:
+        """Collections, volumes and points of the store the worker owns."""
+        return _run(self, "stats", store_stats_body)
+
