@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -75,6 +76,11 @@ def _randomize(module: torch.nn.Module) -> torch.nn.Module:
             elif name.endswith("running_var"):
                 b.copy_(1.0 + 0.1 * torch.rand(b.shape, generator=g))
     return module.eval()
+
+
+def _module(emb: Embedder) -> Any:
+    """The loaded network of a paper embedder."""
+    return cast(PaperEmbedder, emb).module
 
 
 def check_roundtrip(
@@ -152,7 +158,7 @@ def test_downloads_are_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- DINOv1 / DINOv2 (transformers from_pretrained folders) ---------------------------------
 @cache
-def _vit(dim: int, heads: int) -> torch.nn.Module:
+def _vit(dim: int, heads: int) -> Any:
     from transformers import ViTConfig, ViTModel
 
     # facebook/dino-vit{s,b}16 config.json values
@@ -170,7 +176,7 @@ def _vit(dim: int, heads: int) -> torch.nn.Module:
 
 
 @cache
-def _dinov2(dim: int, heads: int) -> torch.nn.Module:
+def _dinov2(dim: int, heads: int) -> Any:
     from transformers import Dinov2Config, Dinov2Model
 
     # facebook/dinov2-{small,base} config.json values
@@ -198,7 +204,7 @@ def _dinov2(dim: int, heads: int) -> torch.nn.Module:
 )
 def test_dino_roundtrip(
     name: str,
-    build: Callable[[int, int], torch.nn.Module],
+    build: Callable[[int, int], Any],
     dim: int,
     heads: int,
     tmp_path: Path,
@@ -259,8 +265,8 @@ def test_half_precision_path(tmp_path: Path, slices: np.ndarray) -> None:
     type(half).half = property(lambda self: True)  # type: ignore[assignment,method-assign]
     try:
         vh = half.embed(slices)
-        assert half.module is not None
-        assert next(half.module.parameters()).dtype == torch.float16
+        assert _module(half) is not None
+        assert next(_module(half).parameters()).dtype == torch.float16
     finally:
         del type(half).half  # type: ignore[attr-defined]
     vf = full.embed(slices)
@@ -284,7 +290,7 @@ def _dreamsim_files(
     model = _randomize(DreamSimModel(kinds))  # type: ignore[arg-type]
     assert isinstance(model, DreamSimModel)
     g = torch.Generator().manual_seed(2)
-    for kind, branch in zip(kinds, model.extractor_list, strict=True):
+    for kind, branch in zip(kinds, model.branches, strict=True):
         if kind == "dino_vitb16":
             sd = branch.model.state_dict()
             if full_dino:  # DINO's full training checkpoint, as in DreamSim's zip
@@ -368,8 +374,8 @@ def test_dreamsim_ensemble_roundtrip(tmp_path: Path, slices: np.ndarray) -> None
     v = check_roundtrip(emb, slices, with_lora, exact=False)
     assert v.shape == (2, 1792) and model.dim == 1792
     # the LoRA update really was merged into every qkv (and nothing else changed)
-    assert emb.module is not None
-    loaded = emb.module.state_dict()
+    assert _module(emb) is not None
+    loaded = _module(emb).state_dict()
     for k, w in model.state_dict().items():
         assert torch.equal(loaded[k], w) != k.endswith("attn.qkv.weight"), k
     # DreamSim's normalize_embedding centres each vector before scaling
@@ -413,7 +419,7 @@ def test_resnet50_pytorch_release_roundtrip(tmp_path: Path, slices: np.ndarray) 
     emb = get_embedder("radimagenet-resnet50", device="cpu", weights_dir=tmp_path / "w")
     check_roundtrip(emb, slices, model)
     assert isinstance(emb, RadImageNetResNet50)
-    assert emb.module is not None and not emb.module.keras  # type: ignore[union-attr]
+    assert _module(emb) is not None and not _module(emb).keras
 
 
 def _keras_layers() -> list[str]:
@@ -449,7 +455,7 @@ def test_resnet50_keras_release_conversion(tmp_path: Path, slices: np.ndarray) -
     assert [p.name for p in report.files] == ["RadImageNet-ResNet50_notop.safetensors"]
     emb = get_embedder("radimagenet-resnet50", device="cpu", weights_dir=tmp_path / "w")
     check_roundtrip(emb, slices, model)
-    assert emb.module.keras  # type: ignore[union-attr]
+    assert _module(emb).keras
 
 
 def test_resnet50_wrong_file(tmp_path: Path) -> None:
@@ -465,7 +471,7 @@ def test_resnet50_wrong_file(tmp_path: Path) -> None:
 
 # ---- RadImageNet Swin ------------------------------------------------------------------------
 @cache
-def _swin() -> torch.nn.Module:
+def _swin() -> Any:
     from transformers import SwinConfig, SwinModel
 
     return _randomize(SwinModel(SwinConfig()))  # Swin-T: 96, (2, 2, 6, 2), (3, 6, 12, 24), w7

@@ -32,7 +32,7 @@ import zipfile
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -239,11 +239,11 @@ def _find_hf_folder(src: Path) -> Path:
 class _DinoV1(HFBackbone):
     model_type = "vit"
 
-    def _from_pretrained(self, path: Path) -> nn.Module:
+    def _from_pretrained(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         from transformers import ViTModel
 
         # The DINO checkpoints have no pooler; the CLS token is read after the final LayerNorm.
-        return ViTModel.from_pretrained(  # type: ignore[no-any-return]
+        return cast(Any, ViTModel.from_pretrained)(  # with output_loading_info
             str(path), add_pooling_layer=False, local_files_only=True, output_loading_info=True
         )
 
@@ -251,10 +251,10 @@ class _DinoV1(HFBackbone):
 class _DinoV2(HFBackbone):
     model_type = "dinov2"
 
-    def _from_pretrained(self, path: Path) -> nn.Module:
+    def _from_pretrained(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         from transformers import Dinov2Model
 
-        return Dinov2Model.from_pretrained(  # type: ignore[no-any-return]
+        return cast(Any, Dinov2Model.from_pretrained)(  # with output_loading_info
             str(path), local_files_only=True, output_loading_info=True
         )
 
@@ -351,10 +351,10 @@ class RadImageNetSwin(HFBackbone):
     def _width(self, cfg: dict[str, Any]) -> int:
         return int(cfg.get("embed_dim", 0)) * 2 ** (len(cfg.get("depths", [])) - 1)
 
-    def _from_pretrained(self, path: Path) -> nn.Module:
+    def _from_pretrained(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         from transformers import SwinModel
 
-        return SwinModel.from_pretrained(  # type: ignore[no-any-return]
+        return cast(Any, SwinModel.from_pretrained)(  # with output_loading_info
             str(path), local_files_only=True, output_loading_info=True
         )
 
@@ -515,7 +515,7 @@ class _DreamSimBase(PaperEmbedder):
         if missing:
             raise unavailable(self.name, path, missing, self.hint)
         model = DreamSimModel(self.kinds)
-        for kind, branch in zip(self.kinds, model.extractor_list, strict=True):
+        for kind, branch in zip(self.kinds, model.branches, strict=True):
             if kind == "dino_vitb16":
                 if (path / _DREAMSIM_BACKBONE).is_file():
                     f = path / _DREAMSIM_BACKBONE
@@ -533,7 +533,8 @@ class _DreamSimBase(PaperEmbedder):
                 sd = dict(obj["state_dict"])
                 proj = sd.pop("proj")
                 load_checked(branch.model, sd, str(f))
-                branch.proj.copy_(proj.float())  # type: ignore[operator]
+                with torch.no_grad():
+                    branch.proj.copy_(proj.float())
         adapter_dir = path / self.lora_dir
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         adapter_file = next(adapter_dir / f for f in _ADAPTER_FILES if (adapter_dir / f).is_file())

@@ -176,6 +176,13 @@ class DreamSimBranch(nn.Module):
     from [0, 1] images.
     """
 
+    model: DinoViT
+    proj: torch.Tensor
+    in_mean: torch.Tensor
+    in_std: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, kind: DreamSimBranchKind) -> None:
         super().__init__()
         self.kind = kind
@@ -202,8 +209,7 @@ class DreamSimBranch(nn.Module):
             x = (x * self.in_std + self.in_mean - self.mean) / self.std
         if self.kind == "dino_vitb16":
             return self.model.tokens(x)[:, 0]
-        proj: torch.Tensor = self.proj  # type: ignore[assignment]
-        return self.model(x) @ proj
+        return self.model(x) @ self.proj
 
 
 class DreamSimModel(nn.Module):
@@ -221,8 +227,13 @@ class DreamSimModel(nn.Module):
         self.extractor_list = nn.ModuleList(DreamSimBranch(k) for k in kinds)
 
     @property
+    def branches(self) -> list[DreamSimBranch]:
+        """The branches, typed (``extractor_list`` as a list)."""
+        return [b for b in self.extractor_list if isinstance(b, DreamSimBranch)]
+
+    @property
     def dim(self) -> int:
-        return sum(b.dim for b in self.extractor_list)  # type: ignore[misc]
+        return sum(b.dim for b in self.branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = torch.cat([branch(x) for branch in self.extractor_list], dim=-1)
