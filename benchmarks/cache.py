@@ -73,6 +73,7 @@ class CacheEntry:
     intensity: str  # the requested mode (auto/percentile/ct)
     resolved_intensity: str  # what auto became for this volume
     seconds: float
+    n_volumes: int = 1  # 3D volumes in the file (a 4D file's protocols)
 
     @property
     def z_spacing(self) -> float:
@@ -163,7 +164,7 @@ class EmbeddingCache:
         if not group:
             return None
         group.sort(key=lambda e: -1 if e.index_4d is None else e.index_4d)
-        expected = {-1} if group[0].index_4d is None else set(range(len(group)))
+        expected = {-1} if group[0].index_4d is None else set(range(group[0].n_volumes))
         got = {-1 if e.index_4d is None else e.index_4d for e in group}
         return group if got == expected else None
 
@@ -236,6 +237,7 @@ class EmbeddingCache:
                 path=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=vf.sha256,
                 embedder_id=embedder.embedder_id, intensity=self.intensity,
                 resolved_intensity=mode, seconds=round(time.perf_counter() - t0, 4),
+                n_volumes=vf.n_volumes,
             )
             self.put(entry, vectors, vol.z_mm)
             out.append(entry)
