@@ -20,15 +20,22 @@ from ui import collection_page, ingest_page, search_page  # noqa: E402
 
 def main() -> None:
     """Configure the page and run the selected one."""
-    st.set_page_config(page_title="medir · volume search", page_icon="🩻", layout="wide")
+    try:  # no "Deploy" button: this is a local tool
+        st.set_option("client.toolbarMode", "minimal")
+    except Exception:  # an option Streamlit refuses to change at runtime
+        pass
+    st.set_page_config(page_title="medir · volume search", page_icon=":material/radiology:",
+                       layout="wide")
     pages = [
-        st.Page(search_page.render, title="Search", icon="🔎", url_path="search", default=True),
-        st.Page(ingest_page.render, title="Ingest", icon="📥", url_path="ingest"),
-        st.Page(collection_page.render, title="Collection", icon="🗂️", url_path="collection"),
+        st.Page(search_page.render, title="Search", icon=":material/search:",
+                url_path="search", default=True),
+        st.Page(ingest_page.render, title="Ingest", icon=":material/upload:", url_path="ingest"),
+        st.Page(collection_page.render, title="Collection", icon=":material/dataset:",
+                url_path="collection"),
     ]
     nav = st.navigation(pages)
     with st.sidebar:
-        st.markdown("### 🩻 medir")
+        st.markdown("### :material/radiology: medir")
         st.caption("Search 3D CT and MR volumes by weighted voting over 2D slice embeddings.")
     nav.run()
 

@@ -76,9 +76,17 @@ def store_session(settings: Settings) -> Iterator[SliceStore]:
 
 @contextmanager
 def _queue_calls(settings: Settings) -> Iterator[None]:
-    """Turn every non-medir failure of a queue call into :class:`QueueUnavailable`."""
+    """Turn a broker or worker that does not answer into :class:`QueueUnavailable`.
+
+    The queue client reports both as StoreUnavailable (no broker, no answer in time); any other
+    non-medir exception (ImportError, connection errors) is the same failure seen from here.
+    """
     try:
         yield
+    except QueueUnavailable:
+        raise
+    except StoreUnavailable as exc:
+        raise QueueUnavailable(f"{exc}") from exc
     except MedirError:
         raise
     except Exception as exc:  # ImportError, redis/kombu connection errors, Celery timeouts

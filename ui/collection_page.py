@@ -7,13 +7,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ui.common import forget_stats, header, show_error, store_stats
+from ui.common import forget_stats, header, model_of, show_error, store_stats
 
 
 def render() -> None:
     """Draw the collection page."""
     header("Collection", "What the store holds: one collection per embedding model.")
-    if st.button("Refresh", icon="🔄", key="refresh"):
+    if st.button("Refresh", icon=":material/refresh:", key="refresh"):
         forget_stats()
     try:
         stats = store_stats()
@@ -28,7 +28,7 @@ def render() -> None:
     st.caption(f"Location: `{stats.get('location', '?')}`")
     if not stats.get("collections"):
         st.info("**The store is empty.** Index volumes on the **Ingest** page or with "
-                "`medir ingest PATH`.", icon="📭")
+                "`medir ingest PATH`.", icon=":material/inbox:")
         return
     st.dataframe(_summary(stats), hide_index=True, key="collections_table")
     for col in stats["collections"]:
@@ -37,7 +37,7 @@ def render() -> None:
 
 def _summary(stats: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([
-        {"model": c["name"].removeprefix("medir_"), "collection": c["name"],
+        {"model": model_of(c), "collection": c["name"],
          "volumes": c["volumes"], "points (slices)": c["points"],
          "searchable points": c["ready_points"], "dim": c["dim"],
          "embedder versions": ", ".join(c.get("embedders", []))}
@@ -46,7 +46,7 @@ def _summary(stats: dict[str, Any]) -> pd.DataFrame:
 
 
 def _collection(col: dict[str, Any]) -> None:
-    st.subheader(col["name"].removeprefix("medir_"))
+    st.subheader(model_of(col))
     pending = int(col["points"]) - int(col["ready_points"])
     st.caption(f"{col['volumes']} volumes · {col['points']} points · {col['dim']}-d"
                + (f" · {pending} points of volumes still being ingested" if pending else ""))

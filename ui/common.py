@@ -8,6 +8,7 @@ import streamlit as st
 
 from medir.config import Settings, get_settings
 from medir.errors import EmptyStore, MedirError, ModelMismatch, StoreUnavailable
+from search.store import collection_name
 from ui import backend
 
 
@@ -49,31 +50,40 @@ def model_names() -> list[str]:
     return names()
 
 
+def model_of(collection: dict[str, Any]) -> str:
+    """The model a collection was built with: from its embedder ids (``name@version``), else
+    the registered model whose collection name it is, else the collection's name."""
+    for emb in collection.get("embedders", []):
+        return str(emb).rsplit("@", 1)[0]
+    by_name = {collection_name(m): m for m in model_names()}
+    return by_name.get(collection["name"], collection["name"])
+
+
 def collection_models(stats: dict[str, Any]) -> list[str]:
-    """Models that have a collection in the store (``medir_<model>`` → ``<model>``)."""
-    return [c["name"].removeprefix("medir_") for c in stats.get("collections", [])]
+    """Models that have a collection in the store."""
+    return [model_of(c) for c in stats.get("collections", [])]
 
 
 def collection_of(stats: dict[str, Any], model: str) -> dict[str, Any] | None:
-    return next((c for c in stats.get("collections", [])
-                 if c["name"].removeprefix("medir_") == model), None)
+    return next((c for c in stats.get("collections", []) if model_of(c) == model), None)
 
 
 def show_error(exc: BaseException) -> None:
     """One clear message per kind of failure, with what to do next."""
     if isinstance(exc, backend.QueueUnavailable):
-        st.error(f"**Worker not running or queue unavailable.** {exc}", icon="🛑")
+        st.error(f"**Worker not running or queue unavailable.** {exc}",
+                 icon=":material/power_off:")
     elif isinstance(exc, EmptyStore):
         st.warning(f"**The store is empty.** {exc} Open **Ingest** in the sidebar to add "
-                   "volumes.", icon="📭")
+                   "volumes.", icon=":material/inbox:")
     elif isinstance(exc, ModelMismatch):
-        st.error(f"**Model mismatch.** {exc}", icon="🧭")
+        st.error(f"**Model mismatch.** {exc}", icon=":material/explore_off:")
     elif isinstance(exc, StoreUnavailable):
-        st.error(f"**Store unavailable.** {exc}", icon="🔒")
+        st.error(f"**Store unavailable.** {exc}", icon=":material/lock:")
     elif isinstance(exc, MedirError):
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
     else:
-        st.error(f"Unexpected error: {type(exc).__name__}: {exc}", icon="💥")
+        st.error(f"Unexpected error: {type(exc).__name__}: {exc}", icon=":material/error:")
 
 
 def header(title: str, caption: str) -> None:

@@ -78,7 +78,7 @@ def _save_uploads(uploads: list[Any], data_dir: Path, limit_mb: int) -> list[Pat
         try:
             saved.append(save_upload(up.name, up.getvalue(), upload_dir(data_dir), limit_mb))
         except MedirError as exc:
-            st.error(f"**Bad upload.** {exc}", icon="🚫")
+            st.error(f"**Bad upload.** {exc}", icon=":material/block:")
     return saved
 
 
@@ -86,11 +86,11 @@ def _folder_files(raw: str, roots: list[Path]) -> list[Path]:
     try:
         target = resolve_in_roots(raw, roots)
     except MedirError as exc:
-        st.error(f"**Folder not allowed.** {exc}", icon="🚫")
+        st.error(f"**Folder not allowed.** {exc}", icon=":material/block:")
         return []
     found = list(iter_volume_files([target]))
     if not found:
-        st.warning(f"No NIfTI or NRRD files in `{target}`.", icon="🔍")
+        st.warning(f"No NIfTI or NRRD files in `{target}`.", icon=":material/search_off:")
     return found
 
 
@@ -116,7 +116,7 @@ def _ingest_here(files: list[Path], model: str, labels: dict[str, dict[str, str]
         nonlocal slices
         reports.append(r)
         if r.status == "failed":
-            box.error(f"**{Path(r.path).name}** failed: {r.error}", icon="❌")
+            box.error(f"**{Path(r.path).name}** failed: {r.error}", icon=":material/cancel:")
             return
         slices += r.n_slices if r.status == "indexed" else 0
         bar = bars.get(r.volume_id) or box.progress(1.0)
@@ -140,7 +140,10 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
     ok = int((frame["status"] != "failed").sum())
     failed = len(frame) - ok
     msg = f"{ok} volume(s) indexed or already present" + (f", {failed} failed" if failed else "")
-    (st.warning if failed else st.success)(msg, icon="⚠️" if failed else "✅")
+    if failed:
+        st.warning(msg, icon=":material/warning:")
+    else:
+        st.success(msg, icon=":material/check_circle:")
     frame["file"] = [Path(p).name for p in frame["path"]]
     st.dataframe(frame[["file", "volume_id", "status", "n_slices", "seconds", "error"]],
                  hide_index=True, key="ingest_reports_table",
@@ -155,7 +158,7 @@ def _submit(files: list[Path], model: str, labels: dict[str, dict[str, str]] | N
         show_error(exc)
         return
     st.session_state[JOBS_KEY] = ids
-    st.toast(f"Submitted {len(ids)} job(s)", icon="📨")
+    st.toast(f"Submitted {len(ids)} job(s)", icon=":material/send:")
 
 
 @st.fragment(run_every=2.0)
@@ -167,6 +170,10 @@ def _follow_jobs() -> None:
     except Exception as exc:
         show_error(exc)
         return
+    try:
+        jobs.check_worker(s, states)
+    except jobs.NoWorker as exc:
+        st.warning(f"**Worker not running.** {exc}", icon=":material/power_off:")
     done = sum(1 for j in states if j.finished)
     total_slices = sum(j.total for j in states)
     done_slices = sum(j.done for j in states)
@@ -176,7 +183,7 @@ def _follow_jobs() -> None:
     for j in states:
         label = f"{j.name} · {j.state}"
         if j.state == "FAILURE":
-            st.error(f"**{j.name}** failed: {j.error}", icon="❌")
+            st.error(f"**{j.name}** failed: {j.error}", icon=":material/cancel:")
         else:
             st.progress(j.fraction, text=f"{label} · {j.done} / {j.total} slices")
     if states and done == len(states):

@@ -71,7 +71,7 @@ def render() -> None:
     stored = collection_models(stats)
     if not stored:
         st.info("**The store is empty.** Index volumes on the **Ingest** page (or with "
-                "`medir ingest PATH`) before searching.", icon="📭")
+                "`medir ingest PATH`) before searching.", icon=":material/inbox:")
         return
     query = _query_inputs(stats, stored)
     if query is not None:
@@ -96,7 +96,7 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
                                   "collection in the store are listed after those with one.")
         if model not in stored:
             st.warning(f"No volumes are indexed with **{model}**; the store holds "
-                       f"{', '.join(stored)}.", icon="🧭")
+                       f"{', '.join(stored)}.", icon=":material/explore_off:")
         c1, c2 = st.columns(2)
         kind = c1.selectbox("Slice sampling", ["all", "every-n", "every-mm", "random"],
                             index=["all", "every-n", "every-mm", "random"].index(
@@ -142,13 +142,13 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
                     path = save_upload(upload.name, upload.getvalue(),
                                        upload_dir(s.data_dir), s.ui.upload_limit_mb)
                 except MedirError as exc:
-                    st.error(f"**Bad upload.** {exc}", icon="🚫")
+                    st.error(f"**Bad upload.** {exc}", icon=":material/block:")
                 else:
                     query = str(path.resolve())
                     st.caption(f"Saved as `{path.name}`; a 4D file is searched with its first "
                                "volume.")
-        pressed = st.button("Search", type="primary", icon="🔎", disabled=query is None,
-                            key="go")
+        pressed = st.button("Search", type="primary", icon=":material/search:",
+                            disabled=query is None, key="go")
     if pressed and query is not None:
         opts = QueryOptions(sampling=sampling, weighting=weighting, k=k, top=top,
                             filters=filters, intensity=s.intensity)
@@ -167,7 +167,7 @@ def _indexed_input(model: str) -> str | None:
                               help="The id shown on the Collection page or by `medir info`.")
         return typed.strip() or None
     if not ids:
-        st.warning(f"No volumes are indexed with {model}.", icon="🧭")
+        st.warning(f"No volumes are indexed with {model}.", icon=":material/explore_off:")
         return None
     picked: str | None = st.selectbox("Indexed volume", ids, key="volume_id")
     return picked
@@ -179,9 +179,10 @@ def _filter_inputs(coll: dict[str, Any] | None) -> dict[str, list[str]]:
     if not keys:
         return {}
     st.markdown("**Label filters** (restrict the database, never used for ranking)")
-    cols = st.columns(len(keys))
+    cols = st.columns(2)
     out: dict[str, list[str]] = {}
-    for col, key in zip(cols, keys, strict=True):
+    for i, key in enumerate(keys):
+        col = cols[i % 2]
         counts = facets[key]
         opts = list(counts)
         names = {v: f"{v} ({counts[v]})" for v in opts}
@@ -210,18 +211,21 @@ def _results(result: dict[str, Any]) -> None:
     q = result["query"]
     st.divider()
     if not ranking:
-        st.warning("No volume matched (are the label filters too narrow?).", icon="🔍")
+        st.warning("No volume matched (are the label filters too narrow?).",
+                   icon=":material/search_off:")
         return
     best = ranking[0]
     t = result.get("timings", {})
     st.subheader("Results")
-    c = st.columns(4)
-    c[0].metric("Prediction", views.labels_text(best.get("labels", {})),
-                help="The labels of the most-voted volume.")
-    c[1].metric("Top volume", best["volume_id"])
-    c[2].metric("Vote share", f"{best['score']:.0%}")
-    c[3].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}",
-                help=f"embed {t.get('embed_s', 0):.2f} s · k-NN {t.get('knn_s', 0):.3f} s")
+    left, right = st.columns([3, 2], vertical_alignment="center")
+    left.success(f"**Prediction: {views.labels_text(best.get('labels', {}))}**  \n"
+                 f"from `{best['volume_id']}`, the most-voted volume "
+                 f"({best['score']:.0%} of the weighted vote)", icon=":material/target:")
+    c = right.columns(2)
+    c[0].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}")
+    c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",
+                help=f"embedding {t.get('embed_s', 0):.2f} s · k-NN {t.get('knn_s', 0):.3f} s "
+                     f"· vote {t.get('vote_s', 0):.4f} s")
     thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"]) for r in ranking}
     frame = views.results_frame(result, thumbs)
     st.dataframe(
@@ -263,7 +267,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
     left, right = st.columns(2)
     with left:
         if query_vol is not None:
-            st.image(views.slice_image(query_vol, qs, size=360), width="stretch",
+            st.image(views.slice_image(query_vol, qs, size=420), width=420,
                      caption=f"Query · slice {qs} of {q['n_slices']} · "
                              f"weight {weights.get(qs, 0):.2f}")
         else:
@@ -280,7 +284,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
         caption = (f"{match['volume_id']} · slice {match['db_slice']} · cos "
                    f"{float(match['similarity']):.3f}{note}")
         if db_vol is not None:
-            st.image(views.slice_image(db_vol, int(match["db_slice"]), size=360),
-                     width="stretch", caption=caption)
+            st.image(views.slice_image(db_vol, int(match["db_slice"]), size=420),
+                     width=420, caption=caption)
         else:
             st.info(f"{caption}: the file is not readable from this server.")
