@@ -163,9 +163,30 @@ def _open_nifti(p: Path) -> VolumeFile:
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
     header_zooms = _raw_pixdim(p, img)
+    _check_size(p, img, shape)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
     return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+
+
+MAX_VOXELS = 1 << 34  # 16 G voxels: far above any real CT/MR series, below a corrupt header's
+
+
+def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...]) -> None:
+    """Reject headers whose declared data cannot be in the file (before reading anything)."""
+    n_vox = int(np.prod(np.asarray(shape, dtype=object)))
+    if n_vox > MAX_VOXELS:
+        raise VolumeError(p, f"implausible size {tuple(shape)} in the header ({n_vox} voxels)")
+    if not p.name.lower().endswith(".gz"):
+        try:
+            itemsize = np.dtype(img.get_data_dtype()).itemsize
+        except TypeError:
+            raise VolumeError(p, "unsupported voxel type in the header") from None
+        offset = int(img.header.get("vox_offset", 352))
+        needed = offset + n_vox * itemsize
+        if needed > p.stat().st_size:
+            raise VolumeError(p, f"truncated: the header declares {needed} bytes, the file has "
+                                 f"{p.stat().st_size}")
 
 
 def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:
@@ -222,7 +243,10 @@ def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
 def _read_proxy(path: Path, proxy: object, index: object) -> np.ndarray:
     try:
         arr = np.asarray(proxy[index])  # type: ignore[index]
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
+    except MemoryError:
+        raise VolumeError(path, "the header declares more voxels than fit in memory") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, OverflowError,
+            TypeError, IndexError) as exc:
         raise VolumeError(path, f"truncated or corrupt data ({_reason(exc)})") from None
     if arr.dtype.kind not in "biuf":
         raise VolumeError(path, f"unsupported voxel type {arr.dtype}")
