@@ -231,9 +231,11 @@ def test_b_sigkill_mid_volume_redelivers_exactly(
     outstanding: list[tuple[str, Any]] = []
     killed_at: dict[str, Any] = {}
     w2: WorkerProcess | None = None
-    deadline = time.monotonic() + 150
+    t0 = time.monotonic()
+    deadline = t0 + 150
     while time.monotonic() < deadline:
-        if len(outstanding) < 4:
+        finished = target_res.state == "SUCCESS"
+        if len(outstanding) < 4 and not finished:
             outstanding.append(("stats", app.send_task(STATS_TASK)))
             outstanding.append(("search", app.send_task(SEARCH_TASK, kwargs={
                 "volume": str(probe), "model": "test-tiny", "options": probe_opts})))
@@ -250,9 +252,11 @@ def test_b_sigkill_mid_volume_redelivers_exactly(
         if not killed_at and c is not None and c["points"] >= n_other + 8 \
                 and target_res.state != "SUCCESS":
             w1.kill()  # SIGKILL: mid-volume, pending points written, not marked ready
-            killed_at = {"stats": dict(c), "state": target_res.state, "n_seen": len(stats_seen)}
+            killed_at = {"stats": dict(c), "state": target_res.state, "n_seen": len(stats_seen),
+                         "t": time.monotonic() - t0}
             w2 = worker(store_path=store, args=args, env=env)
-        if target_res.state == "SUCCESS" and not outstanding:
+            killed_at["restarted"] = time.monotonic() - t0
+        if finished and not outstanding:
             break
         time.sleep(0.1)
     assert killed_at, f"never caught the volume half written: {stats_seen[-5:]}\n{w1.tail()}"
@@ -280,7 +284,9 @@ def test_b_sigkill_mid_volume_redelivers_exactly(
         assert set(ranking) <= {other_id, target_id}, ranking
     print(f"\n(b) killed at {killed_at['stats']['points'] - n_other}/{n_target} target points "
           f"written; {len(stats_seen)} counts and {len(rankings_seen)} searches during the run, "
-          f"{len(half)} with pending points present, none saw them")
+          f"{len(half)} with pending points present, none saw them; killed at "
+          f"{killed_at['t']:.1f} s, new worker up at {killed_at['restarted']:.1f} s, "
+          f"done at {time.monotonic() - t0:.1f} s")
 
 
 # ---- (c): a corrupt file among good ones -----------------------------------------------------
