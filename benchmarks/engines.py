@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from benchmarks.cache import atomic_path
-from benchmarks.indexes import VectorIndex, as_unit, make_index, recall_at_k
+from benchmarks.indexes import VectorIndex, as_unit, make_index, tie_aware_recall
 from benchmarks.machine import rss_bytes, stamp
 from medir.errors import ConfigError
 
@@ -111,12 +111,13 @@ def _top_volume(ids: NDArray[np.int64], volume_of: NDArray[np.int64]) -> int:
     return int(np.bincount(volume_of[top]).argmax())
 
 
-def measure(index: VectorIndex, vs: VectorSet, truth: NDArray[np.int64], k: int, volume_k: int,
-            exact_volumes: Sequence[int], n_single: int) -> dict[str, Any]:
-    """Recall, QPS, volume-query latency and vote agreement of a built index."""
+def measure(index: VectorIndex, vs: VectorSet, truth: NDArray[np.float32], k: int,
+            volume_k: int, exact_volumes: Sequence[int], n_single: int) -> dict[str, Any]:
+    """Recall (tie aware, against the exact scores ``truth``), QPS, volume-query latency and
+    vote agreement of a built index."""
     res = index.search(vs.queries, k)
-    recall = recall_at_k(res.ids, truth, k)
-    recall1 = recall_at_k(res.ids[:, :1], truth[:, :1], 1)
+    recall = tie_aware_recall(res.ids, vs.queries, vs.vectors, truth, k)
+    recall1 = tie_aware_recall(res.ids, vs.queries, vs.vectors, truth, 1)
     singles = vs.queries[:n_single]
     t0 = time.perf_counter()
     for q in singles:
@@ -149,7 +150,7 @@ def bench_set(vs: VectorSet, engines: Sequence[str], efs: Sequence[int], k: int 
     """Every engine on one vector set; one row per (engine, ef)."""
     dim = int(vs.vectors.shape[1])
     ref = make_index("flat", dim).build(vs.vectors)
-    truth = ref.search(vs.queries, k).ids
+    truth = ref.search(vs.queries, k).scores
     exact_volumes = [_top_volume(ref.search(vq, volume_k).ids, vs.volume_of)
                      for vq in vs.volume_queries]
     ref.close()

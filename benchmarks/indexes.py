@@ -362,6 +362,17 @@ def exact_search(db: np.ndarray, queries: np.ndarray, k: int) -> SearchResult:
     return SearchResult(scores, ids)
 
 
+def tie_aware_recall(found: I64, queries: np.ndarray, db: np.ndarray, truth_scores: F32,
+                     k: int, eps: float = 1e-5) -> float:
+    """Recall@k counting a returned row as correct when its true cosine reaches the k-th true
+    score (less ``eps``): duplicate vectors (blank slices) make id-based recall undercount."""
+    q, x = as_unit(queries), as_unit(db)
+    ids = found[:, :k]
+    sims = np.einsum("qd,qkd->qk", q, x[np.where(ids >= 0, ids, 0)])
+    ok = (sims >= truth_scores[:, k - 1:k] - eps) & (ids >= 0)
+    return float(np.minimum(ok.sum(axis=1), k).sum() / (k * ids.shape[0])) if ids.size else 1.0
+
+
 def recall_at_k(found: I64, truth: I64, k: int | None = None) -> float:
     """Mean fraction of the true k nearest rows that were found (ids, order ignored)."""
     k = k or truth.shape[1]
