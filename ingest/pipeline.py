@@ -4,20 +4,41 @@ A volume is written with ``state="pending"`` points and switched to ``"ready"`` 
 last batch, so a query never sees half a volume. A failure removes the volume's pending points;
 an earlier complete version of the same volume stays searchable until the new one is complete.
 Re-ingesting unchanged content is skipped (content hash + embedder id are in the point ids).
+
+Bulk ingest (:func:`ingest_paths`) is a two-role pipeline (../shared/STYLE.md item 9):
+
+- a **reader** thread opens each file once, reads its volumes one at a time (a 4D file through
+  one persistent file handle, so a ``.gz`` is decompressed once, front to back), windows the
+  intensity and cuts the volume into chunks of ``batch_size`` slices. On a CPU device it also
+  resizes and normalises each chunk (``Embedder.prepare``) so that this work overlaps the
+  forward pass; on CUDA it hands over pinned host chunks and the resize runs on the device;
+- the **embedder** (the calling thread) concatenates prepared chunks into full batches, across
+  volumes when they are small, runs the forward pass, routes each output row back to its volume
+  and writes a volume (upsert, retire older versions, pending → ready) once all its slices are
+  embedded. All store calls stay on this thread.
+
+The hand-over is a queue of at most ``prefetch`` chunks, so memory is one volume being read plus
+a fixed number of chunks, whatever the number of volumes. Reports come out in input order.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
-from ingest.reader import open_volume
+from ingest.reader import VolumeFile, open_volume
 from ingest.volume import Volume
 from medir.errors import MedirError, VolumeError
 from search.store import (
@@ -35,6 +56,8 @@ from search.store import (
 ProgressFn = Callable[[str, int, int], None]
 LabelMap = Mapping[str, Mapping[str, str]]
 
+DEFAULT_PREFETCH = 4  # chunks of batch_size slices between the reader and the embedder
+
 
 @dataclass
 class IngestReport:
@@ -49,6 +72,43 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass
+class PipelineStats:
+    """What one :func:`ingest_paths` run measured, per stage and for memory boundedness.
+
+    Stage times are busy seconds of the thread that runs the stage: ``read_s`` and
+    ``intensity_resize_s`` on the reader thread, ``embed_s`` and ``upsert_s`` on the calling
+    thread; with overlap their sum exceeds ``wall_s``. ``peak_*`` are high-water marks.
+    """
+
+    prefetch: int = DEFAULT_PREFETCH
+    batch_size: int = 0
+    read_s: float = 0.0  # open, hash, read + decompress, reorient
+    intensity_resize_s: float = 0.0  # window + (CPU) resize/normalise of each chunk
+    embed_s: float = 0.0  # device moves, (CUDA) resize, forward, L2 normalisation
+    upsert_s: float = 0.0  # points, upserts, retire, pending → ready, flush
+    wait_s: float = 0.0  # embedder thread waiting for the reader (starved)
+    wall_s: float = 0.0
+    slices: int = 0  # embedded slices
+    volumes: int = 0  # indexed volumes
+    batches: int = 0
+    mixed_batches: int = 0  # batches holding slices of more than one volume
+    peak_queue_chunks: int = 0
+    peak_buffered_bytes: int = 0  # prepared slices queued or waiting for a batch
+    peak_open_volumes: int = 0  # volumes started but not yet written
+    _buffered: int = field(default=0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _add_buffered(self, nbytes: int) -> None:
+        with self._lock:
+            self._buffered += nbytes
+            self.peak_buffered_bytes = max(self.peak_buffered_bytes, self._buffered)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.name.startswith("_")}
 
 
 def labels_for(labels: LabelMap | None, path: Path, volume_id: str, case_id: str) -> dict[str, str]:
@@ -114,35 +174,25 @@ def is_indexed(store: SliceStore, collection: str, volume: Volume, embedder_id: 
     return store.count(collection, flt) == volume.n_slices
 
 
-def index_volume(
-    store: SliceStore,
-    embedder: Embedder,
-    volume: Volume,
-    *,
-    intensity: str = "auto",
-    upsert_batch: int = 512,
-    progress: ProgressFn | None = None,
-) -> IngestReport:
-    """Index one volume; idempotent; raises on failure after removing its pending points."""
-    t0 = time.perf_counter()
+def _open_collection(store: SliceStore, embedder: Embedder) -> str:
     coll = collection_name(embedder.name)
     store.ensure_collection(coll, embedder.dim)
     if store.collection_dim(coll) != embedder.dim:
         raise MedirError(f"collection {coll} holds {store.collection_dim(coll)}-d vectors but "
                          f"{embedder.name} makes {embedder.dim}-d ones")
-    if is_indexed(store, coll, volume, embedder.embedder_id):
-        return IngestReport(volume.source, volume.volume_id, "skipped", volume.n_slices)
+    return coll
+
+
+def _write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volume,
+                  vectors: np.ndarray, mode: str, upsert_batch: int) -> None:
+    """Upsert a fully embedded volume as pending, retire older versions, make it ready.
+
+    On any failure the volume's pending points are removed and the error is raised again.
+    """
     cid = content_id(volume.sha256, volume.index_4d)
     mine = Filter({"volume_id": volume.volume_id, "content_id": cid})
     try:
         store.delete(coll, Filter({"volume_id": volume.volume_id, "state": PENDING}))
-        mode = resolve_intensity(volume.data, intensity)
-
-        def tick(done: int) -> None:
-            if progress is not None:
-                progress(volume.volume_id, done, volume.n_slices)
-
-        vectors = embed_volume(volume, embedder, mode, on_batch=tick)
         points = slice_points(volume, vectors, embedder, mode)
         for start in range(0, len(points), upsert_batch):
             store.upsert(coll, points[start:start + upsert_batch])
@@ -161,8 +211,190 @@ def index_volume(
         except Exception:  # the store itself failed; the pending points stay invisible
             pass
         raise
+
+
+def index_volume(
+    store: SliceStore,
+    embedder: Embedder,
+    volume: Volume,
+    *,
+    intensity: str = "auto",
+    upsert_batch: int = 512,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Index one volume; idempotent; raises on failure after removing its pending points."""
+    t0 = time.perf_counter()
+    coll = _open_collection(store, embedder)
+    if is_indexed(store, coll, volume, embedder.embedder_id):
+        return IngestReport(volume.source, volume.volume_id, "skipped", volume.n_slices)
+    mode = resolve_intensity(volume.data, intensity)
+
+    def tick(done: int) -> None:
+        if progress is not None:
+            progress(volume.volume_id, done, volume.n_slices)
+
+    vectors = embed_volume(volume, embedder, mode, on_batch=tick)
+    _write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch)
     return IngestReport(volume.source, volume.volume_id, "indexed", volume.n_slices,
                         time.perf_counter() - t0)
+
+
+# ---- the pipelined bulk ingest ---------------------------------------------------------------
+@dataclass
+class _Start:
+    """A volume read and windowed; ``volume.data`` is a (Z, 0, 0) placeholder (the pixels
+    travel in chunks). The embedder sets ``cancel`` when it skips the volume."""
+
+    seq: int
+    volume: Volume
+    mode: str
+    t0: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Chunk:
+    """Slices ``start:start + len(x)`` of volume ``seq``: model input (CPU) or windowed
+    slices in pinned host memory (CUDA)."""
+
+    seq: int
+    start: int
+    x: torch.Tensor
+    prepared: bool
+
+
+@dataclass
+class _Failed:
+    report: IngestReport
+
+
+@dataclass
+class _Done:
+    """End of stream; ``error`` is an unexpected exception raised in the reader thread."""
+
+    error: BaseException | None = None
+
+
+_Item = _Start | _Chunk | _Failed | _Done
+
+
+@dataclass
+class _Open:
+    """A volume on the embedder side: vectors being filled, written when complete."""
+
+    start: _Start
+    vectors: np.ndarray
+    filled: int = 0
+    skipped: bool = False
+    report: IngestReport | None = None
+
+
+def _sequential(vf: VolumeFile) -> VolumeFile:
+    """The same file with one persistent file handle for a 4D NIfTI.
+
+    nibabel opens (and for ``.gz`` decompresses from byte 0) the file again for every
+    ``dataobj[..., k]``: reading all K volumes of a 4D ``.nii.gz`` decompresses O(K²) bytes.
+    With ``keep_file_open=True`` the gzip stream stays open and volume k+1 starts where volume
+    k ended, so the file is decoded once.
+    """
+    if not vf.is_4d or not str(vf.path).lower().endswith((".nii", ".nii.gz")):
+        return vf
+    import nibabel as nib
+
+    try:
+        proxy = nib.load(str(vf.path), keep_file_open=True).dataobj  # type: ignore[attr-defined]
+    except Exception:  # open_volume accepted it; keep its proxy and let read() report errors
+        return vf
+    return dataclasses.replace(vf, _proxy=proxy)
+
+
+def _reader(
+    paths: Iterable[str | Path],
+    out: queue.Queue[_Item],
+    stop: threading.Event,
+    embedder: Embedder,
+    labels: LabelMap | None,
+    intensity: str,
+    stats: PipelineStats,
+) -> None:
+    """Producer role: files → volumes → windowed (and on CPU resized) chunks, in order."""
+    step = max(embedder.batch_size, 1)
+    on_cpu = embedder.device.type == "cpu"
+    pin = embedder.device.type == "cuda"
+
+    def put(item: _Item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            stats.peak_queue_chunks = max(stats.peak_queue_chunks, out.qsize())
+            return True
+        return False
+
+    seq = 0
+    try:
+        for raw in paths:
+            path = Path(raw)
+            t0 = time.perf_counter()
+            try:
+                vf = _sequential(open_volume(path))
+            except VolumeError as exc:
+                stats.read_s += time.perf_counter() - t0
+                if not put(_Failed(IngestReport(str(path), path.name, "failed", error=str(exc)))):
+                    return
+                continue
+            stats.read_s += time.perf_counter() - t0
+            for k in range(vf.n_volumes):
+                vid = vf.volume_ids()[k]
+                t_read = time.perf_counter()
+                try:
+                    vol = vf.read(k if vf.is_4d else None)
+                    t_norm = time.perf_counter()
+                    stats.read_s += t_norm - t_read
+                    vol.labels = labels_for(labels, path, vol.volume_id, vol.case_id)
+                    mode = resolve_intensity(vol.data, intensity)
+                    norm = normalize_intensity(vol.data, mode)
+                except MedirError as exc:
+                    stats.read_s += time.perf_counter() - t_read
+                    if not put(_Failed(IngestReport(str(path), vid, "failed", error=str(exc)))):
+                        return
+                    continue
+                n = vol.n_slices
+                meta = dataclasses.replace(vol, data=np.empty((n, 0, 0), np.float32))
+                del vol  # the raw pixels: only the windowed copy is kept while chunking
+                start_item = _Start(seq, meta, mode, t_read)
+                stats.intensity_resize_s += time.perf_counter() - t_norm
+                if not put(start_item):
+                    return
+                for s in range(0, n, step):
+                    if start_item.cancel.is_set():
+                        break
+                    t1 = time.perf_counter()
+                    block = torch.from_numpy(norm[s:s + step])
+                    if on_cpu:
+                        with torch.inference_mode():
+                            x = embedder.prepare(block)
+                    else:
+                        x = block.pin_memory() if pin else block.clone()
+                    stats.intensity_resize_s += time.perf_counter() - t1
+                    stats._add_buffered(x.element_size() * x.nelement())
+                    if not put(_Chunk(seq, s, x, on_cpu)):
+                        return
+                del norm
+                seq += 1
+        put(_Done())
+    except BaseException as exc:  # surfaced on the embedder thread
+        put(_Done(exc))
+
+
+def _embed_prepared(embedder: Embedder, x: torch.Tensor) -> np.ndarray:
+    """The forward half of :meth:`Embedder.embed` on an already prepared batch."""
+    if embedder.half:
+        x = x.half()
+    y = embedder._forward(x).float()  # the template method; prepare() was done per chunk
+    y = torch.nn.functional.normalize(y.reshape(y.shape[0], -1), dim=1)
+    return y.cpu().numpy()
 
 
 def ingest_paths(
@@ -175,29 +407,161 @@ def ingest_paths(
     upsert_batch: int = 512,
     progress: ProgressFn | None = None,
     on_report: Callable[[IngestReport], None] | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    stats: PipelineStats | None = None,
 ) -> list[IngestReport]:
-    """Index every volume of every file. A bad file is reported and the others go on."""
+    """Index every volume of every file. A bad file is reported and the others go on.
+
+    Reading and windowing of the next volumes overlap the embedding of the current ones;
+    small volumes share batches (see the module docstring). ``stats`` receives stage times and
+    the memory high-water marks. Vectors equal those of :func:`embed_volume` per volume for
+    models whose output for a slice does not depend on the other slices of its batch.
+    """
+    st = stats if stats is not None else PipelineStats()
+    st.prefetch = max(1, prefetch)
+    st.batch_size = max(embedder.batch_size, 1)
+    t_wall = time.perf_counter()
     reports: list[IngestReport] = []
+    coll = _open_collection(store, embedder)
+    embedder.load()
 
-    def emit(r: IngestReport) -> None:
-        reports.append(r)
-        if on_report is not None:
-            on_report(r)
+    q: queue.Queue[_Item] = queue.Queue(maxsize=st.prefetch)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_reader, args=(paths, q, stop, embedder, labels, intensity, st),
+        name="medir-ingest-reader", daemon=True,
+    )
+    order: deque[_Open | IngestReport] = deque()  # reports leave in input order
+    volumes: dict[int, _Open] = {}
+    pending: list[_Chunk] = []  # prepared chunks waiting for a full batch
+    n_pending = 0
 
-    for raw in paths:
-        path = Path(raw)
+    def emit_ready() -> None:
+        while order:
+            head = order[0]
+            if isinstance(head, _Open):
+                if head.report is None:
+                    return
+                rep = head.report
+            else:
+                rep = head
+            order.popleft()
+            reports.append(rep)
+            if on_report is not None:
+                on_report(rep)
+
+    def fail(vol: _Open, exc: MedirError) -> None:
+        v = vol.start.volume
+        vol.start.cancel.set()
+        vol.report = IngestReport(v.source, v.volume_id, "failed", error=str(exc))
+        del volumes[vol.start.seq]
+
+    def finish(vol: _Open) -> None:
+        """Write a volume whose slices are all embedded."""
+        t0 = time.perf_counter()
+        v = vol.start.volume
         try:
-            vf = open_volume(path)
-        except VolumeError as exc:
-            emit(IngestReport(str(path), path.name, "failed", error=str(exc)))
-            continue
-        for k in range(vf.n_volumes):
-            vid = vf.volume_ids()[k]
+            _write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode, upsert_batch)
+        except MedirError as exc:  # e.g. the store refused it; pending points are removed
+            fail(vol, exc)
+            return
+        finally:
+            st.upsert_s += time.perf_counter() - t0
+        st.volumes += 1
+        vol.report = IngestReport(v.source, v.volume_id, "indexed", v.n_slices,
+                                  time.perf_counter() - vol.start.t0)
+        del volumes[vol.start.seq]
+
+    def run_batch() -> None:
+        nonlocal n_pending
+        chunks, pending[:] = list(pending), []
+        n_pending = 0
+        t0 = time.perf_counter()
+        for c in chunks:
+            st._add_buffered(-c.x.element_size() * c.x.nelement())
+        try:
+            with torch.inference_mode():
+                parts = [c.x if c.prepared else embedder.prepare(c.x) for c in chunks]
+                x = parts[0] if len(parts) == 1 else torch.cat(parts)
+                y = _embed_prepared(embedder, x)
+        except MedirError as exc:  # e.g. the model cannot run: these volumes fail, others go on
+            for seq in dict.fromkeys(c.seq for c in chunks):
+                fail(volumes[seq], exc)
+            return
+        finally:
+            st.embed_s += time.perf_counter() - t0
+        st.batches += 1
+        st.slices += int(y.shape[0])
+        if len({c.seq for c in chunks}) > 1:
+            st.mixed_batches += 1
+        row = 0
+        for c in chunks:
+            m = int(c.x.shape[0])
+            vol = volumes[c.seq]
+            vol.vectors[c.start:c.start + m] = y[row:row + m]
+            vol.filled += m
+            row += m
+            n = vol.start.volume.n_slices
+            if progress is not None:
+                progress(vol.start.volume.volume_id, vol.filled, n)
+            if vol.filled == n:
+                finish(vol)
+        emit_ready()
+
+    reader.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = q.get()
+            st.wait_s += time.perf_counter() - t0
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                break
+            if isinstance(item, _Failed):
+                order.append(item.report)
+            elif isinstance(item, _Start):
+                v = item.volume
+                if is_indexed(store, coll, v, embedder.embedder_id):
+                    item.cancel.set()
+                    order.append(IngestReport(v.source, v.volume_id, "skipped", v.n_slices))
+                else:
+                    vol = _Open(item, np.empty((v.n_slices, embedder.dim), np.float32))
+                    volumes[item.seq] = vol
+                    order.append(vol)
+                    st.peak_open_volumes = max(st.peak_open_volumes, len(volumes))
+                    if v.n_slices == 0:
+                        finish(vol)
+            elif item.seq not in volumes:  # a chunk of a skipped or failed volume
+                st._add_buffered(-item.x.element_size() * item.x.nelement())
+            else:
+                chunk: _Chunk | None = item
+                while chunk is not None:  # fill batches of exactly batch_size rows
+                    room = st.batch_size - n_pending
+                    m = int(chunk.x.shape[0])
+                    if m > room:
+                        head = _Chunk(chunk.seq, chunk.start, chunk.x[:room], chunk.prepared)
+                        chunk = _Chunk(chunk.seq, chunk.start + room, chunk.x[room:],
+                                       chunk.prepared)
+                        pending.append(head)
+                        n_pending += room
+                    else:
+                        pending.append(chunk)
+                        n_pending += m
+                        chunk = None
+                    if n_pending >= st.batch_size:
+                        run_batch()
+            emit_ready()
+        if pending:
+            run_batch()
+        emit_ready()
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
             try:
-                vol = vf.read(k if vf.is_4d else None)
-                vol.labels = labels_for(labels, path, vol.volume_id, vol.case_id)
-                emit(index_volume(store, embedder, vol, intensity=intensity,
-                                  upsert_batch=upsert_batch, progress=progress))
-            except MedirError as exc:
-                emit(IngestReport(str(path), vid, "failed", error=str(exc)))
+                q.get_nowait()
+            except queue.Empty:
+                reader.join(timeout=0.05)
+        st.wall_s = time.perf_counter() - t_wall
     return reports
+
