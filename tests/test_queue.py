@@ -334,3 +334,78 @@ def test_c_corrupt_file_fails_alone(
     result = CliRunner().invoke(jobs_app, ["--state", "failure", "--json"])
     assert result.exit_code == 0, result.output
     assert {j["volume"] for j in json.loads(result.output)} == {"truncated_ct", "not_a_volume"}
+
+
+# ---- the failure policy and pool checks, without a broker ------------------------------------
+class _Request:
+    def __init__(self, retries: int) -> None:
+        self.id = None
+        self.retries = retries
+        self.hostname = "test@host"
+
+
+class _FakeTask:
+    """Just what ``_run`` uses of a bound Celery task."""
+
+    name = "medir.ingest_volume"
+
+    def __init__(self, retries: int = 0) -> None:
+        self.request = _Request(retries)
+        self.retried: dict[str, Any] = {}
+
+    def retry(self, exc: BaseException, countdown: float, max_retries: int) -> Exception:
+        self.retried = {"exc": exc, "countdown": countdown, "max_retries": max_retries}
+        return RuntimeError("retry requested")
+
+
+def test_transient_errors_retry_with_backoff_and_bad_files_fail_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.queue import TaskFailed
+    from ingest.queue.tasks import _run
+    from medir.errors import StoreUnavailable, VolumeError
+
+    def locked() -> None:
+        raise StoreUnavailable("store locked")
+
+    monkeypatch.setenv("MEDIR_QUEUE_RETRY_BACKOFF", "2")
+    for n, base in ((0, 2.0), (3, 16.0)):
+        task = _FakeTask(retries=n)
+        with pytest.raises(RuntimeError, match="retry requested"):
+            _run(task, "ingest", locked)  # type: ignore[arg-type]
+        assert base * 0.8 <= task.retried["countdown"] <= base * 1.2
+    with pytest.raises(TaskFailed, match="gave up after 6 retries"):
+        _run(_FakeTask(retries=6), "ingest", locked)  # type: ignore[arg-type]
+
+    def bad_file() -> None:
+        raise VolumeError("/x/y.nii.gz", "truncated gzip stream")
+
+    task = _FakeTask()
+    with pytest.raises(TaskFailed, match="/x/y.nii.gz: truncated gzip stream"):
+        _run(task, "ingest", bad_file)  # type: ignore[arg-type]
+    assert not task.retried
+
+
+def test_embedded_store_refuses_several_processes() -> None:
+    from ingest.queue.worker import check_pool, worker_argv
+    from medir.errors import ConfigError
+
+    check_pool("solo", 1, embedded=True)
+    check_pool("threads", 4, embedded=True)
+    check_pool("prefork", 1, embedded=True)
+    check_pool("prefork", 4, embedded=False)
+    with pytest.raises(ConfigError, match="one process"):
+        check_pool("prefork", 2, embedded=True)
+    with pytest.raises(ConfigError, match="unknown pool"):
+        check_pool("gevent", 1, embedded=False)
+    assert "--pool=solo" in worker_argv("ingest,search", "solo", 1, "info")
+
+
+def test_celery_config_is_gpu_safe() -> None:
+    from ingest.queue.app import QueueSettings, celery_config
+
+    conf = celery_config("redis://localhost:1/0", QueueSettings(visibility_timeout=9000))
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] == 9000
+    assert conf["result_backend"] == conf["broker_url"]
+    assert conf["task_routes"]["medir.search_volume"]["queue"] == "search"
