@@ -1,0 +1,184 @@
+"""``medir bench perf``: ingest, query, store and memory benchmarks, each writing JSON.
+
+    python -m benchmarks.perf.cli all --out results/perf          # what docs/perf.md reports
+    python -m benchmarks.perf.cli store --points 100000 --points 440000 --out results/perf
+
+Every document carries the machine, library versions, load average and git commit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from benchmarks.perf.common import (
+    SAMPLES,
+    load_average,
+    log,
+    make_embedder,
+    sample_files,
+    write_result,
+    write_synthetic_set,
+)
+from medir.config import DEFAULT_MODEL
+
+app = typer.Typer(help="Performance: ingest by stage vs forward-only, query latency, store at "
+                       "scale, ingest memory.", no_args_is_help=True)
+
+OutOpt = Annotated[Path, typer.Option(help="Folder (one <bench>.json each) or a .json file.")]
+ModelOpt = Annotated[str, typer.Option(help="Embedding model.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+BatchOpt = Annotated[int, typer.Option(help="Embedder batch size.")]
+
+
+def _scaled(scale: float) -> list[tuple[int, tuple[int, int, int]]]:
+    from benchmarks.perf.ingest_bench import SYNTHETIC_SPECS
+
+    return [(max(1, round(c * scale)), s) for c, s in SYNTHETIC_SPECS]
+
+
+@app.command("ingest")
+def ingest_cmd(
+    out: OutOpt = Path("results/perf"),
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
+    synthetic_scale: Annotated[float, typer.Option(
+        help="Multiplier on the synthetic set's volume counts (0: skip it).")] = 1.0,
+    sequential: Annotated[bool, typer.Option(
+        help="Also run the sequential reference loop and compare vectors.")] = True,
+    ceiling_batches: Annotated[int, typer.Option(help="Forward passes for the ceiling.")] = 8,
+) -> dict[str, Any]:
+    """End-to-end ingest slices/s by stage vs the forward-only ceiling."""
+    from benchmarks.perf.ceiling import forward_only
+    from benchmarks.perf.ingest_bench import bench_collection
+
+    emb = make_embedder(model, device, batch_size)
+    params = {"model": model, "device": str(emb.device), "batch_size": batch_size,
+              "samples": str(samples), "synthetic_scale": synthetic_scale,
+              "load_average_start": load_average()}
+    log(f"ceiling: {model} on {emb.device}, batch {batch_size}")
+    ceiling = forward_only(emb, batches=ceiling_batches)
+    results: dict[str, Any] = {"ceiling": ceiling, "collections": {}}
+    files = sample_files(samples)
+    if files:
+        results["collections"]["samples"] = bench_collection(
+            "samples", files, emb, ceiling["slices_per_s"], sequential)
+    if synthetic_scale > 0:
+        with tempfile.TemporaryDirectory(prefix="medir-perf-syn-") as tmp:
+            syn = write_synthetic_set(Path(tmp), _scaled(synthetic_scale))
+            results["collections"]["synthetic"] = bench_collection(
+                "synthetic", syn, emb, ceiling["slices_per_s"], sequential)
+    # the ceiling again at the end: the load on a shared machine drifts during a run
+    results["ceiling_end"] = forward_only(emb, batches=ceiling_batches)
+    write_result(out, "ingest", params, results)
+    return results
+
+
+@app.command("query")
+def query_cmd(
+    out: OutOpt = Path("results/perf"),
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    samples: Annotated[Path, typer.Option(help="Files to index (a folder).")] = SAMPLES,
+    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
+        "mr_head_face_pydeface.nii.gz",
+    repeats: Annotated[int, typer.Option(help="Queries per size (median reported).")] = 5,
+) -> dict[str, Any]:
+    """Query latency split into embed, k-NN and vote for 10, 100 and all slices."""
+    from benchmarks.perf.query_bench import bench_queries
+
+    emb = make_embedder(model, device, batch_size)
+    files = sample_files(samples)
+    qfile = samples / query
+    if not qfile.exists():
+        qfile = files[0]
+    params = {"model": model, "device": str(emb.device), "batch_size": batch_size,
+              "query": qfile.name, "load_average_start": load_average()}
+    results = bench_queries(files, qfile, emb, repeats=repeats)
+    write_result(out, "query", params, results)
+    return results
+
+
+@app.command("store")
+def store_cmd(
+    out: OutOpt = Path("results/perf"),
+    points: Annotated[list[int] | None, typer.Option(
+        help="Store sizes (repeatable).")] = None,
+    dim: Annotated[int, typer.Option(help="Vector dimension.")] = 384,
+    m: Annotated[int, typer.Option(help="HNSW m.")] = 16,
+    ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct.")] = 128,
+    ef: Annotated[list[int] | None, typer.Option(help="hnsw_ef at query time (repeatable).")]
+        = None,
+    repeats: Annotated[int, typer.Option(help="Queries per ef.")] = 20,
+) -> dict[str, Any]:
+    """The embedded store at scale: upsert rate, build time, 100-slice query p50, memory."""
+    from benchmarks.perf.store_scale import bench_store
+
+    sizes = points or [100_000, 440_000]
+    efs = tuple(ef or [64, 128, 256])
+    params = {"points": sizes, "dim": dim, "m": m, "ef_construct": ef_construct,
+              "ef": list(efs), "load_average_start": load_average()}
+    results: dict[str, Any] = {}
+    for n in sizes:
+        log(f"store: {n} points")
+        results[str(n)] = bench_store(n, dim=dim, m=m, ef_construct=ef_construct, efs=efs,
+                                      repeats=repeats)
+        results[str(n)]["load_average"] = load_average()
+    write_result(out, "store", params, results)
+    return results
+
+
+@app.command("memory")
+def memory_cmd(
+    out: OutOpt = Path("results/perf"),
+    size_gb: Annotated[float, typer.Option(help="Size of the 4D file.")] = 2.0,
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    shape: Annotated[str, typer.Option(help="Per-volume shape XxYxZ (int16).")] = "512x512x64",
+    gz: Annotated[bool, typer.Option(help="Write .nii.gz instead of .nii.")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="Where to write the file.")] = None,
+) -> dict[str, Any]:
+    """Peak RSS of ingesting a large 4D volume, and for a quarter of its volumes."""
+    from benchmarks.perf.memory import bench_memory
+
+    dims = tuple(int(v) for v in shape.lower().split("x"))
+    if len(dims) != 3:
+        raise typer.BadParameter(f"shape {shape!r}: expected XxYxZ")
+    params = {"size_gb": size_gb, "model": model, "device": device, "batch_size": batch_size,
+              "shape": list(dims), "gz": gz, "load_average_start": load_average()}
+    results = bench_memory(size_gb, model, device, batch_size, (dims[0], dims[1], dims[2]),
+                           gz=gz, workdir=workdir)
+    write_result(out, "memory", params, results)
+    return results
+
+
+@app.command("all")
+def all_cmd(
+    out: OutOpt = Path("results/perf"),
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    synthetic_scale: Annotated[float, typer.Option(help="See ``ingest``.")] = 1.0,
+    points: Annotated[list[int] | None, typer.Option(help="Store sizes.")] = None,
+    size_gb: Annotated[float, typer.Option(help="4D file size for ``memory``.")] = 2.0,
+    memory_shape: Annotated[str, typer.Option(help="Per-volume shape for memory.")] =
+        "512x512x64",
+) -> None:
+    """Every benchmark, one JSON each under OUT (a folder)."""
+    ingest_cmd(out=out, model=model, device=device, batch_size=batch_size,
+               synthetic_scale=synthetic_scale)
+    query_cmd(out=out, model=model, device=device, batch_size=batch_size)
+    store_cmd(out=out, points=points)
+    memory_cmd(out=out, size_gb=size_gb, model=model, device=device, batch_size=batch_size,
+               shape=memory_shape)
+
+
+if __name__ == "__main__":
+    app()

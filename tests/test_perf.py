@@ -1,0 +1,166 @@
+"""The pipelined ingest is a pure speed-up: same points, bit-identical vectors, bounded memory;
+and the performance benchmarks run at tiny sizes and write the documented JSON."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
+from benchmarks.perf.cli import app
+from ingest.embedders import get_embedder
+from ingest.pipeline import PipelineStats, index_volume, ingest_paths
+from ingest.reader import open_volume
+from search.store import SliceStore, collection_name
+from search.store_edge import EdgeStore
+
+COLL = collection_name("test-tiny")
+
+
+def _volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(100.0, 30.0, shape).astype(np.float32)
+    base[tuple(slice(s // 4, 3 * s // 4) for s in shape[:3])] += 400.0
+    return base
+
+
+def _points(store: SliceStore) -> dict[str, tuple[dict[str, object], np.ndarray]]:
+    out = {}
+    for r in store.scroll(COLL, with_vectors=True):
+        assert r.vector is not None
+        out[r.id] = (dict(r.payload), r.vector)
+    return out
+
+
+@pytest.fixture
+def mixed_files(make_nifti) -> list[Path]:
+    """Small volumes of several shapes (batches span volumes), a 4D .nii.gz, a bad file."""
+    files = [make_nifti(_volume((20 + 4 * k, 24, 3 + k % 5), k), name=f"s{k}.nii.gz")
+             for k in range(9)]
+    files.append(make_nifti(_volume((16, 20, 5, 4), 42), name="four_d.nii.gz"))
+    files.insert(4, make_nifti(np.zeros((5, 5), np.float32), name="flat.nii.gz"))
+    files.append(make_nifti(_volume((40, 36, 37), 7), name="big.nii.gz"))
+    return files
+
+
+def test_pipelined_ingest_equals_sequential(tmp_path: Path, mixed_files: list[Path]) -> None:
+    emb = get_embedder("test-tiny", device="cpu", batch_size=8)
+    stats = PipelineStats()
+    with EdgeStore(tmp_path / "p") as store:
+        reports = ingest_paths(mixed_files, store, emb, stats=stats, prefetch=2)
+        fast = _points(store)
+    with EdgeStore(tmp_path / "s") as store:
+        ref_reports = []
+        for f in mixed_files:
+            try:
+                vf = open_volume(f)
+            except Exception:
+                continue
+            for k in range(vf.n_volumes):
+                ref_reports.append(index_volume(store, emb, vf.read(k if vf.is_4d else None)))
+        slow = _points(store)
+    assert [r.volume_id for r in reports if r.status == "indexed"] == \
+        [r.volume_id for r in ref_reports]
+    assert [r.status for r in reports][4] == "failed"  # in input order, others went on
+    assert stats.mixed_batches > 0  # small volumes really shared batches
+    assert fast.keys() == slow.keys()
+    for pid, (payload, vec) in fast.items():
+        ref_payload, ref_vec = slow[pid]
+        assert payload == ref_payload
+        assert np.array_equal(vec, ref_vec), pid  # bit-identical
+    # re-ingest: everything skipped, nothing embedded
+    again = PipelineStats()
+    with EdgeStore(tmp_path / "p") as store:
+        rep2 = ingest_paths(mixed_files, store, emb, stats=again)
+    assert {r.status for r in rep2} == {"skipped", "failed"} and again.slices == 0
+
+
+def test_memory_is_bounded_independent_of_volume_count(tmp_path: Path, make_nifti) -> None:
+    emb = get_embedder("test-tiny", device="cpu", batch_size=4)
+    prefetch = 2
+    peaks = {}
+    for n in (3, 30):
+        files = [make_nifti(_volume((24, 24, 6), k), name=f"n{n}_{k}.nii.gz") for k in range(n)]
+        st = PipelineStats()
+        with EdgeStore(tmp_path / f"m{n}") as store:
+            ingest_paths(files, store, emb, stats=st, prefetch=prefetch)
+        assert st.volumes == n and st.slices == 6 * n
+        slice_bytes = 3 * 32 * 32 * 4  # a prepared test-tiny slice
+        # queued chunks + the partial batch + the chunk in hand, each ≤ batch_size slices
+        assert st.peak_queue_chunks <= prefetch
+        assert st.peak_buffered_bytes <= (prefetch + 2) * emb.batch_size * slice_bytes
+        assert st.peak_open_volumes <= prefetch + emb.batch_size + 1
+        peaks[n] = (st.peak_buffered_bytes, st.peak_open_volumes)
+    assert peaks[30][0] <= peaks[3][0] * 2 and peaks[30][1] <= prefetch + emb.batch_size + 1
+
+
+def test_4d_gz_is_decompressed_once(tmp_path: Path, make_nifti,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    k = 8
+    path = make_nifti(_volume((32, 32, 6, k), 3), name="series.nii.gz")
+    raw_bytes = 32 * 32 * 6 * k * 4
+    decoded = [0]
+    real_read = gzip._GzipReader.read  # type: ignore[attr-defined]
+
+    def counting(self: Any, size: int = -1) -> bytes:
+        data: bytes = real_read(self, size)
+        decoded[0] += len(data)
+        return data
+
+    monkeypatch.setattr(gzip._GzipReader, "read", counting)  # type: ignore[attr-defined]
+    emb = get_embedder("test-tiny", device="cpu")
+    with EdgeStore(tmp_path / "s") as store:
+        reports = ingest_paths([path], store, emb)
+    assert [r.status for r in reports] == ["indexed"] * k
+    # volume by volume through fresh handles would decode k(k+1)/2 volumes ≈ 4.5× the file
+    assert decoded[0] <= 1.3 * raw_bytes, (decoded[0], raw_bytes)
+
+
+def test_perf_cli_writes_json(tmp_path: Path, make_nifti) -> None:
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for k in range(3):
+        make_nifti(_volume((24, 20, 12), k), name=f"samples/v{k}.nii.gz")
+    out = tmp_path / "out"
+    run = CliRunner().invoke
+    common = ["--model", "test-tiny", "--device", "cpu", "--batch-size", "8", "--out", str(out)]
+    res = run(app, ["ingest", *common, "--samples", str(samples), "--synthetic-scale", "0.05",
+                    "--ceiling-batches", "1"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["query", *common, "--samples", str(samples), "--query", "v1.nii.gz",
+                    "--repeats", "1"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["store", "--out", str(out), "--points", "1500", "--ef", "32",
+                    "--repeats", "2"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["memory", *common, "--size-gb", "0.002", "--shape", "32x32x8"])
+    assert res.exit_code == 0, res.output
+
+    docs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(docs) == {"ingest", "query", "store", "memory"}
+    for doc in docs.values():
+        assert {"machine", "git", "params", "results", "time"} <= doc.keys()
+        assert "commit" in doc["git"] and doc["machine"]["load_average_1min"] is not None
+    ing = docs["ingest"]["results"]
+    assert ing["ceiling"]["slices_per_s"] > 0
+    for coll in ("samples", "synthetic"):
+        c = ing["collections"][coll]
+        assert {"read_s", "intensity_resize_s", "embed_s", "upsert_s", "slices_per_s"} <= \
+            c["pipelined"].keys()
+        assert c["equivalence"]["same_point_ids"] and c["equivalence"]["max_abs_diff"] == 0.0
+        assert c["fraction_of_forward_only"] > 0
+    q = docs["query"]["results"]["by_size"]
+    assert set(q) == {"10", "100", "all"}
+    assert {"embed_ms", "knn_ms", "vote_ms", "knn_vote_ms"} <= q["10"].keys()
+    s = docs["store"]["results"]["1500"]
+    assert s["points"] == 1500 and s["upsert_points_per_s"] > 0
+    assert {"knn_p50_ms", "vote_p50_ms", "recall_at_1"} <= s["by_ef"]["32"].keys()
+    m = docs["memory"]["results"]
+    assert m["runs"]["full"]["indexed"] == m["runs"]["full"]["n_volumes"]
+    assert m["peak_rss_bytes"] > 0 and m["peak_ratio_full_vs_quarter"] > 0
