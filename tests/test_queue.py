@@ -34,7 +34,7 @@ from tests.queue_fixtures import (  # noqa: F401 - fixtures used by name
     worker,
 )
 
-pytestmark = [pytest.mark.queue, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.queue, pytest.mark.timeout(900)]
 
 TINY = {"MEDIR_PLUGINS": "tests.plugin_embedder", "MEDIR_MODEL": "test-tiny"}
 
