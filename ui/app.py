@@ -20,10 +20,6 @@ from ui import collection_page, ingest_page, search_page  # noqa: E402
 
 def main() -> None:
     """Configure the page and run the selected one."""
-    try:  # no "Deploy" button: this is a local tool
-        st.set_option("client.toolbarMode", "minimal")
-    except Exception:  # an option Streamlit refuses to change at runtime
-        pass
     st.set_page_config(page_title="medir · volume search", page_icon=":material/radiology:",
                        layout="wide")
     pages = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -58,6 +59,17 @@ def _collection(col: dict[str, Any]) -> None:
     for i, (key, values) in enumerate(facets.items()):
         with cols[i % len(cols)]:
             st.markdown(f"**Volumes per {key}**")
-            frame = pd.DataFrame({key: list(values), "volumes": list(values.values())})
-            st.bar_chart(frame, x=key, y="volumes", horizontal=True,
-                         height=40 + 28 * len(values))
+            st.altair_chart(_facet_chart(key, values), width="stretch")
+
+
+def _facet_chart(key: str, values: dict[str, int]) -> alt.LayerChart:
+    """Horizontal bars: number of complete volumes per value of one label."""
+    frame = pd.DataFrame({"value": list(values), "volumes": list(values.values())})
+    base = alt.Chart(frame).encode(
+        y=alt.Y("value:N", sort="-x", title=None, axis=alt.Axis(labelLimit=160)),
+        x=alt.X("volumes:Q", title=None, axis=alt.Axis(tickMinStep=1)),
+        tooltip=["value:N", "volumes:Q"],
+    )
+    bars = base.mark_bar(color="#2563eb", cornerRadiusEnd=3)
+    text = base.mark_text(align="left", dx=4).encode(text="volumes:Q")
+    return (bars + text).properties(height=alt.Step(26))

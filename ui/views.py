@@ -61,11 +61,10 @@ def png_data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def labels_text(labels: Mapping[str, str]) -> str:
-    """Labels as one short line: ``CT · chest · lung`` (modality, region, organ first)."""
-    order = ("modality", "region", "organ", "dataset", "split")
-    vals = [labels[k] for k in order if labels.get(k)]
-    vals += [v for k, v in labels.items() if k not in order and v]
+def labels_text(labels: Mapping[str, str], keys: Sequence[str] = ("modality", "region", "organ")
+                ) -> str:
+    """The anatomical labels as one short line: ``CT · chest · lung``."""
+    vals = [labels[k] for k in keys if labels.get(k)]
     return " · ".join(vals) if vals else "—"
 
 
@@ -130,13 +129,13 @@ def vote_chart(frame: pd.DataFrame, n_slices: int, order: Sequence[str]) -> alt.
                     title="query slice (inferior → superior)"),
             y=alt.Y("sum(votes):Q", title="weighted votes"),
             color=alt.Color("volume:N", scale=alt.Scale(domain=domain, range=palette),
-                            sort=domain, legend=alt.Legend(orient="bottom", title=None,
+                            sort=domain, legend=alt.Legend(orient="top", title=None,
                                                            columns=3, labelLimit=260)),
             order=alt.Order("volume_rank:Q"),
             tooltip=["query slice:Q", "volume:N", alt.Tooltip("votes:Q", format=".3f")],
         )
         .transform_calculate(volume_rank=_rank_expr(domain))
-        .properties(height=220)
+        .properties(height=200)
     )
 
 
