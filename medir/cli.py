@@ -204,10 +204,12 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
     q = result["query"]
     out.print(f"query {q['volume_id']} ({q['n_slices']} slices, {len(q['chosen_slices'])} "
               f"chosen) model {result['model']}", highlight=False)
-    table = Table("rank", "volume", "votes", "score", "sim", "labels", "matched slices q→db")
+    table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
+    table.columns[1].no_wrap = True
     for r in result["ranking"]:
-        labels = " ".join(f"{k}={v}" for k, v in r["labels"].items())
-        pairs = ", ".join(f"{m['query_slice']}→{m['db_slice']}" for m in r["matches"][:explain])
+        labels = " ".join(f"{v}" for k, v in r["labels"].items() if k != "dataset")
+        best = sorted(r["matches"], key=lambda m: -m["similarity"])[:explain]
+        pairs = ", ".join(f"{m['query_slice']}→{m['db_slice']}" for m in best)
         table.add_row(str(r["rank"]), r["volume_id"], f"{r['votes']:.2f}", f"{r['score']:.3f}",
                       f"{r['similarity']:.3f}", labels, pairs)
     out.print(table)
