@@ -16,6 +16,9 @@ from medir.config import DEFAULT_MODEL, Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Redis server, per-test broker databases and worker subprocesses (issue: background queue).
+pytest_plugins = ["tests.queue_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
