@@ -123,6 +123,7 @@ def test_ingest_query_and_ui(stack: Stack, samples_dir: Path) -> None:
             page.get_by_text("5 volumes").first.wait_for(timeout=90_000)
             body = page.inner_text("body")
             assert "dinov2-s-onnx" in body, body[:2000]
+            page.wait_for_timeout(2000)  # let the facet charts draw for the screenshot
         finally:
             (REPO / "test-artifacts").mkdir(exist_ok=True)
             page.screenshot(path=str(REPO / "test-artifacts" / "stack-collection.png"),
