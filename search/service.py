@@ -7,13 +7,21 @@ worker owns the model and, in embedded mode, the store) and runs in-process othe
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from ingest.embedders import get_embedder
+from ingest.embedders import Embedder, get_embedder
 from medir.config import Settings, get_settings
 from search.query import QueryOptions, search_file, search_indexed
 from search.store import LABEL_KEYS, READY, Filter, SliceStore
 from search.store_factory import open_store
+
+
+@lru_cache(maxsize=4)
+def cached_embedder(model: str, device: str, batch_size: int, weights_dir: Path) -> Embedder:
+    """One loaded model per process and configuration (workers and the UI query many times)."""
+    return get_embedder(model, device=device, batch_size=batch_size, weights_dir=weights_dir)
 
 
 def search_in_process(
@@ -28,8 +36,7 @@ def search_in_process(
 ) -> dict[str, Any]:
     """Run one volume query here; returns the JSON-serialisable result."""
     s = settings or get_settings()
-    embedder = get_embedder(model, device=s.device, batch_size=s.batch_size,
-                            weights_dir=s.weights_dir)
+    embedder = cached_embedder(model, s.device, s.batch_size, s.weights_dir)
     own = store is None
     st = store or open_store(s)
     try:
