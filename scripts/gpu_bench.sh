@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One-command performance run for a lent GPU machine (docs/perf.md). Finishes in under 8 minutes:
+# every step runs under `timeout` with what is left of a 450 s budget, and a step that runs out
+# is recorded as such, not fatal. Assumes .venv was built by scripts/bootstrap.sh with a CUDA
+# torch (MEDIR_TORCH_SPEC). Writes <bench>.json files and a log to $1, else $OUT, else
+# results/perf-gpu.
+#
+#   scripts/gpu_bench.sh [OUTDIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-results/perf-gpu}}
+mkdir -p "$OUTDIR"
+PY=.venv/bin/python
+BUDGET=${MEDIR_GPU_BENCH_BUDGET:-450}
+LOG="$OUTDIR/gpu_bench.log"
+start=$SECONDS
+
+left() { echo $(( BUDGET - (SECONDS - start) )); }
+step() {  # step NAME MAX_SECONDS CMD...
+  local name=$1 max=$2; shift 2
+  local t; t=$(left); (( t > max )) && t=$max
+  if (( t < 20 )); then echo "[gpu_bench] skip $name: budget spent" | tee -a "$LOG"; return; fi
+  echo "[gpu_bench] $name (limit ${t}s, $(( SECONDS - start ))s elapsed)" | tee -a "$LOG"
+  timeout --signal=TERM --kill-after=10 "$t" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "[gpu_bench] $name: exit $rc" | tee -a "$LOG"
+  echo "{\"step\": \"$name\", \"exit\": $rc, \"limit_s\": $t}" >> "$OUTDIR/steps.jsonl"
+}
+
+{ nvidia-smi || true; } > "$OUTDIR/nvidia-smi.txt" 2>&1
+$PY - > "$OUTDIR/env.json" 2>>"$LOG" <<'PY'
+import json, torch
+info = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+try:
+    import onnxruntime as ort
+    info["onnxruntime_providers"] = ort.get_available_providers()
+except ImportError:
+    info["onnxruntime_providers"] = []
+print(json.dumps(info))
+PY
+cat "$OUTDIR/env.json" | tee -a "$LOG"
+if ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "[gpu_bench] CUDA is not available to torch in .venv (CPU torch build?); stopping" \
+    | tee -a "$LOG"
+  exit 1
+fi
+P="$PY -m benchmarks.perf.cli"
+# A torch model runs on CUDA in half precision with channels_last; batch 128.
+step ingest-mobilenet 200 $P ingest --model mobilenetv2-imagenet --device cuda --batch-size 128 \
+  --synthetic-scale 2 --ceiling-batches 20 --out "$OUTDIR/ingest-mobilenetv2.json"
+# The default model is ONNX: on CUDA only with onnxruntime-gpu (CUDAExecutionProvider).
+if grep -q CUDAExecutionProvider "$OUTDIR/env.json"; then
+  step ingest-dinov2 120 $P ingest --model dinov2-s-onnx --device cuda --batch-size 64 \
+    --synthetic-scale 1 --ceiling-batches 10 --out "$OUTDIR/ingest-dinov2-s-onnx.json"
+fi
+step query 45 $P query --model mobilenetv2-imagenet --device cuda --batch-size 128 \
+  --out "$OUTDIR/query-mobilenetv2.json"
+step memory 90 $P memory --model mobilenetv2-imagenet --device cuda --batch-size 128 \
+  --size-gb 2 --out "$OUTDIR/memory.json"
+# The store runs on the CPUs (16 cores there): 100k always, 440k with what is left.
+step store-100k 60 $P store --points 100000 --out "$OUTDIR/store-100k.json"
+step store-440k 200 $P store --points 440000 --out "$OUTDIR/store-440k.json"
+echo "[gpu_bench] done in $(( SECONDS - start ))s; results in $OUTDIR" | tee -a "$LOG"
