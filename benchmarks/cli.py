@@ -20,6 +20,11 @@ from medir.errors import ConfigError, MedirError
 app = typer.Typer(help="Benchmarks: the paper's Table III grid, FAISS vs Qdrant engines.",
                   no_args_is_help=True)
 
+# `medir bench perf ...`: ingest throughput, query latency, store at scale, memory.
+from benchmarks.perf.cli import app as perf_app  # noqa: E402
+
+app.add_typer(perf_app, name="perf", help="Performance: ingest, query, store scale, memory.")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

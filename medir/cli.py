@@ -135,6 +135,8 @@ def ingest(
         def progress(vid: str, done: int, total: int) -> None:
             bar.update(vol_task, description=f"  {vid[:40]}", completed=done, total=total)
 
+        seen: set[str] = set()
+
         def on_report(r: IngestReport) -> None:
             nonlocal total_slices
             if r.status == "failed":
@@ -144,15 +146,15 @@ def ingest(
                 total_slices += r.n_slices if r.status == "indexed" else 0
                 bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices)",
                                   highlight=False)
+            seen.add(r.path)
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
-            bar.update(files_task, rate=f"{rate:.1f} slices/s")
+            bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
-        for f in files:
-            ingest_paths([f], store, embedder, labels=label_map,
-                         intensity=intensity or settings.intensity,
-                         upsert_batch=settings.upsert_batch, progress=progress,
-                         on_report=on_report)
-            bar.advance(files_task)
+        # One call for all files: reading overlaps embedding, small volumes share batches.
+        ingest_paths(files, store, embedder, labels=label_map,
+                     intensity=intensity or settings.intensity,
+                     upsert_batch=settings.upsert_batch, progress=progress,
+                     on_report=on_report)
     if failed:
         console.print(f"[red]{len(failed)} volume(s) failed[/], the others were indexed")
         raise typer.Exit(1)
