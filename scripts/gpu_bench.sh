@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command performance run for a lent GPU machine (docs/perf.md). Finishes in under 8 minutes:
+# One-command performance run for a lent GPU machine (README, "Performance"). Finishes in under 8 minutes:
 # every step runs under `timeout` with what is left of a 450 s budget, and a step that runs out
 # is recorded as such, not fatal. Assumes .venv was built by scripts/bootstrap.sh with a CUDA
 # torch (MEDIR_TORCH_SPEC). Writes <bench>.json files and a log to $1, else $OUT, else
