@@ -1,0 +1,27 @@
+"""The code base stays lint-clean and type-clean (ruff and mypy as configured in pyproject)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_ruff_clean() -> None:
+    r = _run("ruff", "check", ".")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_mypy_clean() -> None:
+    r = _run("mypy", "medir", "ingest", "search", "ui", "benchmarks")
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
