@@ -249,7 +249,10 @@ def test_b_sigkill_mid_volume_redelivers_exactly(
                 else:
                     rankings_seen.append([r["volume_id"] for r in res.result["ranking"]])
         c = stats_seen[-1] if stats_seen else None
-        if not killed_at and c is not None and c["points"] >= n_other + 8 \
+        # kill while the target is surely half written: some of its points stored, not
+        # ready, and at least three slow upserts (about 1 s) still to go
+        if not killed_at and c is not None and c["points"] > c["ready_points"] \
+                and n_other + 4 <= c["points"] <= n_other + n_target - 12 \
                 and target_res.state != "SUCCESS":
             w1.kill()  # SIGKILL: mid-volume, pending points written, not marked ready
             killed_at = {"stats": dict(c), "state": target_res.state, "n_seen": len(stats_seen),
@@ -409,3 +412,31 @@ def test_celery_config_is_gpu_safe() -> None:
     assert conf["broker_transport_options"]["visibility_timeout"] == 9000
     assert conf["result_backend"] == conf["broker_url"]
     assert conf["task_routes"]["medir.search_volume"]["queue"] == "search"
+
+
+def test_fair_lock_serves_waiters_in_order() -> None:
+    """A thread that re-acquires in a loop must not starve a waiting one (the worker's store
+    lock: queries run between the upserts of a bulk ingest)."""
+    import threading
+
+    from ingest.queue.tasks import FairLock
+
+    lock = FairLock()
+    order: list[str] = []
+    started = threading.Event()
+
+    def hog() -> None:
+        for _ in range(50):
+            with lock:
+                started.set()
+                with lock:  # re-entrant
+                    order.append("hog")
+                time.sleep(0.002)
+
+    t = threading.Thread(target=hog)
+    t.start()
+    started.wait()
+    with lock:
+        order.append("query")
+    t.join()
+    assert order.index("query") <= 2, order  # served right after the call in progress

@@ -18,6 +18,7 @@ missing weights) fails the task at once as :class:`~ingest.queue.TaskFailed` wit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -113,13 +114,55 @@ def close_worker_state() -> None:
         _state.embedders = {}
 
 
+class FairLock:
+    """A re-entrant FIFO lock: threads acquire in arrival order. A plain lock lets a thread
+    that releases and re-acquires in a loop (bulk upserts) starve the others (queries)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket or self._owner is not None:
+                self._cond.wait()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a FairLock not held by this thread")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._cond.notify_all()
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _LockedStore:
     """Serialises calls into one store object, so a threads-pool worker can run a query while
-    another thread ingests (an embedded engine handle is not safe for concurrent calls)."""
+    another thread ingests (an embedded engine handle is not safe for concurrent calls). The
+    lock is fair: a query waits for at most the one store call in progress."""
 
     def __init__(self, inner: SliceStore) -> None:
         self._inner = inner
-        self._lock = threading.RLock()
+        self._lock = FairLock()
         self.mode = inner.mode
         self.location = inner.location
 
@@ -307,7 +350,10 @@ def store_stats_body() -> dict[str, Any]:
     """Collections, volumes and points (complete and all) of the worker's store."""
     from search.service import store_stats
 
-    return store_stats(worker_store())
+    store = worker_store()
+    # one consistent snapshot: no upsert between the counts and facets of one answer
+    with cast(Any, getattr(store, "_lock", contextlib.nullcontext())):
+        return store_stats(store)
 
 
 def register_tasks(app: Celery) -> None:
