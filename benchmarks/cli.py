@@ -7,15 +7,14 @@ go to a folder (JSON, CSV, Markdown, PNG) with the machine and git commit record
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from medir.cli_common import user_errors
 from medir.config import get_settings
-from medir.errors import ConfigError, MedirError
+from medir.errors import ConfigError
 
 app = typer.Typer(help="Benchmarks: the paper's Table III grid, FAISS vs Qdrant engines.",
                   no_args_is_help=True)
@@ -25,21 +24,7 @@ from benchmarks.perf.cli import app as perf_app  # noqa: E402
 
 app.add_typer(perf_app, name="perf", help="Performance: ingest, query, store scale, memory.")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errors(fn: F) -> F:
-    """A :class:`MedirError` becomes one line on stderr and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MedirError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+_errors = user_errors
 
 
 def _split(values: list[str] | None) -> list[str]:

@@ -6,10 +6,8 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from medir.cli_common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
 
@@ -32,23 +31,6 @@ samples_app = typer.Typer(help="The real sample collection (volumes shipped in P
 app.add_typer(samples_app, name="samples")
 console = Console(stderr=True)
 out = Console()
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn :class:`MedirError` into one line on stderr and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MedirError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _mount(name: str, module: str, help_text: str) -> None:
     """Mount a sub-command group that lives next to the code it drives."""
