@@ -1,6 +1,7 @@
 """All settings in one place: environment variables with the ``MEDIR_`` prefix, or a ``.env``.
 
-Nested groups use ``__``: ``MEDIR_HNSW__M=32``, ``MEDIR_SEARCH__K=5``. The names the issues and
+Nested groups use ``__``: ``MEDIR_HNSW__M=32``, ``MEDIR_SEARCH__K=5``,
+``MEDIR_QUEUE__VISIBILITY_TIMEOUT=7200``. The names the issues and
 docker-compose use are top level: ``MEDIR_QDRANT_URL``, ``MEDIR_QDRANT_API_KEY``,
 ``MEDIR_REDIS_URL``, ``MEDIR_WEIGHTS_DIR``, ``MEDIR_STORE_PATH``.
 """
@@ -40,6 +41,21 @@ class UiSettings(BaseModel):
     ingest_roots: list[Path] = Field(default_factory=lambda: [Path("data")])
 
 
+class QueueSettings(BaseModel):
+    """Celery queue tuning: ``MEDIR_QUEUE__VISIBILITY_TIMEOUT`` and so on."""
+
+    visibility_timeout: int = Field(7200, ge=1, description="seconds; above the longest task")
+    restore_interval: int = Field(
+        10, ge=1, description="seconds between sweeps that redeliver unacknowledged messages")
+    max_retries: int = Field(6, ge=0, description="retries of a transient failure")
+    retry_backoff: float = Field(2.0, gt=0, description="first retry delay, doubled each time")
+    retry_backoff_max: float = Field(300.0, gt=0)
+    result_expires: int = Field(7 * 24 * 3600, ge=60, description="seconds results are kept")
+    job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
+    search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
+    worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDIR_",
@@ -63,6 +79,7 @@ class Settings(BaseSettings):
     hnsw: HnswSettings = HnswSettings()
     search: SearchSettings = SearchSettings()
     ui: UiSettings = UiSettings()
+    queue: QueueSettings = QueueSettings()
 
     @property
     def samples_dir(self) -> Path:

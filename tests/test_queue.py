@@ -211,8 +211,8 @@ def test_b_sigkill_mid_volume_redelivers_exactly(
         "MEDIR_BATCH_SIZE": "8",
         "MEDIR_UPSERT_BATCH": "4",  # 12 upserts for the target ...
         "MEDIR_TEST_UPSERT_DELAY": "0.3",  # ... each slow: ~4 s half written
-        "MEDIR_QUEUE_VISIBILITY_TIMEOUT": "15",  # above the target's ~6 s task
-        "MEDIR_QUEUE_RESTORE_INTERVAL": "1",
+        "MEDIR_QUEUE__VISIBILITY_TIMEOUT": "15",  # above the target's ~6 s task
+        "MEDIR_QUEUE__RESTORE_INTERVAL": "1",
     }
     # threads pool: the one store-owning process answers queries while it ingests
     args = ["--pool", "threads", "--concurrency", "2"]
@@ -370,7 +370,7 @@ def test_transient_errors_retry_with_backoff_and_bad_files_fail_at_once(
     def locked() -> None:
         raise StoreUnavailable("store locked")
 
-    monkeypatch.setenv("MEDIR_QUEUE_RETRY_BACKOFF", "2")
+    monkeypatch.setenv("MEDIR_QUEUE__RETRY_BACKOFF", "2")
     for n, base in ((0, 2.0), (3, 16.0)):
         task = _FakeTask(retries=n)
         with pytest.raises(RuntimeError, match="retry requested"):

@@ -22,8 +22,6 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.queue import (
     INGEST_QUEUE,
@@ -32,31 +30,13 @@ from ingest.queue import (
     SEARCH_TASK,
     STATS_TASK,
 )
-from medir.config import get_settings
+from medir.config import QueueSettings, Settings, get_settings
 from medir.errors import ConfigError
 
 
-class QueueSettings(BaseSettings):
-    """Queue tuning, ``MEDIR_QUEUE_*`` (kept beside the queue; candidates for ``Settings``)."""
-
-    model_config = SettingsConfigDict(env_prefix="MEDIR_QUEUE_", env_file=".env",
-                                      extra="ignore")
-
-    visibility_timeout: int = Field(7200, ge=1, description="seconds; above the longest task")
-    restore_interval: int = Field(
-        10, ge=1, description="seconds between sweeps that redeliver unacknowledged messages")
-    max_retries: int = Field(6, ge=0, description="retries of a transient failure")
-    retry_backoff: float = Field(2.0, gt=0, description="first retry delay, doubled each time")
-    retry_backoff_max: float = Field(300.0, gt=0)
-    result_expires: int = Field(7 * 24 * 3600, ge=60, description="seconds results are kept")
-    job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
-    search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
-    worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
-
-
 def queue_settings() -> QueueSettings:
-    """Read ``MEDIR_QUEUE_*`` now (cheap; never cached, tests change the environment)."""
-    return QueueSettings()
+    """The queue group of the settings, read now (cheap; tests change the environment)."""
+    return Settings().queue
 
 
 def celery_config(redis_url: str, qs: QueueSettings) -> dict[str, Any]:

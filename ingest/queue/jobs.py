@@ -4,7 +4,7 @@ Celery's result backend keeps a task's state and result, but not which file it w
 it cannot list tasks. A job record is one Redis hash per task (``medir:job:<task id>``) plus a
 sorted set of task ids by submission time (``medir:jobs``); the submitter creates it and the
 worker updates it (started, progress, retry, success, failure). Records expire after
-``MEDIR_QUEUE_JOB_TTL`` seconds. Writing a record never fails a task: Redis errors are logged.
+``MEDIR_QUEUE__JOB_TTL`` seconds. Writing a record never fails a task: Redis errors are logged.
 """
 
 from __future__ import annotations
