@@ -11,7 +11,7 @@ import gzip
 import hashlib
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -57,6 +57,9 @@ class VolumeFile:
     shape: tuple[int, ...]  # spatial (3) + optional 4th axis
     affine: np.ndarray
     _proxy: object  # nibabel array proxy, or a numpy array for NRRD
+    # Display and filter metadata of the source (DICOM Study/Series UIDs, Modality,
+    # BodyPartExamined); copied into every slice's payload, never used for ranking.
+    meta: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_volumes(self) -> int:
@@ -84,7 +87,8 @@ class VolumeFile:
             vid, index = self.case_id, None
         raw = raw.reshape(self.shape[:3])
         data, spacing = _to_canonical(self.path, raw, self.affine)
-        return Volume(vid, self.case_id, data, spacing, str(self.path), self.sha256, index)
+        return Volume(vid, self.case_id, data, spacing, str(self.path), self.sha256, index,
+                      meta=dict(self.meta))
 
     def __iter__(self) -> Iterator[Volume]:
         if self.is_4d:

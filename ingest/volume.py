@@ -24,6 +24,9 @@ class Volume:
     sha256: str  # of the source file's bytes
     index_4d: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Source metadata for display and filters (DICOM UIDs, Modality, BodyPartExamined); never
+    # patient-identifying, never used for ranking.
+    meta: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_slices(self) -> int:
@@ -44,5 +47,6 @@ class Volume:
             "source": self.source,
             "sha256": self.sha256,
             "index_4d": self.index_4d,
+            **{k: v for k, v in self.meta.items() if v},
             **{k: v for k, v in self.labels.items() if v},
         }
