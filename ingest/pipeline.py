@@ -69,6 +69,7 @@ class IngestReport:
     n_slices: int = 0
     seconds: float = 0.0
     error: str = ""
+    warnings: list[str] = field(default_factory=list)  # repaired input (e.g. NaN voxels)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -241,7 +242,7 @@ def index_volume(
     vectors = embed_volume(volume, embedder, mode, on_batch=tick)
     _write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch)
     return IngestReport(volume.source, volume.volume_id, "indexed", volume.n_slices,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, warnings=list(volume.warnings))
 
 
 # ---- the pipelined bulk ingest ---------------------------------------------------------------
@@ -454,7 +455,8 @@ def ingest_paths(
         for vol in unflushed:
             v = vol.start.volume
             vol.report = IngestReport(v.source, v.volume_id, "indexed", v.n_slices,
-                                      last_flush[0] - vol.start.t0)
+                                      last_flush[0] - vol.start.t0,
+                                      warnings=list(v.warnings))
         unflushed.clear()
     volumes: dict[int, _Open] = {}
     pending: list[_Chunk] = []  # prepared chunks waiting for a full batch

@@ -7,8 +7,12 @@ nibabel's array proxy, so a large 4D file is never loaded whole.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import logging
+import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +24,8 @@ from nibabel.orientations import apply_orientation, io_orientation
 
 from ingest.volume import Volume
 from medir.errors import VolumeError
+
+log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -60,6 +66,8 @@ class VolumeFile:
     # Display and filter metadata of the source (DICOM Study/Series UIDs, Modality,
     # BodyPartExamined); copied into every slice's payload, never used for ranking.
     meta: dict[str, str] = field(default_factory=dict)
+    # Problems repaired while reading (non-finite voxels), carried into each Volume's report.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_volumes(self) -> int:
@@ -80,15 +88,18 @@ class VolumeFile:
             if index is None or not 0 <= index < self.n_volumes:
                 raise VolumeError(self.path, f"4D volume index {index} out of range "
                                              f"0..{self.n_volumes - 1}")
-            raw = _read_proxy(self.path, self._proxy, (..., index))
+            raw, warns = _read_proxy(self.path, self._proxy, (..., index))
             vid = f"{self.case_id}#{index}"
         else:
-            raw = _read_proxy(self.path, self._proxy, ...)
+            raw, warns = _read_proxy(self.path, self._proxy, ...)
             vid, index = self.case_id, None
         raw = raw.reshape(self.shape[:3])
         data, spacing = _to_canonical(self.path, raw, self.affine)
-        return Volume(vid, self.case_id, data, spacing, str(self.path), self.sha256, index,
-                      meta=dict(self.meta))
+        del raw
+        vol = Volume(vid, self.case_id, data, spacing, str(self.path), self.sha256, index,
+                     meta=dict(self.meta))
+        vol.warnings = [*self.warnings, *warns]
+        return vol
 
     def __iter__(self) -> Iterator[Volume]:
         if self.is_4d:
@@ -105,7 +116,10 @@ def open_volume(path: str | Path) -> VolumeFile:
         raise VolumeError(p, "no such file")
     if p.is_dir():
         raise VolumeError(p, "is a directory, not a volume file")
-    if p.stat().st_size == 0:
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise VolumeError(p, "not a regular file")
+    if st.st_size == 0:
         raise VolumeError(p, "empty file")
     lower = p.name.lower()
     if lower.endswith(NRRD_SUFFIXES):
@@ -173,24 +187,98 @@ def _open_nifti(p: Path) -> VolumeFile:
     return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
 
 
-MAX_VOXELS = 1 << 34  # 16 G voxels: far above any real CT/MR series, below a corrupt header's
+MAX_VOXELS = 1 << 34  # absolute ceiling, whatever the settings say
+GZIP_SLACK = 1 << 20  # bytes a compressed stream may hold beyond the declared data
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_voxels: int
+    max_bytes: int
+
+
+def limits() -> Limits:
+    """The size limits from the settings (``MEDIR_LIMITS__MAX_VOXELS``, ``__MAX_BYTES``)."""
+    from medir.config import get_settings
+
+    lim = get_settings().limits
+    return Limits(min(lim.max_voxels, MAX_VOXELS), lim.max_bytes)
+
+
+def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int) -> int:
+    """Refuse a header whose declared voxels or bytes exceed the limits; the data bytes."""
+    lim = limits()
+    n_3d = int(np.prod(np.asarray(shape[:3], dtype=object)))
+    n_all = int(np.prod(np.asarray(shape, dtype=object)))
+    if n_3d > lim.max_voxels:
+        dims = "x".join(str(d) for d in shape[:3])
+        raise VolumeError(p, f"too large: the header declares {dims} = {n_3d} voxels per "
+                             f"volume, the limit is {lim.max_voxels} (MEDIR_LIMITS__MAX_VOXELS)")
+    nbytes = n_all * itemsize
+    if nbytes > lim.max_bytes:
+        raise VolumeError(p, f"too large: the header declares {nbytes} bytes of data, the limit "
+                             f"is {lim.max_bytes} (MEDIR_LIMITS__MAX_BYTES)")
+    return nbytes
+
+
+def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "data") -> None:
+    """Decompress ``fobj`` (positioned at the stream) in bounded chunks without keeping the
+    output: refuse a stream that yields more than ``declared`` bytes + a small slack (a
+    decompression bomb) or fewer than ``declared`` (truncated)."""
+    dec: zlib._Decompress | bz2.BZ2Decompressor
+    dec = bz2.BZ2Decompressor() if kind == "bz2" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+    bound = declared + GZIP_SLACK
+    total = 0
+    chunk = 1 << 20
+    read = fobj.read  # type: ignore[attr-defined]
+    try:
+        while True:
+            if isinstance(dec, bz2.BZ2Decompressor):
+                if dec.eof:
+                    break
+                data = b"" if dec.needs_input is False else read(chunk)
+                if not data and dec.needs_input:
+                    break
+                total += len(dec.decompress(data, max_length=chunk))
+            else:
+                if dec.eof:
+                    rest = dec.unused_data
+                    if rest.startswith(b"\x1f\x8b"):  # another gzip member
+                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        total += len(dec.decompress(rest, chunk))
+                        continue
+                    break
+                data = dec.unconsumed_tail or read(chunk)
+                if not data:
+                    break
+                total += len(dec.decompress(data, chunk))
+            if total > bound:
+                raise VolumeError(p, f"decompression bomb: the compressed {what} yields more "
+                                     f"than {bound} bytes, the header declares {declared}")
+    except (zlib.error, OSError, EOFError, ValueError) as exc:
+        raise VolumeError(p, f"corrupt compressed {what} ({_reason(exc)})") from None
+    if total < declared:
+        raise VolumeError(p, f"truncated: the header declares {declared} bytes of {what}, the "
+                             f"compressed stream holds {total}")
 
 
 def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...]) -> None:
-    """Reject headers whose declared data cannot be in the file (before reading anything)."""
-    n_vox = int(np.prod(np.asarray(shape, dtype=object)))
-    if n_vox > MAX_VOXELS:
-        raise VolumeError(p, f"implausible size {tuple(shape)} in the header ({n_vox} voxels)")
+    """Reject headers whose declared data exceeds the limits or cannot be in the file (before
+    reading any data; a .nii.gz stream is decompressed once, bounded, and discarded)."""
+    try:
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+    except TypeError:
+        raise VolumeError(p, "unsupported voxel type in the header") from None
+    nbytes = check_declared_size(p, shape, itemsize)
+    offset = int(img.header.get("vox_offset", 352))
+    needed = offset + nbytes
     if not p.name.lower().endswith(".gz"):
-        try:
-            itemsize = np.dtype(img.get_data_dtype()).itemsize
-        except TypeError:
-            raise VolumeError(p, "unsupported voxel type in the header") from None
-        offset = int(img.header.get("vox_offset", 352))
-        needed = offset + n_vox * itemsize
         if needed > p.stat().st_size:
             raise VolumeError(p, f"truncated: the header declares {needed} bytes, the file has "
                                  f"{p.stat().st_size}")
+        return
+    with open(p, "rb") as fh:
+        check_stream(p, fh, needed, "gzip", "file")
 
 
 def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:
@@ -208,7 +296,26 @@ def _open_nrrd(p: Path) -> VolumeFile:
     import nrrd
 
     try:
-        data, header = nrrd.read(str(p))
+        with open(p, "rb") as fh:
+            header = nrrd.read_header(fh)
+            data_offset = fh.tell()
+    except Exception as exc:
+        raise VolumeError(p, f"not a readable NRRD header ({_reason(exc)})") from None
+    try:
+        sizes = tuple(int(s) for s in np.asarray(header["sizes"]).reshape(-1))
+        dtype = nrrd.reader._determine_datatype(header)
+    except Exception as exc:
+        raise VolumeError(p, f"bad NRRD header ({_reason(exc)})") from None
+    shape = _spatial_shape(p, sizes)
+    nbytes = check_declared_size(p, shape, dtype.itemsize)
+    data_path = _nrrd_data_file(p, header)
+    offset = 0 if data_path is not None else data_offset
+    src = data_path or p
+    _check_nrrd_data(p, src, header, offset, nbytes)
+    try:
+        with open(p, "rb") as fh:
+            header = nrrd.read_header(fh)
+            data = nrrd.read_data(header, fh, str(p))
     except Exception as exc:
         raise VolumeError(p, f"not a readable NRRD file ({_reason(exc)})") from None
     shape = _spatial_shape(p, tuple(int(s) for s in data.shape))
@@ -217,6 +324,58 @@ def _open_nrrd(p: Path) -> VolumeFile:
     _check_affine(p, affine, zooms)
     return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine,
                       np.asarray(data).reshape(shape))
+
+
+def _nrrd_data_file(p: Path, header: dict) -> Path | None:
+    """The detached data file of an NRRD header, checked: one relative file name, inside the
+    header's own folder (after resolving links), a regular file. None when attached."""
+    raw = header.get("data file", header.get("datafile"))
+    if raw is None:
+        return None
+    name = str(raw).strip()
+    if not name or name.upper().startswith("LIST") or len(name.split()) > 1 or "%" in name:
+        raise VolumeError(p, f"NRRD detached data {name!r}: only a single data file is "
+                             "supported (no LIST or numbered file series)")
+    if os.path.isabs(name) or name.startswith("~"):
+        raise VolumeError(p, f"NRRD detached data {name!r} is an absolute path; it must be a "
+                             "file next to the header")
+    folder = p.resolve().parent
+    try:
+        target = (p.parent / name).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise VolumeError(p, f"NRRD detached data {name!r} does not exist") from None
+    if not target.is_relative_to(folder):
+        raise VolumeError(p, f"NRRD detached data {name!r} is outside the header's folder")
+    if not stat.S_ISREG(target.stat().st_mode):
+        raise VolumeError(p, f"NRRD detached data {name!r} is not a regular file")
+    # pynrrd opens the name relative to the header; give it the checked, resolved path
+    header["data file"] = str(target)
+    header.pop("datafile", None)
+    return target
+
+
+def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int) -> None:
+    """The data's size against what the header declares, before pynrrd reads it."""
+    encoding = str(header.get("encoding", "raw")).lower()
+    size = src.stat().st_size
+    skip = int(header.get("byte skip", 0) or 0)
+    if encoding == "raw":
+        needed = offset + max(skip, 0) + nbytes
+        if needed > size:
+            raise VolumeError(p, f"truncated: the header declares {nbytes} bytes of data, "
+                                 f"{src.name} holds {max(size - offset, 0)}")
+        return
+    if encoding in ("gzip", "gz", "bzip2", "bz2"):
+        with open(src, "rb") as fh:
+            fh.seek(offset)
+            check_stream(p, fh, nbytes, "bz2" if encoding.startswith("bz") else "gzip")
+        return
+    if encoding in ("ascii", "text", "txt"):
+        # ~ 1 to 25 characters per voxel; anything larger is not this header's data
+        if size - offset > 32 * nbytes + GZIP_SLACK or size - offset > limits().max_bytes:
+            raise VolumeError(p, f"text data of {size - offset} bytes for {nbytes} declared")
+        return
+    raise VolumeError(p, f"unsupported NRRD encoding {encoding!r}")
 
 
 def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
@@ -244,7 +403,12 @@ def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
     return affine
 
 
-def _read_proxy(path: Path, proxy: object, index: object) -> np.ndarray:
+MAX_NONFINITE_FRACTION = 0.5
+
+
+def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, list[str]]:
+    """The voxels as float32, and warnings: a few NaN/Inf voxels (registration tools write NaN
+    outside the field of view) become the volume's background, the minimum finite value."""
     try:
         arr = np.asarray(proxy[index])  # type: ignore[index]
     except MemoryError:
@@ -255,10 +419,22 @@ def _read_proxy(path: Path, proxy: object, index: object) -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise VolumeError(path, f"unsupported voxel type {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise VolumeError(path, f"{n} NaN or Inf voxels")
-    return arr
+    warns: list[str] = []
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad:
+            if n_bad > MAX_NONFINITE_FRACTION * finite.size or n_bad == finite.size:
+                raise VolumeError(path, f"{n_bad} of {finite.size} voxels are NaN or Inf "
+                                        f"(more than {MAX_NONFINITE_FRACTION:.0%})")
+            if not arr.flags.writeable:
+                arr = arr.copy()
+            background = float(arr[finite].min())
+            arr[~finite] = background
+            warns.append(f"{n_bad} NaN/Inf voxels set to the background value {background:g}")
+            log.warning("%s: %s", path, warns[-1])
+        del finite
+    return arr, warns
 
 
 def _to_canonical(

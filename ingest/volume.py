@@ -27,6 +27,8 @@ class Volume:
     # Source metadata for display and filters (DICOM UIDs, Modality, BodyPartExamined); never
     # patient-identifying, never used for ranking.
     meta: dict[str, str] = field(default_factory=dict)
+    # Problems repaired while reading (e.g. NaN voxels set to the background); never stored.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_slices(self) -> int:

@@ -128,6 +128,8 @@ def ingest(
                 total_slices += r.n_slices if r.status == "indexed" else 0
                 bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices)",
                                   highlight=False)
+                for w in r.warnings:
+                    bar.console.print(f"[yellow]warning[/] {r.volume_id}: {w}", highlight=False)
             seen.add(r.path)
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
@@ -170,8 +172,8 @@ def search(
     opts = QueryOptions(
         sampling=sampling or settings.search.sampling,
         weighting=weighting or settings.search.weighting,
-        k=k or settings.search.k,
-        top=top or settings.search.top,
+        k=settings.search.k if k is None else k,
+        top=settings.search.top if top is None else top,
         filters=_parse_filters(filter),
         exact=exact,
         intensity=settings.intensity,

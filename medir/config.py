@@ -41,6 +41,19 @@ class UiSettings(BaseModel):
     ingest_roots: list[Path] = Field(default_factory=lambda: [Path("data")])
 
 
+class LimitsSettings(BaseModel):
+    """What a volume file may declare before anything is read (``MEDIR_LIMITS__MAX_VOXELS``).
+
+    ``max_voxels`` bounds one 3D volume: 2**30 (1.07 G voxels) holds a 512x512x4096 or a
+    1024x1024x1024 CT; it is 4 GiB as float32 and ingest holds about 3 float32 copies at peak
+    (see docs/reliability.md). ``max_bytes`` bounds the declared data of a whole file (a 4D file
+    is read one volume at a time) and the decompressed size of its stream.
+    """
+
+    max_voxels: int = Field(1 << 30, ge=1, description="voxels of one 3D volume")
+    max_bytes: int = Field(16 << 30, ge=1, description="declared data bytes of one file")
+
+
 class QueueSettings(BaseModel):
     """Celery queue tuning: ``MEDIR_QUEUE__VISIBILITY_TIMEOUT`` and so on."""
 
@@ -48,6 +61,9 @@ class QueueSettings(BaseModel):
     restore_interval: int = Field(
         10, ge=1, description="seconds between sweeps that redeliver unacknowledged messages")
     max_retries: int = Field(6, ge=0, description="retries of a transient failure")
+    max_deliveries: int = Field(
+        3, ge=1, description="deliveries of one task before it fails as a poison message "
+        "(a volume that kills its worker)")
     retry_backoff: float = Field(2.0, gt=0, description="first retry delay, doubled each time")
     retry_backoff_max: float = Field(300.0, gt=0)
     result_expires: int = Field(7 * 24 * 3600, ge=60, description="seconds results are kept")
@@ -80,6 +96,7 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     ui: UiSettings = UiSettings()
     queue: QueueSettings = QueueSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @property
     def samples_dir(self) -> Path:

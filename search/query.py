@@ -19,7 +19,7 @@ from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity
 from ingest.reader import open_volume
 from ingest.volume import Volume
-from medir.errors import EmptyStore, MedirError, ModelMismatch
+from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
 from search.sampling import Sampling, Weighting
 from search.store import (
     HIT_PAYLOAD_KEYS,
@@ -33,8 +33,14 @@ from search.store import (
 from search.vote import SliceMatch, VolumeResult, vote
 
 
+MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
+MAX_TOP = 10_000  # volumes in the ranking
+
+
 @dataclass
 class QueryOptions:
+    """A query's options, validated on construction (before any file is read or embedded)."""
+
     sampling: str = "all"
     weighting: str = "gaussian"
     k: int = 1
@@ -42,6 +48,35 @@ class QueryOptions:
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
     intensity: str = "auto"
+    # Case ids whose volumes are left out of the results (leave-one-case-out evaluation).
+    exclude_cases: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One :class:`ConfigError` line for the first bad option."""
+        for name, value, hi in (("k", self.k, MAX_K), ("top", self.top, MAX_TOP)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not 1 <= int(value) <= hi:
+                raise ConfigError(f"{name} must be between 1 and {hi}, got {value}")
+        if not isinstance(self.sampling, str) or not isinstance(self.weighting, str):
+            raise ConfigError("sampling and weighting must be strings")
+        self.parsed()
+        from ingest.preprocess import INTENSITY_MODES
+
+        if self.intensity not in INTENSITY_MODES:
+            raise ConfigError(f"unknown intensity mode {self.intensity!r}; choose one of "
+                              f"{', '.join(INTENSITY_MODES)}")
+        if not isinstance(self.filters, Mapping):
+            raise ConfigError("filters must map a label to its values")
+        for key, values in self.filters.items():
+            if key not in LABEL_KEYS:
+                raise ConfigError(f"cannot filter on {key!r}; label filters: "
+                                  f"{', '.join(LABEL_KEYS)}")
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
 
     def parsed(self) -> tuple[Sampling, Weighting]:
         return Sampling.parse(self.sampling), Weighting.parse(self.weighting)
@@ -89,6 +124,9 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
                          "(medir ingest PATH...)")
     if store.count(coll, READY) == 0:
         raise EmptyStore(f"collection {coll} at {store.location} holds no complete volume")
+    # A collection may hold points of several versions of one model (a re-ingest under way):
+    # the query is allowed when its own version is there, and search_vectors filters on it, so
+    # vectors of two versions are never compared.
     versions = store.facet(coll, "embedder", READY)
     if versions and embedder.embedder_id not in versions:
         raise ModelMismatch(
@@ -101,15 +139,20 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
     return coll
 
 
-def _filter(options: QueryOptions, exclude_content: str | None) -> Filter:
+def _filter(options: QueryOptions, exclude_content: str | None,
+            embedder_id: str | None = None) -> Filter:
     must: dict[str, Any] = dict(READY.must)
+    if embedder_id:
+        must["embedder"] = embedder_id
     for key, values in options.filters.items():
         if key not in LABEL_KEYS:
             raise MedirError(f"cannot filter on {key!r}; label filters: {', '.join(LABEL_KEYS)}")
         vals = [v for v in values if v]
         if vals:
             must[key] = vals if len(vals) > 1 else vals[0]
-    must_not = {"content_id": exclude_content} if exclude_content else {}
+    must_not: dict[str, Any] = {"content_id": exclude_content} if exclude_content else {}
+    if options.exclude_cases:
+        must_not["case_id"] = list(options.exclude_cases)
     return Filter(must, must_not)
 
 
@@ -123,10 +166,12 @@ def search_vectors(
     *,
     exclude_content: str | None = None,
     slice_indices: np.ndarray | None = None,
+    embedder_id: str | None = None,
 ) -> tuple[list[int], list[float], Any, dict[str, float]]:
     """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
+    ``embedder_id`` restricts the hits to points of that embedder version.
     """
     sampling, weighting = options.parsed()
     idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
@@ -137,7 +182,8 @@ def search_vectors(
     weights = weighting.weights(np.asarray(chosen_list), n_slices)
     t0 = time.perf_counter()
     hits = store.search_batch(coll, slice_vectors[rows], options.k,
-                              _filter(options, exclude_content), exact=options.exact,
+                              _filter(options, exclude_content, embedder_id),
+                              exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
     result = vote(chosen_list, weights.tolist(), hits, top=options.top)
@@ -159,7 +205,7 @@ def search_volume(
     exclude = content_id(volume.sha256, volume.index_4d)
     chosen_list, weights, result, timings = search_vectors(
         store, coll, vectors, volume.n_slices, volume.spacing[2], options,
-        exclude_content=exclude, slice_indices=chosen,
+        exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
                         chosen_list, weights, _opts(options), result.ranking,
@@ -181,7 +227,8 @@ def search_indexed(
 ) -> SearchResult:
     """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
     coll = check_collection(store, embedder)
-    records = sorted(store.scroll(coll, Filter({"volume_id": volume_id, **READY.must}),
+    records = sorted(store.scroll(coll, Filter({"volume_id": volume_id, **READY.must,
+                                                "embedder": embedder.embedder_id}),
                                   with_vectors=True),
                      key=lambda r: int(r.payload["slice"]))
     if not records:
@@ -194,6 +241,7 @@ def search_indexed(
     chosen_list, weights, result, timings = search_vectors(
         store, coll, vectors, n, spacing[2], options,
         exclude_content=str(first["content_id"]), slice_indices=slices,
+        embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n, chosen_list,
                         weights, _opts(options), result.ranking, result.slice_predictions,
@@ -203,4 +251,5 @@ def search_indexed(
 def _opts(options: QueryOptions) -> dict[str, Any]:
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
-            "exact": options.exact}
+            "exact": options.exact,
+            **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

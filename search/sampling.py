@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from medir.errors import ConfigError
 
 DEFAULT_SEED = 0
 DEFAULT_SIGMA = 0.25
+# every-mm below this step would ask for more target positions than any volume has slices
+# (CT/MR slices are >= 0.1 mm apart); it is a typo, not a sampling.
+MIN_STEP_MM = 0.01
+MAX_SIGMA = 100.0
 
 
 @dataclass(frozen=True)
@@ -41,19 +47,20 @@ class Sampling:
                 return cls("every-n", n)
             if kind in ("every-mm", "every_mm", "mm") and len(parts) == 2:
                 x = float(parts[1])
-                if not x > 0:
+                if not (math.isfinite(x) and x >= MIN_STEP_MM):
                     raise ValueError
                 return cls("every-mm", x)
             if kind in ("random", "k") and len(parts) in (2, 3):
                 k = int(parts[1])
                 seed = int(parts[2]) if len(parts) == 3 else DEFAULT_SEED
-                if k < 1:
+                if k < 1 or seed < 0:
                     raise ValueError
                 return cls("random", k, seed)
         except ValueError:
             pass
         raise ConfigError(
-            f"bad sampling {spec!r}; use all, every-n:N, every-mm:X or random:K[:SEED]"
+            f"bad sampling {spec!r}; use all, every-n:N (N >= 1), every-mm:X (finite X >= "
+            f"{MIN_STEP_MM:g} mm) or random:K[:SEED] (K >= 1, SEED >= 0)"
         )
 
     def __str__(self) -> str:
@@ -101,13 +108,13 @@ class Weighting:
                 return cls("none")
             if parts[0] in ("gaussian", "w") and len(parts) in (1, 2):
                 sigma = float(parts[1]) if len(parts) == 2 else DEFAULT_SIGMA
-                if not sigma > 0:
+                if not (math.isfinite(sigma) and 0 < sigma <= MAX_SIGMA):
                     raise ValueError
                 return cls("gaussian", sigma)
         except ValueError:
             pass
-        raise ConfigError(f"bad weighting {spec!r}; use none or gaussian[:SIGMA] (SIGMA > 0, "
-                          "a fraction of the volume's depth)")
+        raise ConfigError(f"bad weighting {spec!r}; use none or gaussian[:SIGMA] (0 < SIGMA <= "
+                          f"{MAX_SIGMA:g}, a fraction of the volume's depth)")
 
     def __str__(self) -> str:
         return "none" if self.kind == "none" else f"gaussian:{self.sigma:g}"

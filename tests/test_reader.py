@@ -149,10 +149,17 @@ def test_zero_length_axis(tmp_path: Path) -> None:
 
 
 def test_nan_and_inf(make_nifti) -> None:
-    data = np.ones((4, 4, 4), np.float32)
+    """A few non-finite voxels become the background (with a warning); mostly NaN is refused."""
+    data = np.full((4, 4, 4), 5.0, np.float32)
     data[1, 2, 3] = np.nan
     data[0, 0, 0] = np.inf
-    assert "2 NaN or Inf voxels" in _err(make_nifti(data))
+    data[3, 3, 3] = 2.0
+    vol = open_volume(make_nifti(data)).read()
+    assert np.all(np.isfinite(vol.data)) and float(vol.data.min()) == 2.0
+    assert int(np.count_nonzero(vol.data == 2.0)) == 3
+    assert any("2 NaN/Inf voxels" in w for w in vol.warnings)
+    data[:3] = np.nan
+    assert "NaN or Inf" in _err(make_nifti(data))
 
 
 @pytest.mark.parametrize("bad", [0.0, -2.0])
