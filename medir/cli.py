@@ -23,6 +23,7 @@ from rich.table import Table
 from medir.cli_common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.secrets import install_log_filter, mask_secrets, safe_url
 
 app = typer.Typer(help="medir: search 3D medical volumes by weighted slice voting.",
                   no_args_is_help=True, add_completion=False)
@@ -181,7 +182,7 @@ def search(
     opts.parsed()  # validate before loading anything
     result = run_search(volume, model or settings.model, opts, by_id=by_id, index_4d=index_4d)
     if as_json:
-        print(json.dumps([r for r in result["ranking"]], indent=2))
+        print(mask_secrets(json.dumps([r for r in result["ranking"]], indent=2)))
         return
     _print_ranking(result, explain)
 
@@ -213,8 +214,8 @@ def info() -> None:
 
     settings = get_settings()
     stats = collection_stats()
-    out.print(f"store: {stats['mode']} at {stats['location']}", highlight=False)
-    out.print(f"default model: {settings.model}; queue: {settings.redis_url or 'off'}",
+    out.print(mask_secrets(f"store: {stats['mode']} at {stats['location']}"), highlight=False)
+    out.print(f"default model: {settings.model}; queue: {safe_url(settings.redis_url) or 'off'}",
               highlight=False)
     if not stats["collections"]:
         out.print("no collections yet: medir ingest PATH...")
@@ -277,6 +278,7 @@ def worker(
 
 
 def main() -> None:  # pragma: no cover - console entry
+    install_log_filter()
     app()
 
 

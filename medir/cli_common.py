@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medir.errors import MedirError
+from medir.secrets import mask_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
@@ -23,7 +25,8 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MedirError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print("[bold red]error:[/] " + escape(mask_secrets(exc)),
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -32,7 +32,6 @@ from search.store import (
 )
 from search.vote import SliceMatch, VolumeResult, vote
 
-
 MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
 MAX_TOP = 10_000  # volumes in the ranking
 

@@ -11,9 +11,8 @@ Slice-wise (SW) prediction is an aggregation mode of the vote, see :mod:`search.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 

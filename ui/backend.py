@@ -27,6 +27,7 @@ from ingest.embedders.base import Embedder
 from ingest.pipeline import IngestReport, ingest_paths
 from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable
+from medir.secrets import mask_secrets, safe_url
 from search.query import QueryOptions, search_file, search_indexed
 from search.service import collection_stats, run_search
 from search.store import READY, SliceStore, collection_name
@@ -46,19 +47,20 @@ def queue_mode(settings: Settings) -> bool:
 
 def mode_text(settings: Settings) -> str:
     """One line naming where searches run and which store they use."""
-    store = f"Qdrant server {settings.qdrant_url}" if settings.qdrant_url else (
+    store = f"Qdrant server {safe_url(settings.qdrant_url)}" if settings.qdrant_url else (
         f"embedded store {settings.store_path}")
-    runner = f"queue at {settings.redis_url}" if queue_mode(settings) else "in this process"
-    return f"{store} · searches run {runner}"
+    runner = (f"queue at {safe_url(settings.redis_url)}" if queue_mode(settings)
+              else "in this process")
+    return mask_secrets(f"{store} · searches run {runner}")
 
 
 def queue_error(exc: BaseException, settings: Settings) -> QueueUnavailable:
     """A clear 'worker not running / queue unavailable' error for any queue failure."""
     detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    return QueueUnavailable(
-        f"The queue at {settings.redis_url} did not answer: is redis-server running and is a "
-        f"worker started (medir worker)? ({detail})"
-    )
+    return QueueUnavailable(mask_secrets(
+        f"The queue at {safe_url(settings.redis_url)} did not answer: is redis-server running "
+        f"and is a worker started (medir worker)? ({detail})"
+    ))
 
 
 @contextmanager

@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from medir.secrets import mask_secrets
+
 INDEX_KEY = "medir:jobs"
 JOB_KEY = "medir:job:{}"
 MAX_JOBS = 100_000  # the index is trimmed to the newest ones
@@ -106,7 +108,8 @@ class JobStore:
         key = JOB_KEY.format(job_id)
         try:
             pipe = self.client.pipeline()
-            pipe.hset(key, mapping={"id": job_id, **{k: str(v) for k, v in changes.items()}})
+            pipe.hset(key, mapping={"id": job_id,
+                                    **{k: mask_secrets(v) for k, v in changes.items()}})
             pipe.expire(key, self.ttl)
             pipe.zadd(INDEX_KEY, {job_id: changes.get("submitted", time.time())}, nx=True)
             pipe.execute()

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medir.errors import MedirError
+from medir.secrets import mask_secrets
 
 app = typer.Typer(help="Background jobs on the Celery queue.", invoke_without_command=True,
                   add_completion=False)
@@ -45,7 +46,7 @@ def jobs(
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps([j.to_dict() for j in found], indent=2))
+        print(mask_secrets(json.dumps([j.to_dict() for j in found], indent=2)))
         return
     if not found:
         out.print("no jobs yet: medir ingest --queue PATH...")

@@ -76,10 +76,9 @@ def check_broker(url: str) -> None:
 
 def _safe_url(url: str) -> str:
     """The URL without its password (for messages)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    from medir.secrets import safe_url
+
+    return safe_url(url)
 
 
 def expand_files(files: Sequence[Path],

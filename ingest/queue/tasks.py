@@ -30,6 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Celery, Task
 from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -232,6 +234,15 @@ def _on_process_shutdown(**_: Any) -> None:
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     close_worker_state()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_logs(**_: Any) -> None:
+    """Celery configured its handlers: mask credentials in every record they write."""
+    from medir.secrets import install_log_filter
+
+    install_log_filter("celery", "celery.task", "celery.worker", "celery.app.trace")
 
 
 # ---- task bodies ---------------------------------------------------------------------------
