@@ -283,4 +283,5 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 if __name__ == "__main__":  # pragma: no cover
+    install_log_filter()
     sys.exit(app())

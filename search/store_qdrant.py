@@ -5,11 +5,14 @@ client code path without a server and is used by the tests of that path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from medir.config import HnswSettings
 from medir.errors import StoreUnavailable
@@ -17,6 +20,43 @@ from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, Slic
 
 _VECTOR = "slice"
 _TRANSIENT = (ConnectionError, TimeoutError)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def classify(exc: BaseException, where: str) -> StoreUnavailable | None:
+    """A :class:`StoreUnavailable` (transient: retried with backoff by the queue) for a server
+    that is restarting or unreachable; None for an error that a retry would not change."""
+    transient = False
+    if isinstance(exc, ResponseHandlingException | httpx.TransportError | ConnectionError
+                  | TimeoutError):
+        transient = True  # connection refused or reset, timeouts: the server is away
+    elif isinstance(exc, UnexpectedResponse):
+        transient = exc.status_code is not None and (exc.status_code >= 500
+                                                     or exc.status_code == 429)
+    if not transient:
+        return None
+    from medir.secrets import mask_secrets
+
+    return StoreUnavailable(mask_secrets(f"Qdrant at {where} is unavailable "
+                                         f"({type(exc).__name__}: {exc})".splitlines()[0]))
+
+
+def _transient(fn: F) -> F:
+    """Raise :class:`StoreUnavailable` for the transient failures of a store call."""
+
+    @functools.wraps(fn)
+    def wrapper(self: QdrantStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            mapped = classify(exc, self.location)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    return cast(F, wrapper)
 
 
 def _condition(key: str, value: Any) -> models.FieldCondition:
@@ -151,6 +191,11 @@ class QdrantStore(SliceStore):
         self, name: str, flt: Filter | None = None, *, with_vectors: bool = False,
         batch: int = 1024,
     ) -> Iterator[Record]:
+        return self._scroll_guarded(self._scroll(name, flt, with_vectors=with_vectors,
+                                                 batch=batch))
+
+    def _scroll(self, name: str, flt: Filter | None, *, with_vectors: bool,
+                batch: int) -> Iterator[Record]:
         offset: Any = None
         qf = to_qdrant_filter(flt)
         while True:
@@ -166,8 +211,24 @@ class QdrantStore(SliceStore):
             if offset is None:
                 return
 
+    def _scroll_guarded(self, it: Iterator[Record]) -> Iterator[Record]:
+        try:
+            yield from it
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            mapped = classify(exc, self.location)
+            if mapped is None:
+                raise
+            raise mapped from None
+
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:
             pass
+
+
+for _name in ("collections", "collection_dim", "ensure_collection", "drop_collection", "upsert",
+              "delete", "set_payload", "search_batch", "count", "facet"):
+    setattr(QdrantStore, _name, _transient(getattr(QdrantStore, _name)))

@@ -74,6 +74,7 @@ def save_upload(name: str, data: bytes, dest_dir: Path, limit_mb: int) -> Path:
         tmp.write_bytes(data)
         tmp.replace(path)
     try:
+        _check_self_contained(path)
         open_volume(path)
     except VolumeError as exc:
         path.unlink(missing_ok=True)
@@ -83,6 +84,23 @@ def save_upload(name: str, data: bytes, dest_dir: Path, limit_mb: int) -> Path:
             pass
         raise UploadError(f"{name}: {exc.reason}") from None
     return path
+
+
+def _check_self_contained(path: Path) -> None:
+    """An upload holds its own data: an NRRD naming a detached data file is refused (it would
+    read a file of the server's choosing, or of the uploader's)."""
+    if volume_suffix(path.name) != ".nrrd":
+        return
+    import nrrd
+
+    try:
+        with open(path, "rb") as fh:
+            header = nrrd.read_header(fh)
+    except Exception as exc:
+        raise VolumeError(path, f"not a readable NRRD header ({type(exc).__name__})") from None
+    if "data file" in header or "datafile" in header:
+        raise VolumeError(path, "an uploaded NRRD must hold its data (attached); this header "
+                                "names a detached data file")
 
 
 def upload_dir(data_dir: Path) -> Path:
