@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     redis_url: str | None = None
+    require_secrets: bool = Field(
+        False, description="refuse to start without strong secrets (docker-compose sets it)")
     model: str = DEFAULT_MODEL
     device: str = "auto"
     batch_size: int = Field(32, ge=1)

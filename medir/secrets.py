@@ -97,3 +97,40 @@ def install_log_filter(*names: str) -> None:
                 handler.addFilter(_FILTER)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+MIN_SECRET_LENGTH = 16
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "your-", "example",
+                 "placeholder", "password", "secret", "xxxx", "todo")
+
+
+def weak_secret(value: str | None) -> str | None:
+    """Why ``value`` is not a usable secret (empty, short, a placeholder), or None."""
+    if not value:
+        return "empty"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"shorter than {MIN_SECRET_LENGTH} characters"
+    lower = value.lower()
+    if any(p in lower for p in _PLACEHOLDERS) or len(set(value)) < 6:
+        return "a placeholder"
+    return None
+
+
+def check_secrets(settings: object) -> None:
+    """Refuse to start a service with weak credentials (``MEDIR_REQUIRE_SECRETS=1``, set by
+    docker-compose): the Redis password and, with a Qdrant server, the Qdrant API key.
+    Without the flag only a secret that is set but weak is refused."""
+    from medir.errors import ConfigError
+
+    required = bool(getattr(settings, "require_secrets", False))
+    checks: list[tuple[str, str | None]] = []
+    redis_url = getattr(settings, "redis_url", None)
+    if redis_url:
+        checks.append(("the Redis password in MEDIR_REDIS_URL", urlsplit(redis_url).password))
+    if getattr(settings, "qdrant_url", None):
+        checks.append(("MEDIR_QDRANT_API_KEY", getattr(settings, "qdrant_api_key", None)))
+    for what, value in checks:
+        why = weak_secret(value)
+        if why and (required or value):
+            raise ConfigError(f"refusing to start: {what} is {why}; set a random secret of at "
+                              f"least {MIN_SECRET_LENGTH} characters (openssl rand -hex 32)")

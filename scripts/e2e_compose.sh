@@ -43,8 +43,10 @@ if [[ -f .env ]]; then
     set +a
     export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME_E2E:-medir-e2e}"
 fi
-export QDRANT_API_KEY="${QDRANT_API_KEY:-e2e-$RANDOM$RANDOM}"
-export REDIS_PASSWORD="${REDIS_PASSWORD:-e2e-$RANDOM$RANDOM}"
+throwaway() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+export QDRANT_API_KEY="${QDRANT_API_KEY:-$(throwaway)}"
+export QDRANT_READ_ONLY_API_KEY="${QDRANT_READ_ONLY_API_KEY:-$(throwaway)}"
+export REDIS_PASSWORD="${REDIS_PASSWORD:-$(throwaway)}"
 # Host ports away from the defaults, so a local Redis/Qdrant/Streamlit does not collide.
 export QDRANT_HOST_PORT="${MEDIR_E2E_QDRANT_PORT:-16333}"
 export REDIS_HOST_PORT="${MEDIR_E2E_REDIS_PORT:-16379}"

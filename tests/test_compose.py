@@ -54,6 +54,17 @@ def _env_example() -> dict[str, str]:
     return env
 
 
+SECRETS = ("QDRANT_API_KEY", "QDRANT_READ_ONLY_API_KEY", "REDIS_PASSWORD")
+
+
+def _env_with_secrets(tmp_path: Path) -> Path:
+    """.env.example with the (shipped empty) secrets set, as an operator's .env would be."""
+    env = {**_env_example(), **{k: f"{k.lower()}-{os.urandom(12).hex()}" for k in SECRETS}}
+    path = tmp_path / "filled.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return path
+
+
 def _compose_command() -> list[str] | None:
     docker = shutil.which("docker")
     if docker:
@@ -87,7 +98,7 @@ def test_compose_config_is_valid(profile: str | None, tmp_path: Path) -> None:
     cmd = _compose_command()
     if cmd is None:
         pytest.skip("no compose binary (apt-get install docker-compose)")
-    args = [*cmd, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE)]
+    args = [*cmd, "--env-file", str(_env_with_secrets(tmp_path)), "-f", str(COMPOSE)]
     if profile:
         args += ["--profile", profile]
     # A clean environment, so that the host's variables do not hide a gap in .env.example.
@@ -118,6 +129,46 @@ def test_compose_config_requires_the_secrets(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "QDRANT_API_KEY" in done.stderr or "REDIS_PASSWORD" in done.stderr
+
+
+def test_compose_refuses_the_shipped_env_example(tmp_path: Path) -> None:
+    """.env.example ships empty secrets: the stack does not start until the operator sets them."""
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip("no compose binary (apt-get install docker-compose)")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    done = subprocess.run([*cmd, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config",
+                           "-q"], capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    assert any(k in done.stderr for k in SECRETS), done.stderr
+
+
+def test_env_example_ships_no_secret() -> None:
+    env = _env_example()
+    for key in SECRETS:
+        assert env[key] == "", f".env.example: {key} must ship empty"
+    assert env["MEDIR_UI_BIND"] == "127.0.0.1"
+    text = COMPOSE.read_text()
+    for key in SECRETS:  # every use of a secret refuses an empty value
+        uses = re.findall(rf"\$\{{{key}([^}}]*)\}}", text)
+        assert uses and all(u.startswith(":?") for u in uses), (key, uses)
+
+
+def test_ui_is_local_read_only_and_services_check_secrets(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    ui = services["ui"]
+    assert ui["ports"] == ["${MEDIR_UI_BIND:-127.0.0.1}:${MEDIR_UI_HOST_PORT:-8501}:8501"]
+    assert _environment(ui)["MEDIR_QDRANT_API_KEY"].startswith("${QDRANT_READ_ONLY_API_KEY:?")
+    assert _environment(services["qdrant"])["QDRANT__SERVICE__READ_ONLY_API_KEY"].startswith(
+        "${QDRANT_READ_ONLY_API_KEY:?")
+    for name in MEDIR_SERVICES:
+        assert _environment(services[name])["MEDIR_REQUIRE_SECRETS"] == "1", name
+        mounts = {_mount(v)[1]: v for v in services[name]["volumes"]}
+        assert mounts["/models"].endswith(":/models:ro"), name
+        if name in WORKERS:  # workers only read the volumes
+            assert mounts["/data"].endswith(":/data:ro"), name
+    assert not services["ui"]["volumes"][0].endswith(":ro")  # uploads are written there
 
 
 def test_compose_matches_the_compose_spec_schema(compose: dict[str, Any]) -> None:
@@ -236,7 +287,8 @@ def test_volumes_for_data_models_and_store(
         assert env["MEDIR_WEIGHTS_DIR"] == "/models"
         assert env["MEDIR_STORE_PATH"].startswith("/store")
         assert env["MEDIR_QDRANT_URL"] == "http://qdrant:6333"
-        assert env["MEDIR_QDRANT_API_KEY"].startswith("${QDRANT_API_KEY")
+        key = "${QDRANT_READ_ONLY_API_KEY" if name == "ui" else "${QDRANT_API_KEY"
+        assert env["MEDIR_QDRANT_API_KEY"].startswith(key), name
         assert env["MEDIR_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
         assert env["MEDIR_REDIS_URL"].endswith("@redis:6379/0")
     named = {_mount(v)[0] for s in services.values() for v in s.get("volumes", [])}

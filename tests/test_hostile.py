@@ -180,7 +180,7 @@ def test_nibabel_resampled_file_with_nan_is_read_with_a_warning(tmp_path: Path) 
     src = Path(nib.__file__).parent / "tests" / "data" / "resampled_anat_moved.nii"
     vf = open_volume(src)
     vol = vf.read()
-    raw = np.asarray(nib.load(str(src)).dataobj, dtype=np.float32)
+    raw = np.asarray(nib.Nifti1Image.from_filename(str(src)).dataobj, dtype=np.float32)
     n_nan = int(np.count_nonzero(~np.isfinite(raw)))
     assert n_nan > 0 and np.all(np.isfinite(vol.data))
     assert float(vol.data.min()) == float(np.nanmin(raw))
@@ -264,3 +264,27 @@ def test_qdrant_outage_is_transient() -> None:
         assert isinstance(classify(exc, "http://q:6333"), StoreUnavailable), exc
     assert classify(UnexpectedResponse(400, "Bad Request", b"bad", httpx.Headers()),
                     "http://q:6333") is None
+
+
+# ---- 7. services refuse weak secrets ----------------------------------------------------------
+@pytest.mark.parametrize("password", ["", "short-pw", "change-me-redis-password",
+                                      "aaaaaaaaaaaaaaaaaaaa"])
+def test_services_refuse_weak_secrets(password: str) -> None:
+    from medir.secrets import check_secrets
+
+    strong = os.urandom(16).hex()
+    url = f"redis://:{password}@redis:6379/0" if password else "redis://redis:6379/0"
+    with pytest.raises(ConfigError, match="refusing to start") as info:
+        check_secrets(Settings(require_secrets=True, redis_url=url,
+                               qdrant_url="http://qdrant:6333", qdrant_api_key=strong))
+    assert not password or password not in str(info.value)
+    check_secrets(Settings(require_secrets=True, redis_url=f"redis://:{strong}@redis:6379/0",
+                           qdrant_url="http://qdrant:6333", qdrant_api_key=strong))
+    check_secrets(Settings(redis_url="redis://127.0.0.1:6379/0"))  # local, no auth: allowed
+
+
+def test_worker_refuses_to_start_with_a_placeholder_secret() -> None:
+    r = medir("worker", env={"MEDIR_REQUIRE_SECRETS": "1",
+                             "MEDIR_REDIS_URL": "redis://:change-me-redis-password@127.0.0.1:1/0"})
+    assert r.returncode == 2 and "refusing to start" in r.stderr
+    assert "change-me-redis-password" not in r.stderr + r.stdout

@@ -29,6 +29,15 @@ def main() -> None:
         st.Page(collection_page.render, title="Collection", icon=":material/dataset:",
                 url_path="collection"),
     ]
+    from medir.config import get_settings
+    from medir.errors import ConfigError
+    from medir.secrets import check_secrets
+
+    try:
+        check_secrets(get_settings())
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
     nav = st.navigation(pages)
     with st.sidebar:
         st.markdown("### :material/radiology: medir")

@@ -62,6 +62,9 @@ def run_worker(
         os.environ["MEDIR_DEVICE"] = device  # read by the settings in this process and children
         get_settings.cache_clear()
     settings = get_settings()
+    from medir.secrets import check_secrets
+
+    check_secrets(settings)
     chosen = pool or "solo"
     embedded = not settings.qdrant_url
     check_pool(chosen, concurrency, embedded)
