@@ -5,7 +5,9 @@
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The browser tests drive ${MEDIR_CHROMIUM:-/usr/bin/chromium} (tests/e2e/test_ui_browser.py):
+# check that very path, not just any chromium on PATH.
+[ -x "${MEDIR_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -14,5 +16,5 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   echo "[system] missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]});"\
-       "tests that need them will be skipped" >&2
+       "tests that need them are skipped and scripts/test.sh fails" >&2
 fi

@@ -288,3 +288,42 @@ def test_worker_refuses_to_start_with_a_placeholder_secret() -> None:
                              "MEDIR_REDIS_URL": "redis://:change-me-redis-password@127.0.0.1:1/0"})
     assert r.returncode == 2 and "refusing to start" in r.stderr
     assert "change-me-redis-password" not in r.stderr + r.stdout
+
+
+# ---- 13. CI fails on a skip that is not about a GPU -------------------------------------------
+def test_check_skips_fails_on_a_non_gpu_skip(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_ok():\n    pass\n"
+        "@pytest.mark.skipif(True, reason='needs CUDA')\ndef test_gpu():\n    pass\n"
+        "@pytest.mark.xfail(reason='known')\ndef test_xf():\n    assert False\n"
+        "def test_redis():\n    pytest.skip('redis-server is not installed')\n")
+    check = [sys.executable, str(repo / "scripts" / "check_skips.py")]
+
+    def run(*k: str) -> subprocess.CompletedProcess[str]:
+        xml = tmp_path / "junit.xml"
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={xml}", str(tmp_path / "test_x.py"), *k],
+                       cwd=tmp_path, capture_output=True, text=True)
+        return subprocess.run([*check, str(xml)], capture_output=True, text=True)
+
+    bad = run()
+    assert bad.returncode == 1 and "test_redis: redis-server is not installed" in bad.stderr
+    assert "test_gpu" not in bad.stderr and "test_xf" not in bad.stderr
+    assert run("-k", "not redis").returncode == 0
+    assert run("-k", "nothing_matches").returncode == 1  # no test ran
+
+
+def test_chromium_path_of_tests_and_system_deps_agree() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    deps = (repo / "scripts" / "system_deps.sh").read_text()
+    assert '-x "${MEDIR_CHROMIUM:-/usr/bin/chromium}"' in deps
+    assert 'os.environ.get("MEDIR_CHROMIUM", "/usr/bin/chromium")' in (
+        repo / "tests" / "e2e" / "test_ui_browser.py").read_text()
+    test_sh = (repo / "scripts" / "test.sh").read_text()
+    assert "--junitxml" in test_sh and "check_skips.py" in test_sh
+    assert "bash scripts/test.sh" in (repo / ".ci" / "run").read_text()
