@@ -8,9 +8,15 @@
 - ``worker`` (function): a factory starting ``medir worker`` subprocesses on a store path with
   extra environment; it waits until the worker is consuming and stops leftovers afterwards.
 
-Worker-side test hook: a worker started with ``MEDIR_PLUGINS=tests.queue_fixtures`` and
-``MEDIR_TEST_UPSERT_DELAY=<seconds>`` sleeps before each embedded-store upsert, which widens the
-window in which a volume is half written (pending points stored, not yet marked ready).
+Worker-side test hooks (a worker started with ``MEDIR_PLUGINS=tests.queue_fixtures``):
+
+- ``MEDIR_TEST_UPSERT_DELAY=<seconds>`` sleeps before each embedded-store upsert;
+- ``MEDIR_TEST_PAUSE_VOLUME=<volume id>``, ``MEDIR_TEST_PAUSE_AFTER=<n>`` and
+  ``MEDIR_TEST_PAUSE_FILE=<path>``: after the n-th upsert of that volume's points the worker
+  creates the file and stops there for good, so a test waits for the file (an event, not a
+  sleep) and finds the volume half written (pending points stored, not marked ready);
+- ``MEDIR_TEST_KILL_ON=<text>``: the first upsert of a volume whose source path contains the
+  text SIGKILLs its own worker process (a volume that kills its worker, e.g. by OOM).
 
 Load it with ``pytest_plugins = ["tests.queue_fixtures"]`` in ``conftest.py`` (or import the
 fixtures into a test module).
@@ -57,7 +63,51 @@ def _install_upsert_delay() -> None:
     EdgeStore.upsert = upsert  # type: ignore[method-assign]
 
 
+def _install_pause() -> None:
+    """Stop for good after the n-th upsert of one volume (worker side, tests only)."""
+    volume = os.environ.get("MEDIR_TEST_PAUSE_VOLUME")
+    flag = os.environ.get("MEDIR_TEST_PAUSE_FILE")
+    if not volume or not flag:
+        return
+    after = int(os.environ.get("MEDIR_TEST_PAUSE_AFTER", "1"))
+    from search.store_edge import EdgeStore
+
+    original = EdgeStore.upsert
+    seen = {"n": 0}
+
+    def upsert(self: EdgeStore, name: str, points: Sequence[SlicePoint]) -> None:
+        original(self, name, points)
+        if points and points[0].payload.get("volume_id") == volume:
+            seen["n"] += 1
+            if seen["n"] >= after:
+                self.flush()  # what is written is on disk, as after any crash
+                Path(flag).write_text(str(os.getpid()))
+                while True:  # half written, for good: the test kills this process
+                    time.sleep(3600)
+
+    EdgeStore.upsert = upsert  # type: ignore[method-assign]
+
+
+def _install_kill_on() -> None:
+    """SIGKILL this worker at the first upsert of a volume whose source has the marker."""
+    marker = os.environ.get("MEDIR_TEST_KILL_ON")
+    if not marker:
+        return
+    from search.store_edge import EdgeStore
+
+    original = EdgeStore.upsert
+
+    def upsert(self: EdgeStore, name: str, points: Sequence[SlicePoint]) -> None:
+        if points and marker in str(points[0].payload.get("source", "")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(self, name, points)
+
+    EdgeStore.upsert = upsert  # type: ignore[method-assign]
+
+
 _install_upsert_delay()
+_install_pause()
+_install_kill_on()
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from medir.secrets import mask_secrets
 
 INDEX_KEY = "medir:jobs"
 JOB_KEY = "medir:job:{}"
+DELIVERIES_KEY = "medir:deliveries:{}:{}"  # task id, retry number
 MAX_JOBS = 100_000  # the index is trimmed to the newest ones
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,20 @@ class JobStore:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("job %s: cannot update its record (%s)", job_id, exc)
+
+    def count_delivery(self, task_id: str, retries: int) -> int:
+        """Count one more delivery of a task message (one retry is one message); returns the
+        count so far, 0 when Redis cannot say (a lost count must not fail the task)."""
+        key = DELIVERIES_KEY.format(task_id, retries)
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, self.ttl)
+            n, _ = pipe.execute()
+            return int(n)
+        except redis.RedisError as exc:
+            log.warning("job %s: cannot count its deliveries (%s)", task_id, exc)
+            return 0
 
     def get(self, job_id: str) -> Job | None:
         raw = self.client.hgetall(JOB_KEY.format(job_id))

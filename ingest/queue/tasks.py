@@ -32,9 +32,11 @@ from celery import Celery, Task
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    task_received,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
@@ -221,6 +223,38 @@ def _on_worker_init(**_: Any) -> None:
         raise SystemExit(2) from None  # Celery logs and swallows Exceptions from handlers
 
 
+@worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Heartbeat, claims and the sweep that resumes dead workers' volumes (recovery.py)."""
+    from ingest.queue.app import queue_settings
+    from ingest.queue.recovery import start_recovery
+
+    s = get_settings()
+    app = getattr(sender, "app", None)
+    if app is None or not s.redis_url:
+        return
+    qs = queue_settings()
+    try:
+        start_recovery(app, s.redis_url, qs.heartbeat_ttl, qs.restore_interval,
+                       exclusive=_state.owner_lock is not None)
+    except Exception as exc:  # the broker's visibility timeout still redelivers, later
+        log.warning("recovery not started: %s", exc)
+
+
+@task_received.connect
+def _on_task_received(request: Any = None, **_: Any) -> None:
+    from ingest.queue.recovery import current
+
+    rec = current()
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if rec is None or not tag:
+        return
+    try:
+        rec.claim(str(tag))
+    except Exception as exc:
+        log.warning("cannot claim %s: %s", tag, exc)
+
+
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     _state.reset_if_forked()
@@ -233,6 +267,9 @@ def _on_process_shutdown(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
+    from ingest.queue.recovery import stop_recovery
+
+    stop_recovery()
     close_worker_state()
 
 
@@ -264,10 +301,33 @@ def _record(task: Task, **changes: Any) -> None:
         jobs.update(task.request.id, **changes)
 
 
+def _refuse_poison(task: Task) -> None:
+    """A message delivered more than ``MEDIR_QUEUE__MAX_DELIVERIES`` times killed the worker
+    that ran it each time (OOM, SIGKILL, a crash in native code): fail it, with the reason,
+    instead of redelivering it forever. A retry is a new message and starts a new count."""
+    from ingest.queue.app import queue_settings
+
+    if task.name == STATS_TASK or not task.request.id:
+        return
+    jobs = _jobs()
+    if jobs is None:
+        return
+    n = jobs.count_delivery(task.request.id, task.request.retries or 0)
+    limit = queue_settings().max_deliveries
+    if n > limit:
+        args = list(task.request.args or [])
+        what = (task.request.kwargs or {}).get("path") or (args[0] if args else "")
+        msg = (f"{what + ': ' if what else ''}killed its worker {n - 1} times (delivered {n} "
+               f"times; the limit is {limit}, MEDIR_QUEUE__MAX_DELIVERIES): not run again")
+        _record(task, state="FAILURE", error=msg, finished=time.time())
+        raise TaskFailed(msg)
+
+
 def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
     """Run a task body with medir's failure policy and job-record bookkeeping."""
     from ingest.queue.app import queue_settings
 
+    _refuse_poison(task)
     _record(task, state="STARTED", started=time.time(), kind=kind,
             worker=task.request.hostname or "", retries=task.request.retries, error="")
     try:
