@@ -407,7 +407,7 @@ MAX_NONFINITE_FRACTION = 0.5
 
 
 def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, list[str]]:
-    """The voxels as float32, and warnings: a few NaN/Inf voxels (registration tools write NaN
+    """The voxels (in the file's type), and warnings: a few NaN/Inf voxels (registration tools write NaN
     outside the field of view) become the volume's background, the minimum finite value."""
     try:
         arr = np.asarray(proxy[index])  # type: ignore[index]
@@ -418,7 +418,7 @@ def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, l
         raise VolumeError(path, f"truncated or corrupt data ({_reason(exc)})") from None
     if arr.dtype.kind not in "biuf":
         raise VolumeError(path, f"unsupported voxel type {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
+    # No float32 copy here: _to_canonical casts while it reorients (one full-size copy, not two)
     warns: list[str] = []
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)

@@ -208,6 +208,7 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
     No query saw the pending points, although a query without the ready filter does."""
     import numpy as np
 
+    import tests.plugin_embedder  # noqa: F401  (registers test-tiny here too)
     from ingest.embedders import get_embedder
     from ingest.queue import SEARCH_TASK, STATS_TASK
     from ingest.queue.app import get_app
