@@ -327,3 +327,26 @@ def test_chromium_path_of_tests_and_system_deps_agree() -> None:
     test_sh = (repo / "scripts" / "test.sh").read_text()
     assert "--junitxml" in test_sh and "check_skips.py" in test_sh
     assert "bash scripts/test.sh" in (repo / ".ci" / "run").read_text()
+
+
+def test_store_outage_on_one_volume_fails_that_volume_only(tmp_path: Path, make_nifti) -> None:
+    """A store error while writing one volume: that volume fails with one line naming the
+    store, the others are indexed, and nothing of the failed one is visible."""
+    emb = get_embedder("test-tiny", device="cpu")
+    coll = collection_name("test-tiny")
+    files = [make_nifti(_blob_volume(k % 3, seed=k), np.diag([1, 1, 2.0, 1]),
+                        name=f"case{k}.nii.gz") for k in range(3)]
+
+    class Flaky(EdgeStore):
+        def upsert(self, name: str, points: list[SlicePoint]) -> None:  # type: ignore[override]
+            if points and points[0].payload["volume_id"] == "case1":
+                raise StoreUnavailable("Qdrant at http://q:6333 is unavailable "
+                                       "(ResponseHandlingException: connection refused)")
+            super().upsert(name, points)
+
+    with Flaky(tmp_path / "s") as store:
+        reports = ingest_paths(files, store, emb)
+        assert [r.status for r in reports] == ["indexed", "failed", "indexed"]
+        assert "\n" not in reports[1].error and "unavailable" in reports[1].error
+        assert store.count(coll, Filter({"volume_id": "case1"})) == 0
+        assert store.count(coll, READY) == 2 * 12
