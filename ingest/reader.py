@@ -407,8 +407,9 @@ MAX_NONFINITE_FRACTION = 0.5
 
 
 def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, list[str]]:
-    """The voxels (in the file's type), and warnings: a few NaN/Inf voxels (registration tools write NaN
-    outside the field of view) become the volume's background, the minimum finite value."""
+    """The voxels (in the file's type), and warnings: a few NaN/Inf voxels (registration
+    tools write NaN outside the field of view) become the volume's background, the minimum
+    finite value."""
     try:
         arr = np.asarray(proxy[index])  # type: ignore[index]
     except MemoryError:
