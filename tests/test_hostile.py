@@ -350,3 +350,22 @@ def test_store_outage_on_one_volume_fails_that_volume_only(tmp_path: Path, make_
         assert "\n" not in reports[1].error and "unavailable" in reports[1].error
         assert store.count(coll, Filter({"volume_id": "case1"})) == 0
         assert store.count(coll, READY) == 2 * 12
+
+
+def test_ui_pages_never_show_the_broker_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search and ingest pages with a password in MEDIR_REDIS_URL and no broker there."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MEDIR_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    for page in ("search_page", "ingest_page", "collection_page"):
+        at = AppTest.from_string(f"from ui.{page} import render\nrender()\n",
+                                 default_timeout=180).run()
+        assert not at.exception, page
+        shown = "\n".join(str(e.value) for kind in ("error", "warning", "info", "success",
+                                                     "markdown", "caption")
+                          for e in getattr(at, kind))
+        assert "redis://:***@127.0.0.1" in shown, (page, shown)
+        assert SECRET not in shown, page

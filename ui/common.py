@@ -69,21 +69,24 @@ def collection_of(stats: dict[str, Any], model: str) -> dict[str, Any] | None:
 
 
 def show_error(exc: BaseException) -> None:
-    """One clear message per kind of failure, with what to do next."""
+    """One clear message per kind of failure, with what to do next (credentials masked)."""
+    from medir.secrets import mask_secrets
+
+    text = mask_secrets(exc)
     if isinstance(exc, backend.QueueUnavailable):
-        st.error(f"**Worker not running or queue unavailable.** {exc}",
+        st.error(f"**Worker not running or queue unavailable.** {text}",
                  icon=":material/power_off:")
     elif isinstance(exc, EmptyStore):
-        st.warning(f"**The store is empty.** {exc} Open **Ingest** in the sidebar to add "
+        st.warning(f"**The store is empty.** {text} Open **Ingest** in the sidebar to add "
                    "volumes.", icon=":material/inbox:")
     elif isinstance(exc, ModelMismatch):
-        st.error(f"**Model mismatch.** {exc}", icon=":material/explore_off:")
+        st.error(f"**Model mismatch.** {text}", icon=":material/explore_off:")
     elif isinstance(exc, StoreUnavailable):
-        st.error(f"**Store unavailable.** {exc}", icon=":material/lock:")
+        st.error(f"**Store unavailable.** {text}", icon=":material/lock:")
     elif isinstance(exc, MedirError):
-        st.error(str(exc), icon=":material/warning:")
+        st.error(text, icon=":material/warning:")
     else:
-        st.error(f"Unexpected error: {type(exc).__name__}: {exc}", icon=":material/error:")
+        st.error(f"Unexpected error: {type(exc).__name__}: {text}", icon=":material/error:")
 
 
 def header(title: str, caption: str) -> None:

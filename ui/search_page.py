@@ -150,8 +150,12 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
         pressed = st.button("Search", type="primary", icon=":material/search:",
                             disabled=query is None, key="go")
     if pressed and query is not None:
-        opts = QueryOptions(sampling=sampling, weighting=weighting, k=k, top=top,
-                            filters=filters, intensity=s.intensity)
+        try:
+            opts = QueryOptions(sampling=sampling, weighting=weighting, k=k, top=top,
+                                filters=filters, intensity=s.intensity)
+        except MedirError as exc:  # e.g. a sampling spec typed wrong: one line, no query
+            show_error(exc)
+            return None
         return query, model, opts, by_id
     return None
 
