@@ -315,6 +315,9 @@ def _open_nrrd(p: Path) -> VolumeFile:
     try:
         with open(p, "rb") as fh:
             header = nrrd.read_header(fh)
+            if data_path is not None:  # the checked, resolved file, not the header's text
+                header.pop("datafile", None)
+                header["data file"] = str(data_path)
             data = nrrd.read_data(header, fh, str(p))
     except Exception as exc:
         raise VolumeError(p, f"not a readable NRRD file ({_reason(exc)})") from None
@@ -348,9 +351,6 @@ def _nrrd_data_file(p: Path, header: dict) -> Path | None:
         raise VolumeError(p, f"NRRD detached data {name!r} is outside the header's folder")
     if not stat.S_ISREG(target.stat().st_mode):
         raise VolumeError(p, f"NRRD detached data {name!r} is not a regular file")
-    # pynrrd opens the name relative to the header; give it the checked, resolved path
-    header["data file"] = str(target)
-    header.pop("datafile", None)
     return target
 
 

@@ -19,7 +19,7 @@ MASK = "***"
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*)"
                               r"(?::(?P<password>[^@/\s]*))?@")
 _SECRET_NAMES = re.compile(r"(KEY|PASSWORD|PASSWD|SECRET|TOKEN)$", re.IGNORECASE)
-_MIN_SECRET = 4  # shorter values would mask ordinary words
+_MIN_SECRET = 8  # shorter values would mask ordinary words ("auto", "true")
 
 
 def safe_url(url: str | None) -> str:
