@@ -80,13 +80,14 @@ def _inside(target: Path, root: Path) -> bool:
     return target == root or root in target.parents
 
 
-def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str]]:
-    """Regular files under ``root`` as (path, path relative to root), links checked."""
+def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str, bool]]:
+    """Regular files under ``root`` as (path, path relative to root, reached through a
+    link), links checked."""
     real_root = root.resolve()
     seen_dirs = {real_root}
-    stack: list[tuple[Path, str]] = [(root, "")]
+    stack: list[tuple[Path, str, bool]] = [(root, "", False)]
     while stack:
-        folder, rel = stack.pop()
+        folder, rel, linked = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
@@ -97,7 +98,8 @@ def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str]]:
             rel_path = f"{rel}{entry.name}"
             try:
                 st = os.stat(path, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
+                is_link = stat.S_ISLNK(st.st_mode)
+                if is_link:
                     target = path.resolve(strict=True)
                     if not _inside(target, real_root):
                         skipped.append(Skipped(str(path), UNSAFE_PATH,
@@ -113,9 +115,9 @@ def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str]]:
                     skipped.append(Skipped(str(path), DUPLICATE, f"folder {real} seen already"))
                     continue
                 seen_dirs.add(real)
-                stack.append((path, rel_path + "/"))
+                stack.append((path, rel_path + "/", linked or is_link))
             elif stat.S_ISREG(st.st_mode):
-                yield path, rel_path
+                yield path, rel_path, linked or is_link
             else:
                 what = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket"
                         if stat.S_ISSOCK(st.st_mode) else "device file")
@@ -140,7 +142,8 @@ def scan_paths(paths: Sequence[str | Path], ids: Mapping[str, str] | None = None
         given = Path(raw).expanduser()
         if given.is_dir():
             root = given.absolute()
-            for path, rel in _walk(root, scan.skipped):
+            walked = sorted(_walk(root, scan.skipped), key=lambda w: (w[2], w[1]))
+            for path, rel, _ in walked:  # files reached through a link after the others
                 if is_volume_file(path):
                     found.append(VolumeSource(_strip_suffix(rel), path, str(path),
                                               keys=(rel, path.name, str(path))))

@@ -623,18 +623,25 @@ def load_labels_csv(path: Path) -> dict[str, dict[str, str]]:
 
 
 def load_volume_ids(path: Path) -> dict[str, str]:
-    """Volume ids a labels CSV gives: its ``file`` (as written, without the volume suffix,
-    and its base name) → its ``case_id``, for rows with both (``medir ingest --labels``)."""
+    """Volume ids a labels CSV gives: its ``file`` (as written, without the volume suffix, and
+    its base name when no other row has that name) → its ``case_id``, for rows with both
+    (``medir ingest --labels``)."""
     header, rows = _read_csv(path)
     if "case_id" not in header or "file" not in header:
         return {}
     ids: dict[str, str] = {}
+    names: dict[str, str | None] = {}
     for row in rows:
         case_id = (row.get("case_id") or "").strip()
         primary, fallback = _key_groups(row)
+        for key in fallback:  # a base name of several rows identifies none of them
+            names[key] = case_id if key not in names else None
         if case_id:
-            for key in primary[1:] + fallback:
+            for key in primary[1:]:
                 ids.setdefault(key, case_id)
+    for key, case_id in names.items():
+        if case_id:
+            ids.setdefault(key, case_id)
     return ids
 
 

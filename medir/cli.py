@@ -143,7 +143,7 @@ def ingest(
             else:
                 total_slices += r.n_slices if r.status == "indexed" else 0
                 dup = f", same content as {', '.join(r.duplicate_of)}" if r.duplicate_of else ""
-                bar.console.print(f"{r.status:10s} {r.volume_id} ({r.n_slices} slices{dup})",
+                bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices{dup})",
                                   highlight=False)
             seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
