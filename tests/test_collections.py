@@ -485,3 +485,19 @@ def test_file_source_for_missing_file_fails_with_reason(tmp_path: Path, store: E
     src: VolumeSource = file_source(tmp_path / "nope.nii.gz")
     [r] = ingest_paths([src], store, emb)
     assert r.status == "failed" and "no such file" in r.error and r.volume_id == "nope"
+
+
+def test_reingest_on_the_qdrant_client_path(cases: Path, emb: Embedder) -> None:
+    """The same protocol through qdrant-client (the server's code path, local mode here)."""
+    from search.store_qdrant import QdrantStore
+
+    with QdrantStore(path=":memory:") as store:
+        ingest_paths(scan_paths([cases]).sources, store, emb)
+        _write(cases / "p001" / "ct.nii.gz", _blob_volume(0, n=11, seed=7))
+        reports = ingest_paths(scan_paths([cases]).sources, store, emb,
+                               labels={"p002/ct": {"modality": "MR"}})
+        assert [r.status for r in reports] == ["indexed", "relabelled", "skipped"]
+        assert {str(k): v for k, v in store.facet(COLL, "volume_id", READY).items()} == {
+            "p001/ct": 11, "p002/ct": 7, "p003/ct": 9}
+        assert store.count(COLL) == 27
+        assert search_indexed("p001/ct", store, emb, QueryOptions()).n_slices == 11
