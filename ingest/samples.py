@@ -639,9 +639,9 @@ def load_volume_ids(path: Path) -> dict[str, str]:
         if case_id:
             for key in primary[1:]:
                 ids.setdefault(key, case_id)
-    for key, case_id in names.items():
-        if case_id:
-            ids.setdefault(key, case_id)
+    for key, unique in names.items():
+        if unique:
+            ids.setdefault(key, unique)
     return ids
 
 
