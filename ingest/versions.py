@@ -66,10 +66,13 @@ def live_version(store: SliceStore, coll: str, volume_id: str) -> LiveVersion | 
         return None
     gen = max(gens)
     mine = ready.and_(Filter({"gen": gen}))
-    first = next(iter(store.scroll(coll, mine, batch=1)), None)
-    if first is None:  # retired between the two calls
+    # one record (slice 0) for the payload: a scroll of the whole version would cost a
+    # request per batch (and the worker's locked store drains scrolls whole)
+    first = next(iter(store.scroll(coll, mine.and_(Filter({"slice": 0})), batch=1)), None)
+    count = store.count(coll, mine)
+    if count == 0:  # retired between the calls
         return None
-    return LiveVersion(gen, store.count(coll, mine), first.payload)
+    return LiveVersion(gen, count, first.payload if first is not None else {})
 
 
 def live_records(records: list[Record]) -> list[Record]:
