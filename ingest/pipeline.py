@@ -1,9 +1,11 @@
 """Index volumes: read → intensity window → embed all axial slices → upsert → mark complete.
 
 A volume is written with ``state="pending"`` points and switched to ``"ready"`` only after its
-last batch, so a query never sees half a volume. A failure removes the volume's pending points;
-an earlier complete version of the same volume stays searchable until the new one is complete.
-Re-ingesting unchanged content is skipped (content hash + embedder id are in the point ids).
+last batch, so a query never sees half a volume. Re-ingest follows :mod:`ingest.versions`: an
+unchanged volume is skipped, a volume whose labels alone changed gets a payload update, and a
+changed file (or another model version or intensity mode, or ``force``) is embedded as a new
+generation that becomes ready before the old one is retired, so the volume is never missing.
+A failure removes only the new generation's pending points.
 
 Bulk ingest (:func:`ingest_paths`) is a two-role pipeline (../shared/STYLE.md item 9):
 
@@ -36,20 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ingest import versions
+from ingest.collection import VolumeSource, file_source, labels_for
 from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
-from ingest.reader import VolumeFile, open_volume
+from ingest.reader import VolumeFile
 from ingest.volume import Volume
 from medir.errors import MedirError, VolumeError
 from search.store import (
-    COMPLETE,
-    PENDING,
-    Filter,
     SlicePoint,
     SliceStore,
     collection_name,
-    content_id,
-    point_id,
+    new_generation,
 )
 
 # progress(volume_id, slices_done, slices_total)
@@ -65,11 +65,13 @@ class IngestReport:
 
     path: str
     volume_id: str
-    status: str  # indexed | skipped | failed
+    status: str  # indexed | skipped | relabelled | superseded | failed
     n_slices: int = 0
     seconds: float = 0.0
     error: str = ""
     warnings: list[str] = field(default_factory=list)  # repaired input (e.g. NaN voxels)
+    # other volume ids holding the same content (kept as separate volumes, reported)
+    duplicate_of: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -113,16 +115,6 @@ class PipelineStats:
                 if not f.name.startswith("_")}
 
 
-def labels_for(labels: LabelMap | None, path: Path, volume_id: str, case_id: str) -> dict[str, str]:
-    """Labels of a volume from a labels table keyed by volume id, case id or file name."""
-    if not labels:
-        return {}
-    for key in (volume_id, case_id, path.name, str(path)):
-        if key in labels:
-            return {k: str(v) for k, v in labels[key].items() if v}
-    return {}
-
-
 def embed_volume(
     volume: Volume,
     embedder: Embedder,
@@ -144,36 +136,10 @@ def embed_volume(
 
 
 def slice_points(volume: Volume, vectors: np.ndarray, embedder: Embedder,
-                 intensity: str) -> list[SlicePoint]:
-    """One point per slice, payload per the store contract (labels never used for ranking)."""
-    base = volume.payload()
-    cid = content_id(volume.sha256, volume.index_4d)
-    z = volume.z_mm
-    return [
-        SlicePoint(
-            id=point_id(volume.sha256, volume.index_4d, i, embedder.embedder_id),
-            vector=vectors[i],
-            payload={
-                **base,
-                "slice": i,
-                "z_mm": float(z[i]),
-                "content_id": cid,
-                "embedder": embedder.embedder_id,
-                "model": embedder.name,
-                "model_version": embedder.info.version,
-                "intensity": intensity,
-                "state": PENDING,
-            },
-        )
-        for i in range(volume.n_slices)
-    ]
-
-
-def is_indexed(store: SliceStore, collection: str, volume: Volume, embedder_id: str) -> bool:
-    cid = content_id(volume.sha256, volume.index_4d)
-    flt = Filter({"volume_id": volume.volume_id, "content_id": cid, "embedder": embedder_id,
-                  "state": COMPLETE})
-    return store.count(collection, flt) == volume.n_slices
+                 intensity: str, gen: str = "") -> list[SlicePoint]:
+    """One point per slice of one generation (:func:`ingest.versions.slice_points`)."""
+    return versions.slice_points(volume, vectors, embedder.embedder_id, embedder.name,
+                                 embedder.info.version, intensity, gen)
 
 
 def _open_collection(store: SliceStore, embedder: Embedder) -> str:
@@ -182,41 +148,42 @@ def _open_collection(store: SliceStore, embedder: Embedder) -> str:
     if store.collection_dim(coll) != embedder.dim:
         raise MedirError(f"collection {coll} holds {store.collection_dim(coll)}-d vectors but "
                          f"{embedder.name} makes {embedder.dim}-d ones")
+    versions.check_layout(store, coll)
     return coll
 
 
-def _write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volume,
-                  vectors: np.ndarray, mode: str, upsert_batch: int, flush: bool = True) -> None:
-    """Upsert a fully embedded volume as pending, retire older versions, make it ready.
 
-    On any failure the volume's pending points are removed and the error is raised again.
-    ``flush=False`` leaves persisting to the caller (bulk ingest flushes once per interval:
-    a Qdrant Edge flush costs ≈ 0.3 s on this machine's disk, more than embedding a small
-    volume).
+def _write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volume,
+                  vectors: np.ndarray, mode: str, upsert_batch: int, flush: bool = True,
+                  gen: str | None = None) -> bool:
+    """Write a fully embedded volume as a new generation (:func:`ingest.versions.write_version`).
+
+    Returns False when a concurrent write of the same volume won. On any failure the new
+    generation's pending points are removed and the error is raised again; the live version
+    stays. ``flush=False`` leaves persisting to the caller (bulk ingest flushes once per
+    interval: a Qdrant Edge flush costs ≈ 0.3 s on this machine's disk, more than embedding a
+    small volume).
     """
-    cid = content_id(volume.sha256, volume.index_4d)
-    mine = Filter({"volume_id": volume.volume_id, "content_id": cid})
-    try:
-        store.delete(coll, Filter({"volume_id": volume.volume_id, "state": PENDING}))
-        points = slice_points(volume, vectors, embedder, mode)
-        for start in range(0, len(points), upsert_batch):
-            store.upsert(coll, points[start:start + upsert_batch])
-        # Retire an older version of this volume id (other content or model version), then
-        # make the new one visible in a single filtered update.
-        store.delete(coll, Filter({"volume_id": volume.volume_id},
-                                  must_not={"content_id": cid}))
-        store.delete(coll, Filter({"volume_id": volume.volume_id, "content_id": cid},
-                                  must_not={"embedder": embedder.embedder_id}))
-        store.set_payload(coll, mine, {"state": COMPLETE})
-        if flush:
-            store.flush()
-    except BaseException:
-        try:
-            store.delete(coll, Filter({**mine.must, "state": PENDING}))
-            store.flush()
-        except Exception:  # the store itself failed; the pending points stay invisible
-            pass
-        raise
+    g = gen or new_generation()
+    points = slice_points(volume, vectors, embedder, mode, g)
+    won = versions.write_version(store, coll, points, volume.volume_id, g, upsert_batch)
+    if flush:
+        store.flush()
+    return won
+
+
+def _settle(store: SliceStore, coll: str, volume: Volume, embedder: Embedder, mode: str,
+            force: bool, labels_given: bool) -> IngestReport | None:
+    """Skip or relabel an already indexed volume; None when it must be embedded."""
+    action = versions.decide(store, coll, volume, embedder.embedder_id, mode, force,
+                             labels_given)
+    if action == versions.EMBED:
+        return None
+    if action == versions.RELABEL:
+        versions.relabel(store, coll, volume)
+    status = "relabelled" if action == versions.RELABEL else "skipped"
+    return IngestReport(volume.source, volume.volume_id, status, volume.n_slices,
+                        duplicate_of=versions.duplicates_of(store, coll, volume))
 
 
 def index_volume(
@@ -227,22 +194,32 @@ def index_volume(
     intensity: str = "auto",
     upsert_batch: int = 512,
     progress: ProgressFn | None = None,
+    force: bool = False,
+    labels_given: bool = True,
 ) -> IngestReport:
-    """Index one volume; idempotent; raises on failure after removing its pending points."""
+    """Index one volume; idempotent; raises on failure after removing its pending points.
+
+    ``labels_given=False``: ``volume.labels`` is not from a labels table; the labels already
+    stored for the volume are kept.
+    """
     t0 = time.perf_counter()
+    gen = new_generation()  # at read time: of two writers, the later read wins
     coll = _open_collection(store, embedder)
-    if is_indexed(store, coll, volume, embedder.embedder_id):
-        return IngestReport(volume.source, volume.volume_id, "skipped", volume.n_slices)
     mode = resolve_intensity(volume.data, intensity)
+    settled = _settle(store, coll, volume, embedder, mode, force, labels_given)
+    if settled is not None:
+        return settled
 
     def tick(done: int) -> None:
         if progress is not None:
             progress(volume.volume_id, done, volume.n_slices)
 
     vectors = embed_volume(volume, embedder, mode, on_batch=tick)
-    _write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch)
-    return IngestReport(volume.source, volume.volume_id, "indexed", volume.n_slices,
-                        time.perf_counter() - t0, warnings=list(volume.warnings))
+    won = _write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch, gen=gen)
+    return IngestReport(volume.source, volume.volume_id, "indexed" if won else "superseded",
+                        volume.n_slices, time.perf_counter() - t0,
+                        duplicate_of=versions.duplicates_of(store, coll, volume),
+                        warnings=list(volume.warnings))
 
 
 # ---- the pipelined bulk ingest ---------------------------------------------------------------
@@ -255,6 +232,7 @@ class _Start:
     volume: Volume
     mode: str
     t0: float
+    gen: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -293,6 +271,7 @@ class _Open:
     filled: int = 0
     skipped: bool = False
     report: IngestReport | None = None
+    won: bool = True
 
 
 def _sequential(vf: VolumeFile) -> VolumeFile:
@@ -315,7 +294,7 @@ def _sequential(vf: VolumeFile) -> VolumeFile:
 
 
 def _reader(
-    paths: Iterable[str | Path],
+    paths: Iterable[str | Path | VolumeSource],
     out: queue.Queue[_Item],
     stop: threading.Event,
     embedder: Embedder,
@@ -341,13 +320,15 @@ def _reader(
     seq = 0
     try:
         for raw in paths:
-            path = Path(raw)
+            src = raw if isinstance(raw, VolumeSource) else file_source(raw)
+            path = src.path
             t0 = time.perf_counter()
             try:
-                vf = _sequential(open_volume(path))
+                vf = _sequential(src.open())
             except VolumeError as exc:
                 stats.read_s += time.perf_counter() - t0
-                if not put(_Failed(IngestReport(str(path), path.name, "failed", error=str(exc)))):
+                if not put(_Failed(IngestReport(src.source, src.volume_id, "failed",
+                                                error=str(exc)))):
                     return
                 continue
             stats.read_s += time.perf_counter() - t0
@@ -355,21 +336,23 @@ def _reader(
                 vid = vf.volume_ids()[k]
                 t_read = time.perf_counter()
                 try:
+                    gen = new_generation()
                     vol = vf.read(k if vf.is_4d else None)
                     t_norm = time.perf_counter()
                     stats.read_s += t_norm - t_read
-                    vol.labels = labels_for(labels, path, vol.volume_id, vol.case_id)
+                    vol.labels = labels_for(labels, vol.volume_id, src)
                     mode = resolve_intensity(vol.data, intensity)
                     norm = normalize_intensity(vol.data, mode)
                 except MedirError as exc:
                     stats.read_s += time.perf_counter() - t_read
-                    if not put(_Failed(IngestReport(str(path), vid, "failed", error=str(exc)))):
+                    if not put(_Failed(IngestReport(str(path), vid, "failed",
+                                                    error=str(exc)))):
                         return
                     continue
                 n = vol.n_slices
                 meta = dataclasses.replace(vol, data=np.empty((n, 0, 0), np.float32))
                 del vol  # the raw pixels: only the windowed copy is kept while chunking
-                start_item = _Start(seq, meta, mode, t_read)
+                start_item = _Start(seq, meta, mode, t_read, gen)
                 stats.intensity_resize_s += time.perf_counter() - t_norm
                 if not put(start_item):
                     return
@@ -404,7 +387,7 @@ def _embed_prepared(embedder: Embedder, x: torch.Tensor) -> np.ndarray:
 
 
 def ingest_paths(
-    paths: Iterable[str | Path],
+    paths: Iterable[str | Path | VolumeSource],
     store: SliceStore,
     embedder: Embedder,
     *,
@@ -416,8 +399,13 @@ def ingest_paths(
     prefetch: int = DEFAULT_PREFETCH,
     flush_every: float = 1.0,
     stats: PipelineStats | None = None,
+    force: bool = False,
 ) -> list[IngestReport]:
-    """Index every volume of every file. A bad file is reported and the others go on.
+    """Index every volume of every file or source. A bad file is reported, the others go on.
+
+    A path given as such is a file given directly (its volume id is its name without the
+    suffix); folders are expanded by :func:`ingest.collection.scan_paths` into sources.
+    ``force`` re-embeds volumes that are already indexed and unchanged.
 
     Reading and windowing of the next volumes overlap the embedding of the current ones;
     small volumes share batches (see the module docstring). Written volumes are flushed
@@ -454,8 +442,10 @@ def ingest_paths(
         st.flushes += 1
         for vol in unflushed:
             v = vol.start.volume
-            vol.report = IngestReport(v.source, v.volume_id, "indexed", v.n_slices,
+            vol.report = IngestReport(v.source, v.volume_id,
+                                      "indexed" if vol.won else "superseded", v.n_slices,
                                       last_flush[0] - vol.start.t0,
+                                      duplicate_of=versions.duplicates_of(store, coll, v),
                                       warnings=list(v.warnings))
         unflushed.clear()
     volumes: dict[int, _Open] = {}
@@ -487,8 +477,8 @@ def ingest_paths(
         t0 = time.perf_counter()
         v = vol.start.volume
         try:
-            _write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode, upsert_batch,
-                          flush=False)
+            vol.won = _write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode,
+                                    upsert_batch, flush=False, gen=vol.start.gen)
         except MedirError as exc:  # e.g. the store refused it; pending points are removed
             fail(vol, exc)
             return
@@ -549,9 +539,14 @@ def ingest_paths(
                 order.append(item.report)
             elif isinstance(item, _Start):
                 v = item.volume
-                if is_indexed(store, coll, v, embedder.embedder_id):
+                try:
+                    settled = _settle(store, coll, v, embedder, item.mode, force,
+                                      labels is not None)
+                except MedirError as exc:
+                    settled = IngestReport(v.source, v.volume_id, "failed", error=str(exc))
+                if settled is not None:
                     item.cancel.set()
-                    order.append(IngestReport(v.source, v.volume_id, "skipped", v.n_slices))
+                    order.append(settled)
                 else:
                     vol = _Open(item, np.empty((v.n_slices, embedder.dim), np.float32))
                     volumes[item.seq] = vol

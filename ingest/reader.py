@@ -134,16 +134,6 @@ def read_volumes(path: str | Path) -> Iterator[Volume]:
     yield from open_volume(path)
 
 
-def iter_volume_files(paths: list[str | Path]) -> Iterator[Path]:
-    """Expand directories (recursively) into volume files; files are yielded as given."""
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.is_file() and is_volume_file(q))
-        else:
-            yield p
-
-
 # ---------------------------------------------------------------------------------------------
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Validate dimensionality: 3D or 4D (trailing axes of length 1 are dropped)."""

@@ -561,25 +561,38 @@ def _labels_of(row: Mapping[str, str]) -> dict[str, str]:
 
 
 def _keys_of(row: Mapping[str, str]) -> list[str]:
-    """Lookup keys of a row: its case id, its file's base name, and that name's case id."""
-    keys: list[str] = []
+    """Lookup keys of a row: its case id, its file's path as written and without the volume
+    suffix (``p001/ct``: a volume id), then the file's base name and that name's case id."""
+    primary, fallback = _key_groups(row)
+    return list(dict.fromkeys(primary + fallback))
+
+
+def _key_groups(row: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(exact keys, base-name keys) of a row; base names may be shared by several rows
+    (``p001/ct.nii.gz``, ``p002/ct.nii.gz``) and are then no key of either."""
+    primary: list[str] = []
+    fallback: list[str] = []
     case_id = (row.get("case_id") or "").strip()
-    file = (row.get("file") or "").strip()
+    file = (row.get("file") or "").strip().replace("\\", "/").removeprefix("./")
     if case_id:
-        keys.append(case_id)
+        primary.append(case_id)
     if file:
-        base = file.replace("\\", "/").rsplit("/", 1)[-1]
-        keys += [base, _case_id_of(base)]
-    return list(dict.fromkeys(k for k in keys if k))
+        folder, _, base = file.rpartition("/")
+        primary += [file, f"{folder}/{_case_id_of(base)}" if folder else _case_id_of(base)]
+        fallback += [base, _case_id_of(base)]
+    primary = [k for k in dict.fromkeys(primary) if k]
+    return primary, [k for k in dict.fromkeys(fallback) if k and k not in primary]
 
 
 def load_labels_csv(path: Path) -> dict[str, dict[str, str]]:
-    """Labels by case id and by file name, from a CSV for ``medir ingest --labels``.
+    """Labels by case id and by file, from a CSV for ``medir ingest --labels``.
 
     The CSV needs a ``case_id`` or a ``file`` column (both allowed) and may carry any of
     ``modality, region, organ, dataset, split``; other columns are ignored, empty cells mean
-    "unknown". Each row is reachable under its case id, its file's base name and that name
-    without the volume suffix; look entries up with :func:`lookup_labels`. Raises
+    "unknown". Each row is reachable under its case id, its file as written (a path relative
+    to the folder given to ``ingest``, like ``p001/ct.nii.gz``), that path without the volume
+    suffix (the volume id), and, when no other row shares it, the file's base name with and
+    without suffix; look entries up with :func:`ingest.collection.labels_for`. Raises
     :class:`MedirError` naming the CSV when it is missing, unreadable, lacks both key columns,
     has a row with no key, or gives one key two different label sets.
     """
@@ -591,16 +604,45 @@ def load_labels_csv(path: Path) -> dict[str, dict[str, str]]:
         raise MedirError(f"{path}: labels CSV has no label column "
                          f"(expected some of: {', '.join(LABEL_KEYS)})")
     table: dict[str, dict[str, str]] = {}
+    shared: dict[str, dict[str, str] | None] = {}
     for i, row in enumerate(rows, start=2):
-        keys = _keys_of(row)
-        if not keys:
+        primary, fallback = _key_groups(row)
+        if not primary:
             raise MedirError(f"{path}: row {i} has neither case_id nor file")
         labels = _labels_of(row)
-        for key in keys:
+        for key in primary:
             if key in table and table[key] != labels:
                 raise MedirError(f"{path}: row {i}: {key!r} already has other labels")
             table[key] = labels
+        for key in fallback:  # a base name shared with other labels is ambiguous: no key
+            shared[key] = labels if key not in shared or shared[key] == labels else None
+    for key, labels_or_none in shared.items():
+        if labels_or_none is not None and key not in table:
+            table[key] = labels_or_none
     return table
+
+
+def load_volume_ids(path: Path) -> dict[str, str]:
+    """Volume ids a labels CSV gives: its ``file`` (as written, without the volume suffix, and
+    its base name when no other row has that name) → its ``case_id``, for rows with both
+    (``medir ingest --labels``)."""
+    header, rows = _read_csv(path)
+    if "case_id" not in header or "file" not in header:
+        return {}
+    ids: dict[str, str] = {}
+    names: dict[str, str | None] = {}
+    for row in rows:
+        case_id = (row.get("case_id") or "").strip()
+        primary, fallback = _key_groups(row)
+        for key in fallback:  # a base name of several rows identifies none of them
+            names[key] = case_id if key not in names else None
+        if case_id:
+            for key in primary[1:]:
+                ids.setdefault(key, case_id)
+    for key, unique in names.items():
+        if unique:
+            ids.setdefault(key, unique)
+    return ids
 
 
 def lookup_labels(table: Mapping[str, Mapping[str, str]], path_or_case_id: str | Path,

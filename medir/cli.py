@@ -71,7 +71,8 @@ def samples_fetch(
 @app.command()
 @user_errors
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Volume files or folders (recursive).")],
+    paths: Annotated[list[Path], typer.Argument(help="Volume files, DICOM files or folders "
+                                                "(recursive).")],
     labels: Annotated[Path | None, typer.Option(help="CSV with case_id or file, plus "
                                                 "modality, region, organ, dataset, split.")] = None,
     model: Annotated[str | None, typer.Option(help="Embedding model (see medir models).")] = None,
@@ -79,24 +80,40 @@ def ingest(
     queue: Annotated[bool, typer.Option("--queue", help="Submit to the Celery queue.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="With --queue: follow the jobs until done.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Re-embed volumes already indexed "
+                                        "and unchanged.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] =
+    False,
 ) -> None:
-    """Index volumes (NIfTI 3D/4D, NRRD) into the store."""
+    """Index volumes (NIfTI 3D/4D, NRRD, DICOM series) into the store.
+
+    Volume ids: the path relative to the folder given (p001/ct), a file given directly its
+    name without suffix, a DICOM series its SeriesInstanceUID (docs/collections.md).
+    """
     settings = get_settings()
     model_name = model or settings.model
     label_map = None
+    ids: dict[str, str] = {}
     if labels is not None:
-        from ingest.samples import load_labels_csv
+        from ingest.samples import load_labels_csv, load_volume_ids
 
         label_map = load_labels_csv(labels)
-    from ingest.reader import iter_volume_files
+        ids = load_volume_ids(labels)
+    from ingest.collection import scan_paths
+    from ingest.summary import IngestSummary
 
-    files = list(iter_volume_files(list(paths)))
-    if not files:
-        raise MedirError(f"no volume files found in {', '.join(map(str, paths))}")
+    scan = scan_paths(list(paths), ids)
+    summary = IngestSummary(skipped=scan.skipped)
+    if not scan.sources:
+        left = ", ".join(f"{n} {k}" for k, n in scan.skipped_by_kind().items())
+        raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
+                         + (f" (left out: {left})" if left else ""))
     if queue:
         from ingest.queue.submit import submit_ingest
 
-        ok = submit_ingest(files, model_name, label_map, wait=wait, console=out)
+        ok = submit_ingest(scan.sources, model_name, label_map, wait=wait, console=out,
+                           force=force)
+        _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
     from ingest.embedders import get_embedder
     from ingest.pipeline import IngestReport, ingest_paths
@@ -104,7 +121,6 @@ def ingest(
 
     embedder = get_embedder(model_name, device=settings.device, batch_size=settings.batch_size,
                             weights_dir=settings.weights_dir)
-    failed: list[IngestReport] = []
     t0 = time.perf_counter()
     total_slices = 0
     with open_store(settings) as store, Progress(
@@ -112,7 +128,7 @@ def ingest(
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
         transient=False,
     ) as bar:
-        files_task = bar.add_task("files", total=len(files), rate="")
+        files_task = bar.add_task("volumes", total=len(scan.sources), rate="")
         vol_task = bar.add_task("slices", total=1, rate="")
 
         def progress(vid: str, done: int, total: int) -> None:
@@ -122,27 +138,39 @@ def ingest(
 
         def on_report(r: IngestReport) -> None:
             nonlocal total_slices
+            summary.reports.append(r)
             if r.status == "failed":
-                failed.append(r)
                 bar.console.print(f"[red]failed[/] {r.error}", highlight=False)
             else:
                 total_slices += r.n_slices if r.status == "indexed" else 0
-                bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices)",
+                dup = f", same content as {', '.join(r.duplicate_of)}" if r.duplicate_of else ""
+                bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices{dup})",
                                   highlight=False)
                 for w in r.warnings:
                     bar.console.print(f"[yellow]warning[/] {r.volume_id}: {w}", highlight=False)
-            seen.add(r.path)
+            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
-        # One call for all files: reading overlaps embedding, small volumes share batches.
-        ingest_paths(files, store, embedder, labels=label_map,
+        # One call for all sources: reading overlaps embedding, small volumes share batches.
+        ingest_paths(scan.sources, store, embedder, labels=label_map,
                      intensity=intensity or settings.intensity,
                      upsert_batch=settings.upsert_batch, progress=progress,
-                     on_report=on_report)
-    if failed:
-        console.print(f"[red]{len(failed)} volume(s) failed[/], the others were indexed")
+                     on_report=on_report, force=force)
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        out.print(summary.line(), highlight=False)
+        _print_left_out(summary)
+    if summary.failed:
+        console.print(f"[red]{summary.failed} volume(s) failed[/], the others were indexed")
         raise typer.Exit(1)
+
+
+def _print_left_out(summary: Any) -> None:
+    for kind, items in summary.left_out().items():
+        shown = ", ".join(s.path for s in items[:3]) + (" ..." if len(items) > 3 else "")
+        out.print(f"  left out ({kind}): {len(items)}: {shown}", highlight=False)
 
 
 # ---- search ------------------------------------------------------------------------------------
@@ -208,12 +236,19 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
 # ---- info / demo -------------------------------------------------------------------------------
 @app.command()
 @user_errors
-def info() -> None:
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] =
+    False,
+) -> None:
     """Store mode, collections, volumes and points per model, label facets."""
     from search.service import collection_stats
 
     settings = get_settings()
     stats = collection_stats()
+    if as_json:
+        print(json.dumps({**stats, "default_model": settings.model,
+                          "queue": settings.redis_url is not None}, indent=2, default=str))
+        return
     out.print(mask_secrets(f"store: {stats['mode']} at {stats['location']}"), highlight=False)
     out.print(f"default model: {settings.model}; queue: {safe_url(settings.redis_url) or 'off'}",
               highlight=False)
@@ -226,6 +261,85 @@ def info() -> None:
             if counts:
                 out.print(f"    {key}: " + ", ".join(f"{v}={n}" for v, n in counts.items()),
                           highlight=False)
+
+
+@app.command()
+@user_errors
+def volumes(
+    filter: Annotated[list[str] | None, typer.Option(
+        "--filter", help="Label filter KEY=VALUE[,VALUE], repeatable.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model's collection.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the volumes as JSON.")] = False,
+) -> None:
+    """List the indexed volumes: id, source, slices, labels, embedder version, state."""
+    from search.store import LABEL_KEYS, collection_name
+    from search.store_factory import open_store
+    from search.volumes import list_volumes
+
+    filters = _parse_filters(filter)
+    bad = [k for k in filters if k not in LABEL_KEYS]
+    if bad:
+        raise MedirError(f"cannot filter on {bad[0]!r}; label filters: {', '.join(LABEL_KEYS)}")
+    with open_store(get_settings()) as store:
+        colls = [collection_name(model)] if model else None
+        if colls and not store.has_collection(colls[0]):
+            raise MedirError(f"no collection for model {model!r} at {store.location}")
+        rows = list_volumes(store, colls, filters)
+    if as_json:
+        print(json.dumps([v.to_dict() for v in rows], indent=2))
+        return
+    table = Table("volume", "source", "slices", "labels", "embedder", "state")
+    table.columns[0].no_wrap = True
+    for v in rows:
+        table.add_row(v.volume_id, v.source, str(v.n_slices),
+                      " ".join(f"{k}={x}" for k, x in v.labels.items()), v.embedder, v.state)
+    out.print(table)
+    out.print(f"{len(rows)} volume(s)", highlight=False)
+
+
+@app.command()
+@user_errors
+def prune(
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list).")] =
+    False,
+) -> None:
+    """Remove volumes whose files are gone (a dry run listing them unless --yes)."""
+    from search.store_factory import open_store
+    from search.volumes import gone_volumes
+    from search.volumes import prune as prune_volumes
+
+    with open_store(get_settings()) as store:
+        gone = gone_volumes(store)
+        for v in gone:
+            out.print(f"{'removing' if yes else 'would remove'} {v.volume_id} "
+                      f"({v.collection}; {v.source} is gone)", highlight=False)
+        if not gone:
+            out.print("nothing to prune: every indexed volume's file is there")
+        elif yes:
+            n = prune_volumes(store, gone)
+            out.print(f"removed {len(gone)} volume(s), {n} points", highlight=False)
+        else:
+            out.print(f"{len(gone)} volume(s) would be removed; run `medir prune --yes`",
+                      highlight=False)
+
+
+@app.command()
+@user_errors
+def migrate(
+    root: Annotated[list[Path] | None, typer.Option(
+        "--root", help="Folder the old store was ingested from: its volumes get the new ids "
+        "(path relative to it). Repeatable.")] = None,
+) -> None:
+    """Upgrade a store written before volume identities (in place, no re-embedding)."""
+    from search.store_factory import open_store
+    from search.volumes import migrate as migrate_store
+
+    with open_store(get_settings()) as store:
+        done = migrate_store(store, root or [])
+    if not done:
+        out.print("nothing to migrate: the store is current")
+    for coll, n in done.items():
+        out.print(f"migrated {coll}: {n} points", highlight=False)
 
 
 @app.command()
@@ -246,7 +360,8 @@ def demo(
         raise MedirError(f"{manifest}: no case {query!r}; cases: "
                          + ", ".join(r["case_id"] for r in rows))
     files = [manifest.parent / r["file"] for r in rows if r["case_id"] != query]
-    ingest(files, labels=manifest, model=model, intensity=None, queue=False, wait=True)
+    ingest(files, labels=manifest, model=model, intensity=None, queue=False, wait=True,
+           force=False, as_json=False)
     out.print(f"\nquery: {query} (held out, not in the index; truth: "
               f"{held[0]['modality']} {held[0]['region']})", highlight=False)
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,

@@ -2,7 +2,8 @@
 
 The query volume can be a file (new or already indexed) or the id of an indexed volume, whose
 stored slice vectors are reused without re-embedding. The query volume itself is excluded from
-the results when it is indexed (matched by content, not by name).
+the results: by its volume id when querying by id, by content when querying with a file (a
+file whose content equals an indexed volume is that volume, under every id it is indexed as).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity
 from ingest.reader import open_volume
+from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
 from search.sampling import Sampling, Weighting
@@ -121,6 +123,7 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
             )
         raise EmptyStore(f"the store at {store.location} is empty: ingest volumes first "
                          "(medir ingest PATH...)")
+    check_layout(store, coll)
     if store.count(coll, READY) == 0:
         raise EmptyStore(f"collection {coll} at {store.location} holds no complete volume")
     # A collection may hold points of several versions of one model (a re-ingest under way):
@@ -139,7 +142,7 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
 
 
 def _filter(options: QueryOptions, exclude_content: str | None,
-            embedder_id: str | None = None) -> Filter:
+            exclude_volume: str | None = None, embedder_id: str | None = None) -> Filter:
     must: dict[str, Any] = dict(READY.must)
     if embedder_id:
         must["embedder"] = embedder_id
@@ -152,6 +155,8 @@ def _filter(options: QueryOptions, exclude_content: str | None,
     must_not: dict[str, Any] = {"content_id": exclude_content} if exclude_content else {}
     if options.exclude_cases:
         must_not["case_id"] = list(options.exclude_cases)
+    if exclude_volume:
+        must_not["volume_id"] = exclude_volume
     return Filter(must, must_not)
 
 
@@ -164,6 +169,7 @@ def search_vectors(
     options: QueryOptions,
     *,
     exclude_content: str | None = None,
+    exclude_volume: str | None = None,
     slice_indices: np.ndarray | None = None,
     embedder_id: str | None = None,
 ) -> tuple[list[int], list[float], Any, dict[str, float]]:
@@ -181,7 +187,7 @@ def search_vectors(
     weights = weighting.weights(np.asarray(chosen_list), n_slices)
     t0 = time.perf_counter()
     hits = store.search_batch(coll, slice_vectors[rows], options.k,
-                              _filter(options, exclude_content, embedder_id),
+                              _filter(options, exclude_content, exclude_volume, embedder_id),
                               exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
@@ -226,10 +232,11 @@ def search_indexed(
 ) -> SearchResult:
     """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
     coll = check_collection(store, embedder)
-    records = sorted(store.scroll(coll, Filter({"volume_id": volume_id, **READY.must,
-                                                "embedder": embedder.embedder_id}),
-                                  with_vectors=True),
-                     key=lambda r: int(r.payload["slice"]))
+    # the live version only: during a re-ingest the old and new ones are briefly both ready
+    records = sorted(live_records(list(store.scroll(
+        coll, Filter({"volume_id": volume_id, **READY.must,
+                        "embedder": embedder.embedder_id}), with_vectors=True))),
+        key=lambda r: int(r.payload["slice"]))
     if not records:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll}")
     first = records[0].payload
@@ -239,7 +246,7 @@ def search_indexed(
     slices = np.asarray([int(r.payload["slice"]) for r in records])
     chosen_list, weights, result, timings = search_vectors(
         store, coll, vectors, n, spacing[2], options,
-        exclude_content=str(first["content_id"]), slice_indices=slices,
+        exclude_volume=volume_id, slice_indices=slices,
         embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n, chosen_list,

@@ -7,13 +7,18 @@ every point to carry every model's vector and re-upsert all points when a model 
 
 A volume becomes searchable only once complete: its points are upserted with ``state="pending"``
 and switched to ``state="ready"`` in one filtered payload update after the last batch; searches
-always filter on ``state="ready"``. Point ids are deterministic (uuid5 of content hash, 4D
-index, slice index and embedder id), so a retried upsert overwrites instead of duplicating.
+always filter on ``state="ready"``. Every write of a volume is one *generation* (``gen``, a
+sortable keyword): point ids are uuid5 of the volume id, content id, slice index, embedder id and
+generation, so a retried upsert of one write overwrites instead of duplicating, two volume ids
+never share a point, and a new version never overwrites the live one. A query keeps, per volume
+id, only the hits of the highest ready generation (docs/collections.md).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,8 +29,13 @@ import numpy as np
 
 POINT_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-5f0b-9d43-6d6564697221")
 LABEL_KEYS = ("modality", "region", "organ", "dataset", "split")
-INDEXED_KEYWORDS = ("volume_id", "case_id", "content_id", "embedder", "state", *LABEL_KEYS)
-HIT_PAYLOAD_KEYS = ["volume_id", "case_id", "slice", "z_mm", "n_slices", "source", *LABEL_KEYS]
+INDEXED_KEYWORDS = ("volume_id", "case_id", "content_id", "embedder", "state", "gen", "layout",
+                    *LABEL_KEYS)
+HIT_PAYLOAD_KEYS = ["volume_id", "case_id", "slice", "z_mm", "n_slices", "source", "gen",
+                    *LABEL_KEYS]
+# Every point written by this release carries ``layout=LAYOUT``; a collection with points
+# without it was written by an older release (file-stem ids, no generations): ``medir migrate``.
+LAYOUT = "2"
 
 Scalar = str | int | bool
 Condition = Scalar | Sequence[Scalar]
@@ -36,10 +46,22 @@ def collection_name(model: str) -> str:
     return "medir_" + re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_").lower()
 
 
-def point_id(sha256: str, index_4d: int | None, slice_index: int, embedder_id: str) -> str:
-    """Deterministic id of one slice point."""
-    key = f"{sha256}:{'' if index_4d is None else index_4d}:{slice_index}:{embedder_id}"
+def point_id(volume_id: str, content: str, slice_index: int, embedder_id: str,
+             gen: str = "") -> str:
+    """Deterministic id of one slice point of one write (generation) of one volume.
+
+    ``content`` is the :func:`content_id` (file hash, plus the 4D index).
+    """
+    key = f"{volume_id}\0{content}\0{slice_index}\0{embedder_id}\0{gen}"
     return str(uuid.uuid5(POINT_NAMESPACE, key))
+
+
+def new_generation() -> str:
+    """A fresh write generation: sortable (nanosecond clock, zero-padded), unique (random tail).
+
+    Two writers of one volume compare generations; the highest one is kept.
+    """
+    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
 
 
 def content_id(sha256: str, index_4d: int | None) -> str:
@@ -120,6 +142,14 @@ class SliceStore(ABC):
 
     @abstractmethod
     def set_payload(self, name: str, flt: Filter, payload: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def delete_payload(self, name: str, flt: Filter, keys: Sequence[str]) -> None:
+        """Remove payload ``keys`` from every point matching ``flt``."""
+
+    @abstractmethod
+    def ensure_indexes(self, name: str) -> None:
+        """Create any missing keyword index of :data:`INDEXED_KEYWORDS` (migration)."""
 
     @abstractmethod
     def search_batch(

@@ -133,6 +133,19 @@ class EdgeStore(SliceStore):
             qe.UpdateOperation.set_payload_by_filter(edge_filter, dict(payload))
         )
 
+    def delete_payload(self, name: str, flt: Filter, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        edge_filter = to_edge_filter(flt) or qe.Filter()
+        self._shard(name).update(
+            qe.UpdateOperation.delete_payload_by_filter(edge_filter, list(keys))
+        )
+
+    def ensure_indexes(self, name: str) -> None:
+        shard = self._shard(name)
+        for key in INDEXED_KEYWORDS:  # creating an existing index again is a no-op
+            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
+
     def flush(self) -> None:
         for shard in self._shards.values():
             shard.flush()

@@ -147,6 +147,17 @@ class QdrantStore(SliceStore):
         self.client.set_payload(name, payload=dict(payload),
                                 points=to_qdrant_filter(flt) or models.Filter(), wait=True)
 
+    def delete_payload(self, name: str, flt: Filter, keys: Sequence[str]) -> None:
+        if keys:
+            self.client.delete_payload(name, keys=list(keys),
+                                       points=to_qdrant_filter(flt) or models.Filter(), wait=True)
+
+    def ensure_indexes(self, name: str) -> None:
+        have = set((self.client.get_collection(name).payload_schema or {}).keys())
+        for key in INDEXED_KEYWORDS:
+            if key not in have:
+                self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
+
     def search_batch(
         self,
         name: str,

@@ -5,6 +5,10 @@ is a vote of weight w_i for the volume it belongs to. Volumes rank by total weig
 break on the summed similarity of their hits, then on the volume id, so rankings are
 deterministic. ``score`` is the share of all cast vote weight a volume received (k·Σw).
 
+While a volume is being re-ingested, its old and new versions can both be ready for a moment
+(the new one is made ready before the old one is retired); only the hits of the highest
+generation (``gen``) of each volume id count, so a query always sees exactly one version.
+
 Slice-wise (SW) prediction, the paper's no-aggregation baseline, is each slice's own nearest
 volume: :attr:`VoteResult.slice_predictions`.
 """
@@ -71,8 +75,16 @@ def vote(
     meta: dict[str, Mapping[str, Any]] = {}
     predictions: list[SliceMatch] = []
     k_max = 0
+    newest: dict[str, str] = {}
+    for row in hits:
+        for h in row:
+            vid, gen = str(h.payload["volume_id"]), str(h.payload.get("gen", ""))
+            if gen > newest.get(vid, ""):
+                newest[vid] = gen
     for qs, w, row in zip(query_slices, weights, hits, strict=True):
         k_max = max(k_max, len(row))
+        row = [h for h in row if str(h.payload.get("gen", "")) ==
+               newest.get(str(h.payload["volume_id"]), "")]
         for j, h in enumerate(row):
             vid = str(h.payload["volume_id"])
             m = SliceMatch(int(qs), vid, int(h.payload.get("slice", -1)), float(h.score),

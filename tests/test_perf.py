@@ -31,10 +31,13 @@ def _volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def _points(store: SliceStore) -> dict[str, tuple[dict[str, object], np.ndarray]]:
+    """Points by (volume, slice); the write generation (in the id too) differs per write."""
     out = {}
     for r in store.scroll(COLL, with_vectors=True):
         assert r.vector is not None
-        out[r.id] = (dict(r.payload), r.vector)
+        payload = dict(r.payload)
+        assert payload.pop("gen")
+        out[f"{payload['volume_id']}|{payload['slice']}"] = (payload, r.vector)
     return out
 
 

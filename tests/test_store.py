@@ -23,7 +23,7 @@ def _points(n_vol: int = 4, n_slices: int = 10, seed: int = 0) -> list[SlicePoin
         centre = rng.normal(size=DIM)
         for s in range(n_slices):
             vec = centre + 0.1 * rng.normal(size=DIM)
-            pts.append(SlicePoint(point_id(f"sha{v}", None, s, "m@1"),
+            pts.append(SlicePoint(point_id(f"v{v}", f"sha{v}", s, "m@1"),
                                   (vec / np.linalg.norm(vec)).astype(np.float32),
                                   {"volume_id": f"vol{v}", "slice": s, "state": "pending",
                                    "modality": "CT" if v % 2 else "MR", "content_id": f"sha{v}"}))

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ingest.collection import VolumeSource
 from ingest.embedders import get_embedder
 from ingest.embedders.base import Embedder
 from ingest.pipeline import IngestReport, ingest_paths
@@ -158,7 +159,7 @@ ReportFn = Callable[[IngestReport], None]
 
 def ingest_here(
     settings: Settings,
-    files: Sequence[Path],
+    files: Sequence[VolumeSource | Path],
     model: str,
     labels: Mapping[str, Mapping[str, str]] | None,
     progress: ProgressFn | None = None,

@@ -14,13 +14,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from ingest.collection import VolumeSource, scan_paths
 from ingest.pipeline import IngestReport
-from ingest.reader import iter_volume_files
 from medir.errors import MedirError
 from ui import backend, jobs
 from ui.common import forget_stats, header, model_names, settings, show_error
 from ui.paths import resolve_in_roots, resolved_roots
-from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir
+from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir, upload_source
 
 JOBS_KEY = "ingest_jobs"
 REPORTS_KEY = "ingest_reports"
@@ -41,7 +41,7 @@ def render() -> None:
         given = {key: lc[i].text_input(key, key=f"label_{key}").strip()
                  for i, key in enumerate(("modality", "region", "organ", "dataset"))}
     labels = {k: v for k, v in given.items() if v}
-    files: list[Path] | None = None
+    files: list[VolumeSource] | None = None
     upload_tab, folder_tab = st.tabs(["Upload files", "Server folder"])
     with upload_tab:
         uploads = st.file_uploader(
@@ -61,7 +61,7 @@ def render() -> None:
                      key="ingest_folder_go"):
             files = _folder_files(raw, roots)
     if files:
-        label_map = {f.name: labels for f in files} if labels else None
+        label_map = {f.volume_id: labels for f in files} if labels else None
         if backend.queue_mode(s):
             _submit(files, model, label_map)
         else:
@@ -72,29 +72,35 @@ def render() -> None:
         _report_table(st.session_state[REPORTS_KEY])
 
 
-def _save_uploads(uploads: list[Any], data_dir: Path, limit_mb: int) -> list[Path]:
-    saved: list[Path] = []
+def _save_uploads(uploads: list[Any], data_dir: Path, limit_mb: int) -> list[VolumeSource]:
+    saved: list[VolumeSource] = []
     for up in uploads:
         try:
-            saved.append(save_upload(up.name, up.getvalue(), upload_dir(data_dir), limit_mb))
+            saved.append(upload_source(save_upload(up.name, up.getvalue(),
+                                                   upload_dir(data_dir), limit_mb)))
         except MedirError as exc:
             st.error(f"**Bad upload.** {exc}", icon=":material/block:")
     return saved
 
 
-def _folder_files(raw: str, roots: list[Path]) -> list[Path]:
+def _folder_files(raw: str, roots: list[Path]) -> list[VolumeSource]:
     try:
         target = resolve_in_roots(raw, roots)
+        scan = scan_paths([target])
     except MedirError as exc:
         st.error(f"**Folder not allowed.** {exc}", icon=":material/block:")
         return []
-    found = list(iter_volume_files([target]))
-    if not found:
-        st.warning(f"No NIfTI or NRRD files in `{target}`.", icon=":material/search_off:")
-    return found
+    left = scan.skipped_by_kind()
+    if left:
+        st.info("Left out: " + ", ".join(f"{n} {kind}" for kind, n in left.items()),
+                icon=":material/filter_alt:")
+    if not scan.sources:
+        st.warning(f"No NIfTI, NRRD or DICOM volumes in `{target}`.",
+                   icon=":material/search_off:")
+    return scan.sources
 
 
-def _ingest_here(files: list[Path], model: str, labels: dict[str, dict[str, str]] | None
+def _ingest_here(files: list[VolumeSource], model: str, labels: dict[str, dict[str, str]] | None
                  ) -> None:
     s = settings()
     st.session_state.pop(REPORTS_KEY, None)
@@ -150,7 +156,8 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
                  column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})
 
 
-def _submit(files: list[Path], model: str, labels: dict[str, dict[str, str]] | None) -> None:
+def _submit(files: list[VolumeSource], model: str,
+            labels: dict[str, dict[str, str]] | None) -> None:
     s = settings()
     try:
         ids = jobs.submit(s, files, model, labels)

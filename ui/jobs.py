@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.collection import VolumeSource
 from medir.config import Settings
 from ui.backend import QueueUnavailable, _queue_calls
 
@@ -49,7 +50,7 @@ class JobState:
         return min(self.done / self.total, 1.0) if self.total else 0.0
 
 
-def submit(settings: Settings, files: Sequence[Path],
+def submit(settings: Settings, files: Sequence[VolumeSource | Path],
            model: str, labels: Mapping[str, Mapping[str, str]] | None) -> list[str]:
     """Submit one ingest job per volume of ``files``; returns the job (task) ids."""
     with _queue_calls(settings):
@@ -58,10 +59,11 @@ def submit(settings: Settings, files: Sequence[Path],
         from ingest.queue.jobs import job_store
         from ingest.queue.submit import submit_ingest
 
-        paths = [Path(f).expanduser().resolve() for f in files]
+        paths = [(f.path if isinstance(f, VolumeSource) else Path(f)).expanduser().resolve()
+                 for f in files]
         since = time.time() - 1.0
         quiet = Console(file=io.StringIO(), width=200)
-        submit_ingest(paths, model, labels, wait=False, console=quiet)
+        submit_ingest(list(files), model, labels, wait=False, console=quiet)
         wanted = {str(p) for p in paths}
         recent = job_store(settings.redis_url).recent(limit=max(200, 4 * len(paths)),
                                                       kind="ingest")

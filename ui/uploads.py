@@ -2,8 +2,10 @@
 
 An upload is saved as ``<data_dir>/uploads/<sha256[:12]>/<safe name>``: the content hash keeps
 two different files with the same name apart and makes re-uploads of the same file idempotent,
-the file name (hence the volume id an ingest gives it) stays the user's, and the safe name
-(basename only, ``[A-Za-z0-9._-]``) keeps the user's name from choosing the folder. The saved
+and the safe name (basename only, ``[A-Za-z0-9._-]``) keeps the user's name from choosing the
+folder. An uploaded file is ingested as volume ``uploads/<sha256[:12]>/<name>``
+(:func:`upload_source`), an id no folder ingest gives, so an upload never replaces an indexed
+volume whatever its name. The saved
 file is opened with :func:`ingest.reader.open_volume`, so a corrupt or unsupported file is
 rejected with the reader's own reason before anything else runs.
 """
@@ -14,7 +16,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from ingest.reader import VOLUME_SUFFIXES, open_volume
+from ingest.collection import VolumeSource, file_source
+from ingest.reader import VOLUME_SUFFIXES, case_id_of, open_volume
 from medir.errors import MedirError, VolumeError
 
 UPLOAD_TYPES = ("nii", "nii.gz", "gz", "nrrd")  # st.file_uploader matches the last suffix
@@ -106,3 +109,8 @@ def _check_self_contained(path: Path) -> None:
 def upload_dir(data_dir: Path) -> Path:
     """Where uploads are kept (the query files and files submitted for ingest)."""
     return data_dir / "uploads"
+
+
+def upload_source(path: Path) -> VolumeSource:
+    """The ingest source of a saved upload: volume id ``uploads/<sha256[:12]>/<name>``."""
+    return file_source(path, f"uploads/{path.parent.name}/{case_id_of(path)}")

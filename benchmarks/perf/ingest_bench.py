@@ -98,11 +98,17 @@ def run_sequential(files: list[Path], embedder: Embedder, store_dir: Path) -> di
 
 
 def compare_stores(a: Path, b: Path, model: str) -> dict[str, Any]:
-    """Point ids and vectors of two stores: same ids? largest absolute vector difference."""
+    """Points and vectors of two stores: the same (volume, content, slice) points? largest
+    absolute vector difference. (Point ids also hold each write's generation, so two stores
+    written apart never share ids; points are matched by what they are instead.)"""
     coll = collection_name(model)
+
+    def key(p: Any) -> str:
+        return f"{p['volume_id']}|{p['content_id']}|{p['slice']}|{p['embedder']}"
+
     with EdgeStore(a) as sa, EdgeStore(b) as sb:
-        va = {r.id: r.vector for r in sa.scroll(coll, with_vectors=True)}
-        vb = {r.id: r.vector for r in sb.scroll(coll, with_vectors=True)}
+        va = {key(r.payload): r.vector for r in sa.scroll(coll, with_vectors=True)}
+        vb = {key(r.payload): r.vector for r in sb.scroll(coll, with_vectors=True)}
     same_ids = set(va) == set(vb)
     diffs: list[float] = []
     for i in va.keys() & vb.keys():

@@ -22,7 +22,7 @@ from benchmarks.machine import rss_bytes
 from benchmarks.perf.common import log, percentile_ms
 from medir.config import HnswSettings
 from search.query import QueryOptions, search_vectors
-from search.store import READY, SlicePoint, collection_name, point_id
+from search.store import LAYOUT, READY, SlicePoint, collection_name, point_id
 from search.store_edge import EdgeStore
 
 COLL = collection_name("perf-synthetic")
@@ -47,8 +47,9 @@ def synthetic_points(total: int, dim: int, per_volume: int, seed: int = 0
         sha = f"{v:064x}"
         base = {"volume_id": f"syn{v:06d}", "case_id": f"syn{v:06d}", "n_slices": n,
                 "source": "synthetic", "content_id": sha, "embedder": "perf@1",
-                "modality": "CT" if v % 2 else "MR", "state": READY.must["state"]}
-        yield [SlicePoint(point_id(sha, None, i, "perf@1"), vec[i],
+                "modality": "CT" if v % 2 else "MR", "state": READY.must["state"],
+                "gen": "0", "layout": LAYOUT}
+        yield [SlicePoint(point_id(f"syn{v:06d}", sha, i, "perf@1", "0"), vec[i],
                           {**base, "slice": i, "z_mm": 2.5 * i}) for i in range(n)]
         made += n
         v += 1

@@ -1,8 +1,11 @@
 """The client side of the queue: submit ingest jobs and follow them, queries through a worker.
 
 Paths are sent as absolute paths: a worker must see the same files (same machine, or the same
-mount in every container). A 4D file becomes one task per 3D volume. A file the client cannot
-open is still submitted, so its task fails in the worker with the reason, like any other job.
+mount in every container). Jobs carry the volume id the folder walker
+(:func:`ingest.collection.scan_paths`) gave, so queued and in-process ingests use the same ids;
+a DICOM series' job carries its files. A 4D file becomes one task per 3D volume. A file the
+client cannot open is still submitted, so its task fails in the worker with the reason, like
+any other job.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ingest.collection import VolumeSource
 from ingest.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
 from medir.config import get_settings
 from medir.errors import MedirError, StoreUnavailable, VolumeError
@@ -48,7 +52,8 @@ class VolumeJob:
     path: str
     index_4d: int | None
     volume_id: str
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] | None = None  # None: no labels table (keep the stored labels)
+    files: list[str] = field(default_factory=list)  # a DICOM series' files
     state: str = "PENDING"
     done: int = 0
     total: int = 0
@@ -81,35 +86,37 @@ def _safe_url(url: str) -> str:
     return safe_url(url)
 
 
-def expand_files(files: Sequence[Path],
+def expand_files(sources: Sequence[VolumeSource | Path],
                  labels: Mapping[str, Mapping[str, str]] | None) -> list[VolumeJob]:
     """One job per 3D volume: a 4D file gives one per index of its 4th axis."""
-    from ingest.pipeline import labels_for
-    from ingest.reader import case_id_of, open_volume
+    from ingest.collection import file_source, labels_for
 
     jobs: list[VolumeJob] = []
-    for f in files:
-        path = Path(f).expanduser().resolve()
+    for item in sources:
+        src = item if isinstance(item, VolumeSource) else file_source(item)
+        path = src.path.expanduser().resolve()
         try:
-            vf = open_volume(path)
+            vf = src.open()
             ids = vf.volume_ids()
             indices: list[int | None] = list(range(vf.n_volumes)) if vf.is_4d else [None]
-            case = vf.case_id
         except VolumeError:
-            ids, indices, case = [case_id_of(path)], [None], case_id_of(path)
+            ids, indices = [src.volume_id], [None]
+        files = [str(f.resolve()) for f in src.files] if src.series is not None else []
         for vid, k in zip(ids, indices, strict=True):
             jobs.append(VolumeJob(str(uuid.uuid4()), str(path), k, vid,
-                                  labels_for(labels, path, vid, case)))
+                                  labels_for(labels, vid, src) if labels is not None else None,
+                                  files))
     return jobs
 
 
 def submit_ingest(
-    files: list[Path],
+    files: Sequence[VolumeSource | Path],
     model: str,
     labels: Mapping[str, Mapping[str, str]] | None,
     *,
     wait: bool,
     console: Console,
+    force: bool = False,
 ) -> bool:
     """Submit one ``ingest_volume`` task per 3D volume; follow them unless ``wait`` is false.
 
@@ -126,7 +133,8 @@ def submit_ingest(
                            model=model))
         app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
             "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
-            "intensity": settings.intensity,
+            "intensity": settings.intensity, "volume_id": j.volume_id, "force": force,
+            "files": j.files,
         })
     console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
                   f"{INGEST_QUEUE!r} (model {model})", highlight=False)

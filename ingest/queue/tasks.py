@@ -360,14 +360,19 @@ def ingest_volume_body(
     model: str,
     labels: Mapping[str, str] | None = None,
     intensity: str | None = None,
+    volume_id: str | None = None,
+    force: bool = False,
+    files: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Index one 3D volume (``index_4d`` of a 4D file); returns the ingest report."""
+    """Index one 3D volume (``index_4d`` of a 4D file, or the DICOM series of ``files``) under
+    the volume id the client's folder walk gave; returns the ingest report."""
+    from ingest.collection import file_source, source_for_job
     from ingest.pipeline import index_volume
-    from ingest.reader import open_volume
 
     s = get_settings()
     t0 = time.perf_counter()
-    vf = open_volume(path)
+    src = source_for_job(path, volume_id, index_4d, files) if volume_id else file_source(path)
+    vf = src.open()
     vol = vf.read(index_4d if vf.is_4d else None)
     vol.labels = dict(labels or {})
     embedder = worker_embedder(model, s)
@@ -385,7 +390,8 @@ def ingest_volume_body(
 
     _record(task, volume=vol.volume_id, total=vol.n_slices, done=0)
     report = index_volume(store, embedder, vol, intensity=intensity or s.intensity,
-                          upsert_batch=s.upsert_batch, progress=progress)
+                          upsert_batch=s.upsert_batch, progress=progress, force=force,
+                          labels_given=labels is not None)
     out = report.to_dict()
     seconds = time.perf_counter() - t0
     out["task_seconds"] = seconds
@@ -433,12 +439,13 @@ def register_tasks(app: Celery) -> None:
     @app.task(bind=True, name=INGEST_TASK, acks_late=True, reject_on_worker_lost=True)
     def ingest_volume(self: Task, path: str, index_4d: int | None = None,
                       model: str | None = None, labels: Mapping[str, str] | None = None,
-                      intensity: str | None = None) -> dict[str, Any]:
+                      intensity: str | None = None, volume_id: str | None = None,
+                      force: bool = False, files: list[str] | None = None) -> dict[str, Any]:
         """Index one 3D volume of a file; progress in the task state (PROGRESS)."""
         name = model or get_settings().model
         _record(self, file=path, model=name)
         return _run(self, "ingest", lambda: ingest_volume_body(
-            self, path, index_4d, name, labels, intensity))
+            self, path, index_4d, name, labels, intensity, volume_id, force, files))
 
     @app.task(bind=True, name=SEARCH_TASK, acks_late=True, reject_on_worker_lost=True)
     def search_volume(self: Task, volume: str, model: str | None = None,
