@@ -294,9 +294,12 @@ def ingest_volume_body(
     from ingest.pipeline import index_volume
     from ingest.reader import open_volume
 
+    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
+
     s = get_settings()
     t0 = time.perf_counter()
-    vf = open_volume(path)
+    # a PACS series (source URL without credentials; the worker authenticates itself)
+    vf = open_pacs_source(path, s) if is_dicomweb_source(path) else open_volume(path)
     vol = vf.read(index_4d if vf.is_4d else None)
     vol.labels = dict(labels or {})
     embedder = worker_embedder(model, s)
