@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 from pydicom.dataset import Dataset
@@ -143,7 +143,8 @@ def parse_source(source: str, settings: Settings | None = None) -> SourceSpec:
             raise ConfigError(f"bad UID {uid!r} in {mask(text, [])}")
     host = parts.hostname + (f":{parts.port}" if parts.port else "")
     base = urlunsplit((parts.scheme, host, path, "", "")).rstrip("/")
-    username, password = parts.username, parts.password
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
     token = None
     if username is None and _same_server(base, pacs.url):
         username = pacs.username
