@@ -70,9 +70,9 @@ class PacsSettings(BaseModel):
     token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     viewer_url_template: str | None = Field(
-        None, description="e.g. http://orthanc:8042/app/explorer.html#study?uuid="
-                          "{StudyInstanceUID} or http://ohif/viewer?StudyInstanceUIDs="
-                          "{StudyInstanceUID}")
+        None, description="e.g. http://orthanc:8042/ui/app/#/filtered-studies?"
+                          "StudyInstanceUID={StudyInstanceUID} (Orthanc Explorer 2) or "
+                          "http://ohif/viewer?StudyInstanceUIDs={StudyInstanceUID}")
     changes_url: str | None = Field(
         None, description="Orthanc REST root for /changes (default: url minus /dicom-web)")
     follow_state: Path = Field(Path("data/pacs_follow.json"),
