@@ -169,7 +169,7 @@ def ingest(
 @user_errors
 def search(
     volume: Annotated[str, typer.Argument(help="A volume file, or an indexed volume id with "
-                                          "--id.")],
+                                          "--id.")] = "",
     model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
     sampling: Annotated[str | None, typer.Option(
         help="all | every-n:N | every-mm:X | random:K[:SEED]")] = None,
@@ -196,6 +196,8 @@ def search(
         volume = f"pacs/series/{pacs_series}"
     elif is_dicomweb_source(volume):
         volume = normalise_source(volume)
+    elif not volume:
+        raise MedirError("give a volume file, an indexed id with --id, or --pacs-series UID")
     from search.query import QueryOptions
     from search.service import run_search
 

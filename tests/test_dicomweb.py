@@ -126,7 +126,7 @@ def test_ingest_exactly_those_series_then_skip(orthanc: Orthanc, study: dict,  #
     assert "0 series match" in none.stdout
 
     # results carry the UIDs: query with the CT series from the PACS, the MR is found
-    q = medir("search", "--pacs-series", study["ct"][0].SeriesInstanceUID, "x", "--json",
+    q = medir("search", "--pacs-series", study["ct"][0].SeriesInstanceUID, "--json",
               "--top", "5", env=env)
     assert q.returncode == 0, q.stderr
     ranking = json.loads(q.stdout)

@@ -291,10 +291,9 @@ def ingest_volume_body(
     intensity: str | None = None,
 ) -> dict[str, Any]:
     """Index one 3D volume (``index_4d`` of a 4D file); returns the ingest report."""
+    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
     from ingest.pipeline import index_volume
     from ingest.reader import open_volume
-
-    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
 
     s = get_settings()
     t0 = time.perf_counter()
