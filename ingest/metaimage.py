@@ -78,7 +78,7 @@ class _SitkPixels:
             raise VolumeError(self.path, f"unreadable MetaImage data ({_first_line(exc)})") \
                 from None
         arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
-        return np.asarray(arr[index])  # type: ignore[index]
+        return np.asarray(arr[index])  # type: ignore[call-overload]
 
 
 def open_metaimage(p: Path) -> VolumeFile:
