@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -358,3 +359,20 @@ def test_pacs_error_is_medir_error() -> None:
     from medir.errors import MedirError
 
     assert issubclass(PacsError, MedirError)
+
+
+def test_ingest_through_the_queue(orthanc: Orthanc, study: dict, tmp_path: Path,  # noqa: F811
+                                  queue_env: str, worker: Any) -> None:
+    """With --queue each series is one task; the worker retrieves it with its own settings."""
+    store = tmp_path / "qstore"
+    w = worker(store_path=store, env={**TINY, **orthanc.env()})
+    env = {**orthanc.env(), "MEDIR_REDIS_URL": queue_env, "MEDIR_STORE_PATH": str(store)}
+    st = study["ct"][0].StudyInstanceUID
+    r = medir("ingest", "pacs", "--study", st, "--modality", "CT", "--queue", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr + w.tail()
+    assert "submitted 1 series" in r.stdout
+    w.stop()
+    vols = _store_volumes(store)
+    assert {u: v["points"] for u, v in vols.items()} == {
+        study["ct"][0].SeriesInstanceUID: len(study["ct"])}
+    _no_secret(r.stdout, r.stderr, w.log.read_text(errors="replace"))
