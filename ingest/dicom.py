@@ -50,6 +50,9 @@ UNSUPPORTED_IMAGE = "unsupported image"  # colour, 2D projection (no patient geo
 # The only attributes copied out of a DICOM header (display and filters, never ranking).
 META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
 
+# What pydicom raises on hostile header values (bad VRs, numbers that are not numbers, ...).
+_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+
 # Geometry tolerances (general, not tuned to any sample).
 ORTHO_TOL = 1e-3  # |row . col| and | |row| - 1 | of ImageOrientationPatient
 SAME_ORIENTATION_TOL = 1e-3  # max abs difference of direction cosines
@@ -238,22 +241,27 @@ def _group(headers: list[tuple[str, Dataset]], is_file: bool
     by_series: dict[str, list[tuple[str, Dataset]]] = {}
     seen_sop: dict[str, str] = {}
     for name, ds in headers:
-        reason = _non_image_reason(ds)
+        try:
+            reason = _non_image_reason(ds)
+            unsupported = None if reason else _unsupported_reason(ds)
+            localizer = not reason and not unsupported and _is_localizer(ds)
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            sop = str(ds.get("SOPInstanceUID", "") or "")
+        except _HEADER_ERRORS as exc:
+            skipped.append(Skipped(name, BAD_FILE, f"unreadable header ({_reason(exc)})"))
+            continue
         if reason:
             skipped.append(Skipped(name, NON_IMAGE_DICOM, reason))
             continue
-        reason = _unsupported_reason(ds)
-        if reason:
-            skipped.append(Skipped(name, UNSUPPORTED_IMAGE, reason))
+        if unsupported:
+            skipped.append(Skipped(name, UNSUPPORTED_IMAGE, unsupported))
             continue
-        if _is_localizer(ds):
+        if localizer:
             skipped.append(Skipped(name, LOCALIZER, "localizer (ImageType LOCALIZER)"))
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
         if not uid:
             skipped.append(Skipped(name, BAD_FILE, "no SeriesInstanceUID"))
             continue
-        sop = str(ds.get("SOPInstanceUID", "") or "")
         if sop and sop in seen_sop:
             skipped.append(Skipped(name, DUPLICATE, f"same SOPInstanceUID as {seen_sop[sop]}"))
             continue
@@ -269,6 +277,9 @@ def _group(headers: list[tuple[str, Dataset]], is_file: bool
                                 for i, (name, ds) in enumerate(members)]
         except VolumeError as exc:
             skipped.append(Skipped(label, INCONSISTENT_SERIES, exc.reason))
+            continue
+        except _HEADER_ERRORS as exc:  # hostile values pydicom cannot convert
+            skipped.append(Skipped(label, BAD_FILE, f"unreadable geometry ({_reason(exc)})"))
             continue
         members, frames_by_member, loc = _drop_other_orientations(members, frames_by_member)
         skipped.extend(loc)

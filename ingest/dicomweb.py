@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from ingest.dicom import series_from_datasets
 from ingest.reader import VolumeFile
@@ -333,6 +334,9 @@ class PacsSeries:
         c = client or PacsClient(self.target)
         try:
             datasets = list(c.iter_series(self.ref))
+        except InvalidDicomError:
+            raise VolumeError(self.source, "the PACS sent an instance that is not a DICOM "
+                                           "Part 10 object (no preamble/DICM)") from None
         finally:
             if own:
                 c.close()
