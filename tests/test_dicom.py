@@ -296,3 +296,44 @@ def test_real_non_image_objects_skipped() -> None:
     # 2D images without patient geometry are not volumes
     series, skipped = dicom.scan_dicom([_testfile("JPEG2000.dcm")])
     assert series == [] and skipped[0].kind == dicom.INCONSISTENT_SERIES
+
+
+def test_in_memory_datasets_equal_files(ct_ref: Path, tmp_path: Path) -> None:
+    """The DICOMweb path: the same series built from datasets, any order, same volume."""
+    data, affine = _load(ct_ref)
+    dss = volume_to_datasets(data, affine, "CT", slope=1.0, intercept=-1024.0, signed=False)
+    a, skipped = dicom.series_from_datasets(dss, label="dicomweb+http://pacs/dw")
+    b, _ = dicom.series_from_datasets(list(reversed(dss)), label="dicomweb+http://pacs/dw")
+    assert skipped == [] and len(a) == 1
+    va, vb = a[0].open(), b[0].open()
+    assert va.sha256 == vb.sha256 and va.read().source == "dicomweb+http://pacs/dw"
+    _assert_same(va, open_volume(ct_ref))
+    # a changed pixel changes the content hash
+    dss[3].PixelData = bytes(len(dss[3].PixelData))
+    c, _ = dicom.series_from_datasets(dss)
+    assert c[0].open().sha256 != va.sha256
+
+
+def test_duplicates_colour_and_enhanced_without_positions(ct_ref: Path, tmp_path: Path) -> None:
+    data, affine = _load(ct_ref)
+    dss = volume_to_datasets(data, affine)
+    files = write_series(dss, tmp_path / "d")
+    copy = tmp_path / "d" / "copy.dcm"
+    shutil.copy(files[0], copy)
+    series, skipped = dicom.scan_dicom([*files, copy])
+    assert len(series) == 1 and len(series[0].files) == len(dss)
+    assert [(Path(s.path).name, s.kind) for s in skipped] in (
+        [("copy.dcm", dicom.DUPLICATE)], [(files[0].name, dicom.DUPLICATE)])
+
+    enh = enhanced_from(data, affine, slope=1.0, intercept=-1024.0)
+    del enh.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    path = tmp_path / "enh.dcm"
+    enh.save_as(str(path), enforce_file_format=True)
+    series, skipped = dicom.scan_dicom([path])
+    assert series == [] and skipped[0].kind == dicom.INCONSISTENT_SERIES
+    assert "no ImagePositionPatient" in skipped[0].reason
+
+    rgb = get_testdata_file("SC_rgb_rle.dcm", download=False)
+    if rgb:
+        series, skipped = dicom.scan_dicom([Path(str(rgb))])
+        assert series == [] and skipped[0].kind == dicom.UNSUPPORTED_IMAGE
