@@ -56,6 +56,7 @@ _HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, O
 # Geometry tolerances (general, not tuned to any sample).
 ORTHO_TOL = 1e-3  # |row . col| and | |row| - 1 | of ImageOrientationPatient
 SAME_ORIENTATION_TOL = 1e-3  # max abs difference of direction cosines
+CLUSTER_TOL = 1e-2  # orientations further apart than this are different planes (localizers)
 TILT_TOL = 1e-2  # in-plane drift of the positions per mm along the normal (~0.6 degrees)
 SPACING_REL_TOL = 0.01  # steps may differ from the median by 1 % ...
 SPACING_ABS_TOL = 0.01  # ... or 0.01 mm, whichever is larger
@@ -312,35 +313,43 @@ def _drop_other_orientations(
 ) -> tuple[list[tuple[str, Dataset]], list[list[_Frame]], list[Skipped]]:
     """Instances whose orientation differs from the series' majority are localizers.
 
-    The majority must hold more slices than all others together; otherwise the series has mixed
+    Orientations are clustered (direction cosines within :data:`CLUSTER_TOL`). The largest
+    cluster must hold more slices than all others together; otherwise the series has mixed
     orientations and is left whole for the geometry check to reject.
     """
-    keys = [_orientation_key(group[0].orientation) if group else None for group in frames]
-    counts: Counter[tuple[float, ...] | None] = Counter()
+    reps: list[np.ndarray] = []
+
+    def cluster(o: tuple[float, ...] | None) -> int:
+        if o is None:
+            return -1
+        v = np.asarray(o, dtype=np.float64)
+        for i, r in enumerate(reps):
+            if float(np.max(np.abs(v - r))) <= CLUSTER_TOL:
+                return i
+        reps.append(v)
+        return len(reps) - 1
+
+    keys = [{cluster(f.orientation) for f in group} for group in frames]
+    counts: Counter[int] = Counter()
     for key, group in zip(keys, frames, strict=True):
-        counts[key] += len(group)
+        for k in key:
+            counts[k] += len(group)
     if len(counts) <= 1:
         return members, frames, []
     (top, n_top), = counts.most_common(1)
-    if top is None or n_top * 2 <= sum(counts.values()):
+    if top == -1 or n_top * 2 <= sum(counts.values()):
         return members, frames, []
     keep_m: list[tuple[str, Dataset]] = []
     keep_f: list[list[_Frame]] = []
     skipped: list[Skipped] = []
     for (name, ds), key, group in zip(members, keys, frames, strict=True):
-        if key == top and all(_orientation_key(f.orientation) == top for f in group):
+        if key == {top}:
             keep_m.append((name, ds))
             keep_f.append(group)
         else:
             skipped.append(Skipped(name, LOCALIZER, "orientation differs from the rest of its "
                                                     "series (scout or localizer)"))
     return keep_m, keep_f, skipped
-
-
-def _orientation_key(o: tuple[float, ...] | None) -> tuple[float, ...] | None:
-    if o is None:
-        return None
-    return tuple(round(v / SAME_ORIENTATION_TOL / 10) * SAME_ORIENTATION_TOL * 10 for v in o)
 
 
 def _meta(ds: Dataset) -> dict[str, str]:
