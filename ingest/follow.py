@@ -177,13 +177,18 @@ class Follower:
                 if stop and stop.is_set():
                     return n
                 seq = int(ch.get("Seq", 0))
+                handled = False
                 if ch.get("ChangeType") == "StableSeries":
                     ref = self._series_of(str(ch.get("ID", "")))
                     if ref is not None:
                         self.handle(PacsSeries(self.target, ref))
                         n += 1
                         self.state.handled += 1
+                        handled = True
                 self.state.last_change = max(self.state.last_change, seq)
+                if handled:  # other changes are cheap to read again after a crash
+                    self.state.save(self.state_path)
+            if changes:
                 self.state.save(self.state_path)
             if page.get("Done", True) or not changes:
                 last = int(page.get("Last", self.state.last_change))

@@ -376,3 +376,28 @@ def test_ingest_through_the_queue(orthanc: Orthanc, study: dict, tmp_path: Path,
     assert {u: v["points"] for u, v in vols.items()} == {
         study["ct"][0].SeriesInstanceUID: len(study["ct"])}
     _no_secret(r.stdout, r.stderr, w.log.read_text(errors="replace"))
+
+
+def _handled_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines()
+            if ln.split()[:1] and ln.split()[0] in ("indexed", "skipped", "failed")]
+
+
+def test_follow_by_qido_date(samples_dir: Path, orthanc: Orthanc,  # noqa: F811
+                             tmp_path: Path) -> None:
+    """The fallback feed for any DICOMweb server: QIDO-RS by StudyDate, position kept."""
+    env = _env(orthanc, tmp_path)
+    first = medir("follow", "--mode", "qido", "--once", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    on_pacs = len(dicomweb.list_series(parse_source("pacs", Settings(**{"pacs": {  # type: ignore
+        "url": orthanc.dicomweb, "username": USER, "password": PASSWORD}})), QidoFilters()))
+    assert len(_handled_lines(first.stdout)) == on_pacs
+    new = _ct(samples_dir, 3)
+    orthanc.upload(new)
+    second = medir("follow", "--mode", "qido", "--once", env=env)
+    lines = _handled_lines(second.stdout)
+    assert len(lines) == 1 and lines[0].startswith("indexed"), second.stdout
+    assert new[0].SeriesInstanceUID in lines[0]
+    third = medir("follow", "--once", env=env)  # the saved mode is kept
+    assert _handled_lines(third.stdout) == [] and "qido feed" in third.stdout
+    _no_secret(first.stdout, second.stdout, third.stdout, first.stderr)
