@@ -652,3 +652,16 @@ def _series_label(files: Sequence[Path], uid: str) -> str:
 def _reason(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def open_dicom_folder(folder: Path) -> VolumeFile:
+    """The one image series of a folder of DICOM files (recursively), e.g. as a query."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and looks_like_dicom(p))
+    if not files:
+        raise VolumeError(folder, "no DICOM files (Part 10, 'DICM' at byte 128) in this folder")
+    series, skipped = scan_dicom(files)
+    if len(series) != 1:
+        why = "; ".join(sorted({f"{s.kind}: {s.reason}" for s in skipped}))[:300]
+        raise VolumeError(folder, f"{len(series)} image series in this folder (give the folder "
+                                  f"of one series){'; skipped ' + why if why else ''}")
+    return series[0].open()

@@ -177,7 +177,14 @@ def search_file(
     """
     from ingest.dicomweb import is_dicomweb_source, open_pacs_source
 
-    vf = open_pacs_source(str(path)) if is_dicomweb_source(str(path)) else open_volume(path)
+    if is_dicomweb_source(str(path)):
+        vf = open_pacs_source(str(path))
+    elif Path(path).is_dir():  # the folder of one DICOM series
+        from ingest.dicom import open_dicom_folder
+
+        vf = open_dicom_folder(Path(path))
+    else:
+        vf = open_volume(path)
     vol = vf.read((index_4d or 0) if vf.is_4d else None)
     return search_volume(vol, store, embedder, options)
 

@@ -337,3 +337,27 @@ def test_duplicates_colour_and_enhanced_without_positions(ct_ref: Path, tmp_path
     if rgb:
         series, skipped = dicom.scan_dicom([Path(str(rgb))])
         assert series == [] and skipped[0].kind == dicom.UNSUPPORTED_IMAGE
+
+
+def test_query_with_a_dicom_folder_finds_its_nifti_twin(ct_ref: Path, mr_ref: Path,
+                                                        tmp_path: Path) -> None:
+    import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
+    from ingest.embedders import get_embedder
+    from ingest.pipeline import index_volume
+    from search.query import QueryOptions, search_file
+    from search.store_edge import EdgeStore
+
+    data, affine = _load(mr_ref)
+    folder = tmp_path / "mrseries"
+    write_series(volume_to_datasets(data, affine, "MR", axis=0), folder)
+    embedder = get_embedder("test-tiny", device="cpu")
+    with EdgeStore(tmp_path / "store") as store:
+        for ref in (ct_ref, mr_ref):
+            vol = open_volume(ref).read()
+            vol.volume_id = vol.case_id = ref.parent.name + "/" + ref.name
+            index_volume(store, embedder, vol)
+        result = search_file(folder, store, embedder, QueryOptions(top=2))
+    assert result.ranking[0].volume_id.endswith(mr_ref.name)
+    assert result.ranking[0].similarity > 0.999  # the same slices, read from DICOM
+    with pytest.raises(VolumeError, match="no DICOM files"):
+        dicom.open_dicom_folder(tmp_path / "store")
