@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 
 from ingest import dicomweb
 from ingest.dicomweb import PacsError, QidoFilters, mask, parse_source
-from medir.config import Settings
+from medir.config import DEFAULT_MODEL, Settings
 from medir.errors import ConfigError
 from tests.conftest import free_port
 from tests.dicom_fixtures import PHI, sr_dataset, volume_to_datasets
@@ -345,7 +345,8 @@ def test_query_by_pacs_series_finds_its_twin(samples_dir: Path, orthanc: Orthanc
     """A few slices of a sample, stored in the PACS as DICOM, find that sample first."""
     ds = _series(samples_dir, MR, (slice(None), slice(None), slice(9, 15)), "MR")
     orthanc.upload(ds)
-    env = {**orthanc.env(), "MEDIR_STORE_PATH": str(sample_store), "MEDIR_PLUGINS": ""}
+    env = {**orthanc.env(), "MEDIR_STORE_PATH": str(sample_store), "MEDIR_PLUGINS": "",
+           "MEDIR_MODEL": DEFAULT_MODEL}
     r = medir("search", f"{orthanc.source}/series/{ds[0].SeriesInstanceUID}", "--json",
               "--top", "3", env=env, timeout=900)
     assert r.returncode == 0, r.stderr
