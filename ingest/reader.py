@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
-VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES
+METAIMAGE_SUFFIXES = (".mha", ".mhd")  # read by ingest/metaimage.py (SimpleITK)
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES
 
 
 def case_id_of(path: str | Path) -> str:
     """File name without its volume suffix (``a/b/ct_01.nii.gz`` → ``ct_01``)."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
@@ -126,6 +127,10 @@ def open_volume(path: str | Path) -> VolumeFile:
         return _open_nrrd(p)
     if lower.endswith(NIFTI_SUFFIXES):
         return _open_nifti(p)
+    if lower.endswith(METAIMAGE_SUFFIXES):
+        from ingest.metaimage import open_metaimage
+
+        return open_metaimage(p)
     raise VolumeError(p, f"unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
 

@@ -84,8 +84,16 @@ def ingest(
                                         "and unchanged.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] =
     False,
+    study: Annotated[str | None, typer.Option(help="PACS: StudyInstanceUID.")] = None,
+    series: Annotated[str | None, typer.Option(help="PACS: SeriesInstanceUID.")] = None,
+    modality: Annotated[str | None, typer.Option(help="PACS: Modality (CT, MR, ...).")] = None,
+    date_from: Annotated[str | None, typer.Option(help="PACS: StudyDate from (YYYYMMDD).")] =
+    None,
+    date_to: Annotated[str | None, typer.Option(help="PACS: StudyDate to (YYYYMMDD).")] = None,
+    body_part: Annotated[str | None, typer.Option(help="PACS: BodyPartExamined.")] = None,
 ) -> None:
-    """Index volumes (NIfTI 3D/4D, NRRD, DICOM series) into the store.
+    """Index volumes (NIfTI 3D/4D, NRRD, MetaImage, DICOM series), or the series of a PACS
+    (dicomweb+http://host/dicom-web, or pacs for MEDIR_PACS__URL) into the store.
 
     Volume ids: the path relative to the folder given (p001/ct), a file given directly its
     name without suffix, a DICOM series its SeriesInstanceUID (docs/collections.md).
@@ -99,6 +107,20 @@ def ingest(
 
         label_map = load_labels_csv(labels)
         ids = load_volume_ids(labels)
+    from ingest.dicomweb import is_dicomweb_source, normalise_source
+
+    pacs_sources = [normalise_source(str(p)) for p in paths if is_dicomweb_source(str(p))]
+    if pacs_sources:
+        if len(pacs_sources) != len(paths):
+            raise MedirError("give either PACS sources or files/folders, not both")
+        from ingest.dicomweb import QidoFilters
+        from ingest.pacs_cli import ingest_from_pacs
+
+        qido = QidoFilters(study_uid=study, series_uid=series, modality=modality,
+                           date_from=date_from, date_to=date_to, body_part=body_part)
+        ok = ingest_from_pacs(pacs_sources, qido, model=model_name, intensity=intensity,
+                              queue=queue, wait=wait, labels=label_map, console=out)
+        raise typer.Exit(0 if ok else 1)
     from ingest.collection import scan_paths
     from ingest.summary import IngestSummary
 
@@ -178,7 +200,7 @@ def _print_left_out(summary: Any) -> None:
 @user_errors
 def search(
     volume: Annotated[str, typer.Argument(help="A volume file, or an indexed volume id with "
-                                          "--id.")],
+                                          "--id.")] = "",
     model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
     sampling: Annotated[str | None, typer.Option(
         help="all | every-n:N | every-mm:X | random:K[:SEED]")] = None,
@@ -192,9 +214,21 @@ def search(
     exact: Annotated[bool, typer.Option(help="Exact k-NN instead of HNSW.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
     explain: Annotated[int, typer.Option(help="Slice pairs shown per result.")] = 3,
+    pacs_series: Annotated[str | None, typer.Option(
+        "--pacs-series", help="Query with this SeriesInstanceUID of the PACS "
+                              "(MEDIR_PACS__URL); VOLUME is then ignored.")] = None,
 ) -> None:
-    """Rank the indexed volumes most similar to a query volume."""
+    """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
+    PACS series: dicomweb+http://host/dicom-web/series/UID)."""
     settings = get_settings()
+    from ingest.dicomweb import is_dicomweb_source, normalise_source
+
+    if pacs_series:
+        volume = f"pacs/series/{pacs_series}"
+    elif is_dicomweb_source(volume):
+        volume = normalise_source(volume)
+    elif not volume:
+        raise MedirError("give a volume file, an indexed id with --id, or --pacs-series UID")
     from search.query import QueryOptions
     from search.service import run_search
 
@@ -367,6 +401,28 @@ def demo(
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,
            sampling=None, weighting=None, k=None, top=5, filter=None, by_id=False,
            index_4d=None, exact=False, as_json=False, explain=3)
+
+
+@app.command()
+@user_errors
+def follow(
+    source: Annotated[str | None, typer.Argument(
+        help="dicomweb+http://host/dicom-web (default: MEDIR_PACS__URL).")] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
+    mode: Annotated[str, typer.Option(help="auto | changes (Orthanc) | qido (by date)")] =
+    "auto",
+    once: Annotated[bool, typer.Option("--once", help="Handle what is new, then exit.")] =
+    False,
+    from_now: Annotated[bool, typer.Option(
+        "--from-now", help="First start: skip the series already on the PACS.")] = False,
+    interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
+) -> None:
+    """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
+    from ingest.pacs_cli import follow_pacs
+
+    settings = get_settings()
+    follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
+                queue=bool(settings.redis_url), interval=interval, console=out)
 
 
 _mount("models", "ingest.embedders.models_cli", "List models and install their weights.")

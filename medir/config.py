@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "dinov2-s-onnx"
@@ -75,6 +75,30 @@ class QueueSettings(BaseModel):
     worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
 
 
+class PacsSettings(BaseModel):
+    """A PACS reached over DICOMweb: ``MEDIR_PACS__URL``, ``MEDIR_PACS__USERNAME``, ...
+
+    Credentials are :class:`SecretStr` (masked in every repr) and are sent only to ``url``'s
+    server. ``viewer_url_template`` links results to the PACS viewer, with
+    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders.
+    """
+
+    url: str | None = Field(None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
+    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    viewer_url_template: str | None = Field(
+        None, description="e.g. http://orthanc:8042/ui/app/#/filtered-studies?"
+                          "StudyInstanceUID={StudyInstanceUID} (Orthanc Explorer 2) or "
+                          "http://ohif/viewer?StudyInstanceUIDs={StudyInstanceUID}")
+    changes_url: str | None = Field(
+        None, description="Orthanc REST root for /changes (default: url minus /dicom-web)")
+    follow_state: Path = Field(Path("data/pacs_follow.json"),
+                               description="where medir follow keeps its position")
+    poll_interval: float = Field(10.0, gt=0, description="seconds between polls of follow")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDIR_",
@@ -102,6 +126,7 @@ class Settings(BaseSettings):
     ui: UiSettings = UiSettings()
     queue: QueueSettings = QueueSettings()
     limits: LimitsSettings = LimitsSettings()
+    pacs: PacsSettings = PacsSettings()
 
     @property
     def samples_dir(self) -> Path:

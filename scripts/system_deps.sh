@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests use: redis-server (queue tests start their own), chromium (the
-# UI's browser test), docker-compose (validates docker-compose.yml; no engine is needed).
+# UI's browser test), docker-compose (validates docker-compose.yml; no engine is needed),
+# orthanc + orthanc-dicomweb (the DICOMweb tests start their own PACS).
 # Installs with apt-get when missing and permitted; otherwise says what is missing.
 set -euo pipefail
 missing=()
@@ -9,6 +10,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 # check that very path, not just any chromium on PATH.
 [ -x "${MEDIR_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "[system] installing ${missing[*]}"

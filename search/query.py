@@ -221,8 +221,21 @@ def search_file(
     path: str | Path, store: SliceStore, embedder: Embedder, options: QueryOptions,
     index_4d: int | None = None,
 ) -> SearchResult:
-    """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume)."""
-    vf = open_volume(path)
+    """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume).
+
+    A PACS series (``dicomweb+http://.../series/<uid>`` or ``pacs/series/<uid>``) is retrieved
+    over DICOMweb (in memory) and used like a file.
+    """
+    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
+
+    if is_dicomweb_source(str(path)):
+        vf = open_pacs_source(str(path))
+    elif Path(path).is_dir():  # the folder of one DICOM series
+        from ingest.dicom import open_dicom_folder
+
+        vf = open_dicom_folder(Path(path))
+    else:
+        vf = open_volume(path)
     vol = vf.read((index_4d or 0) if vf.is_4d else None)
     return search_volume(vol, store, embedder, options)
 

@@ -31,8 +31,10 @@ POINT_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-5f0b-9d43-6d6564697221")
 LABEL_KEYS = ("modality", "region", "organ", "dataset", "split")
 INDEXED_KEYWORDS = ("volume_id", "case_id", "content_id", "embedder", "state", "gen", "layout",
                     *LABEL_KEYS)
+# Display metadata of DICOM sources (never used for ranking; see ingest/dicom.py META_KEYS).
+DICOM_META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
 HIT_PAYLOAD_KEYS = ["volume_id", "case_id", "slice", "z_mm", "n_slices", "source", "gen",
-                    *LABEL_KEYS]
+                    *LABEL_KEYS, *DICOM_META_KEYS]
 # Every point written by this release carries ``layout=LAYOUT``; a collection with points
 # without it was written by an older release (file-stem ids, no generations): ``medir migrate``.
 LAYOUT = "2"

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from search.store import LABEL_KEYS, Hit
+from search.store import DICOM_META_KEYS, LABEL_KEYS, Hit
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class VolumeResult:
     labels: dict[str, str] = field(default_factory=dict)
     source: str = ""
     matches: list[SliceMatch] = field(default_factory=list)
+    # DICOM Study/Series UIDs, Modality, BodyPartExamined of the volume (display, viewer links)
+    dicom: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -111,6 +113,7 @@ def vote(
             labels={k: str(meta[vid][k]) for k in LABEL_KEYS if meta[vid].get(k)},
             source=str(meta[vid].get("source", "")),
             matches=sorted(matches[vid], key=lambda m: (m.query_slice, -m.similarity)),
+            dicom={k: str(meta[vid][k]) for k in DICOM_META_KEYS if meta[vid].get(k)},
         )
         for i, vid in enumerate(order)
     ]

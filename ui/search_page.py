@@ -29,6 +29,7 @@ from ui.common import (
     show_error,
     store_stats,
 )
+from ui.pacs_links import viewer_url
 from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir
 
 RESULT_KEY = "search_result"
@@ -127,12 +128,19 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
         filters = _filter_inputs(collection_of(stats, model))
     with left:
         st.subheader("Query volume")
-        source = st.radio("Query", ["Upload a volume", "An indexed volume"], horizontal=True,
+        choices = ["Upload a volume", "An indexed volume"] + (["A PACS series"]
+                                                              if s.pacs.url else [])
+        source = st.radio("Query", choices, horizontal=True,
                           label_visibility="collapsed", key="source")
         query: str | None = None
         by_id = source == "An indexed volume"
         if by_id:
             query = _indexed_input(model)
+        elif source == "A PACS series":
+            uid = st.text_input("SeriesInstanceUID", key="pacs_series",
+                                help="Retrieved from the PACS over DICOMweb (WADO-RS).")
+            uid = uid.strip()
+            query = f"pacs/series/{uid}" if uid else None
         else:
             upload = st.file_uploader(
                 f"NIfTI (.nii, .nii.gz) or NRRD (.nrrd), up to {s.ui.upload_limit_mb} MB",
@@ -232,16 +240,19 @@ def _results(result: dict[str, Any]) -> None:
                      f"· vote {t.get('vote_s', 0):.4f} s")
     thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"]) for r in ranking}
     frame = views.results_frame(result, thumbs)
+    frame["viewer"] = [viewer_url(settings().pacs.viewer_url_template, r.get("dicom", {}))
+                       for r in ranking]
     st.dataframe(
         frame, hide_index=True, key="results_table",
         column_order=["rank", "thumbnail", "volume", "votes", "hits", "score", "similarity",
-                      "modality", "region", "organ"],
+                      "modality", "region", "organ", "viewer"],
         column_config={
             "rank": st.column_config.NumberColumn("#", width="small"),
             "thumbnail": st.column_config.ImageColumn("mid-slice", width="small"),
             "score": st.column_config.ProgressColumn("vote share", min_value=0.0,
                                                      max_value=1.0, format="percent"),
             "similarity": st.column_config.NumberColumn("mean cos", format="%.3f"),
+            "viewer": st.column_config.LinkColumn("PACS", display_text="open study"),
         },
         row_height=64,
     )

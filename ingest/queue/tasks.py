@@ -367,12 +367,18 @@ def ingest_volume_body(
     """Index one 3D volume (``index_4d`` of a 4D file, or the DICOM series of ``files``) under
     the volume id the client's folder walk gave; returns the ingest report."""
     from ingest.collection import file_source, source_for_job
+    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
     from ingest.pipeline import index_volume
 
     s = get_settings()
     t0 = time.perf_counter()
-    src = source_for_job(path, volume_id, index_4d, files) if volume_id else file_source(path)
-    vf = src.open()
+    # a PACS series (source URL without credentials; the worker authenticates itself)
+    if is_dicomweb_source(path):
+        vf = open_pacs_source(path, s)
+    else:
+        src = (source_for_job(path, volume_id, index_4d, files) if volume_id
+               else file_source(path))
+        vf = src.open()
     vol = vf.read(index_4d if vf.is_4d else None)
     vol.labels = dict(labels or {})
     embedder = worker_embedder(model, s)

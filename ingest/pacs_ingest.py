@@ -1,0 +1,98 @@
+"""Ingest PACS series (:class:`ingest.dicomweb.PacsSeries`) in-process or through the queue.
+
+In-process, series are handled one at a time: a cheap QIDO-RS check skips a series already
+indexed with the same instances, otherwise it is retrieved (WADO-RS, in memory), read and
+indexed with :func:`ingest.pipeline.index_volume` (idempotent: content hash + embedder), and
+its datasets are released before the next series is retrieved. With the queue on, each series
+is one ``ingest_volume`` task whose ``path`` is the series' source URL (no credentials: the
+worker authenticates with its own settings).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ingest.dicomweb import (
+    NON_IMAGE_MODALITIES,
+    PacsClient,
+    PacsError,
+    PacsSeries,
+    Target,
+    already_indexed,
+)
+from ingest.embedders.base import Embedder
+from ingest.pipeline import IngestReport, LabelMap, ProgressFn, index_volume, labels_for
+from medir.errors import MedirError
+from search.store import COMPLETE, Filter, SliceStore, collection_name
+
+
+def ingest_series(
+    series: Iterable[PacsSeries],
+    store: SliceStore,
+    embedder: Embedder,
+    *,
+    target: Target,
+    labels: LabelMap | None = None,
+    intensity: str = "auto",
+    upsert_batch: int = 512,
+    progress: ProgressFn | None = None,
+    on_report: Callable[[IngestReport], None] | None = None,
+) -> list[IngestReport]:
+    """Index each series; a bad series is reported and the others go on.
+
+    A server problem (authentication, unreachable) raises :class:`PacsError`: it would fail
+    every series the same way.
+    """
+    reports: list[IngestReport] = []
+    coll = collection_name(embedder.name)
+    with PacsClient(target) as client:
+        for s in series:
+            t0 = time.perf_counter()
+            try:
+                if s.ref.modality.upper() in NON_IMAGE_MODALITIES:
+                    rep = IngestReport(s.source, s.volume_id, "skipped",
+                                       error=f"non-image DICOM ({s.ref.modality} series)")
+                elif already_indexed(store, coll, s, embedder.embedder_id, client):
+                    n = store.count(coll, Filter({"volume_id": s.volume_id,
+                                                  "embedder": embedder.embedder_id,
+                                                  "state": COMPLETE}))
+                    rep = IngestReport(s.source, s.volume_id, "skipped", n)
+                else:
+                    vol = s.open(client).read()
+                    vol.labels = labels_for(labels, vol.volume_id)
+                    rep = index_volume(store, embedder, vol, intensity=intensity,
+                                       upsert_batch=upsert_batch, progress=progress)
+                    del vol
+            except PacsError:
+                raise
+            except MedirError as exc:
+                rep = IngestReport(s.source, s.volume_id, "failed",
+                                   seconds=time.perf_counter() - t0, error=str(exc))
+            reports.append(rep)
+            if on_report is not None:
+                on_report(rep)
+    return reports
+
+
+def submit_series(series: Sequence[PacsSeries], model: str, intensity: str) -> list[Any]:
+    """One ``ingest_volume`` task per series; returns the submitted jobs."""
+    from ingest.queue import INGEST_QUEUE, INGEST_TASK
+    from ingest.queue.jobs import Job, job_store
+    from ingest.queue.submit import VolumeJob, _app
+
+    app = _app()
+    records = job_store()
+    jobs = []
+    for s in series:
+        job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id)
+        records.create(Job(job.task_id, kind="ingest", file=s.source, volume=s.volume_id,
+                           model=model))
+        app.send_task(INGEST_TASK, task_id=job.task_id, queue=INGEST_QUEUE, kwargs={
+            "path": s.source, "index_4d": None, "model": model, "labels": {},
+            "intensity": intensity,
+        })
+        jobs.append(job)
+    return jobs
