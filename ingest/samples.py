@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from ingest.samples_catalog import COLLECTIONS, SAMPLES, Sample
+from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import get_settings
 from medir.errors import MedirError, VolumeError
 

@@ -20,6 +20,7 @@ from ingest.preprocess import normalize_intensity
 from ingest.reader import open_volume
 from ingest.volume import Volume
 from medir.errors import EmptyStore, MedirError, ModelMismatch
+from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import (
     HIT_PAYLOAD_KEYS,
@@ -42,6 +43,9 @@ class QueryOptions:
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
     intensity: str = "auto"
+    #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
+    rerank: str = "none"
+    rerank_top: int = 10
 
     def parsed(self) -> tuple[Sampling, Weighting]:
         return Sampling.parse(self.sampling), Weighting.parse(self.weighting)
@@ -140,9 +144,52 @@ def search_vectors(
                               _filter(options, exclude_content), exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
-    result = vote(chosen_list, weights.tolist(), hits, top=options.top)
+    method = check_rerank(options.rerank)
+    n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
+    result = vote(chosen_list, weights.tolist(), hits, top=n_vote)
     t2 = time.perf_counter()
-    return chosen_list, weights.tolist(), result, {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    if method != "none" and result.ranking:
+        query_z = np.asarray(chosen_list, dtype=np.float64) * float(z_spacing)
+        result.ranking = _rerank(store, coll, method, slice_vectors[rows], query_z, weights,
+                                 result.ranking, options)
+        timings["rerank_s"] = time.perf_counter() - t2
+    result.ranking = result.ranking[: options.top]
+    return chosen_list, weights.tolist(), result, timings
+
+
+def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
+            weights: np.ndarray, ranking: list[VolumeResult], options: QueryOptions,
+            ) -> list[VolumeResult]:
+    """Re-rank the first ``rerank_top`` volumes by ``method`` from their stored slice vectors,
+    fetched in ONE filtered scroll for all candidates (computed in medir: each point is one
+    slice, so a native multivector would need a second copy of every vector)."""
+    head, tail = ranking[: max(options.rerank_top, 1)], ranking[max(options.rerank_top, 1):]
+    ids = [r.volume_id for r in head]
+    slices: dict[str, list[tuple[float, np.ndarray]]] = {v: [] for v in ids}
+    flt = Filter({"volume_id": ids if len(ids) > 1 else ids[0], **READY.must})
+    for rec in store.scroll(coll, flt, with_vectors=True):
+        vid = str(rec.payload.get("volume_id"))
+        if rec.vector is not None and vid in slices:
+            z = rec.payload.get("z_mm")
+            slices[vid].append((float(z) if z is not None else float(rec.payload.get(
+                "slice", 0)), np.asarray(rec.vector, np.float32)))
+    candidates = []
+    for vid in ids:
+        rows = sorted(slices[vid], key=lambda t: t[0])
+        vecs = np.stack([v for _, v in rows]) if rows else np.zeros((0, query.shape[1]),
+                                                                    np.float32)
+        candidates.append((vecs, np.asarray([z for z, _ in rows], np.float64)))
+    scores = rerank_scores(method, query.astype(np.float32), query_z, candidates, weights)
+    order = rerank_order(scores)
+    out = []
+    for rank, i in enumerate(order, start=1):
+        head[i].rank, head[i].rerank_score = rank, scores[i]
+        out.append(head[i])
+    for rank, r in enumerate(tail, start=len(out) + 1):
+        r.rank = rank
+        out.append(r)
+    return out
 
 
 def search_volume(
@@ -203,4 +250,4 @@ def search_indexed(
 def _opts(options: QueryOptions) -> dict[str, Any]:
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
-            "exact": options.exact}
+            "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top}

@@ -40,6 +40,7 @@ class VolumeResult:
     labels: dict[str, str] = field(default_factory=dict)
     source: str = ""
     matches: list[SliceMatch] = field(default_factory=list)
+    rerank_score: float | None = None  # stage 2 (search.rerank), when a re-ranker ran
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,158 @@
+"""The quality evaluation: perturbations, re-rankers, physical scale, CT windows, the bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmarks import perturb
+from ingest.preprocess import (
+    CT_WINDOWS_HU,
+    normalize_intensity,
+    physical_scale,
+    resolve_intensity,
+    to_model_input,
+)
+from ingest.volume import Volume
+from search.rerank import maxsim, monotone_alignment, rerank_order, zorder
+
+
+def _volume(z: int = 40, y: int = 64, x: int = 48, spacing=(0.8, 0.8, 2.0), ct: bool = False,
+            seed: int = 0) -> Volume:
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[0:z, 0:y, 0:x]
+    body = ((yy - y / 2) ** 2 / (0.4 * y) ** 2 + (xx - x / 2) ** 2 / (0.4 * x) ** 2) < 1
+    data = np.where(body, 100.0 + zz * 3.0 + rng.normal(0, 5, (z, y, x)), 0.0)
+    if ct:
+        data = np.where(body, data - 60.0, -1000.0)
+    return Volume("v", "v", data.astype(np.float32), spacing, "mem", "0" * 64)
+
+
+# ---- perturbations: geometry facts -----------------------------------------------------------
+def test_z_crops_keep_the_stated_share_of_slices() -> None:
+    v = _volume(z=200)
+    assert perturb.z_crop(v, 0.25).n_slices == 50
+    assert perturb.z_crop(v, 0.5).n_slices == 100
+    up, low = perturb.z_crop(v, 0.5, "upper"), perturb.z_crop(v, 0.5, "lower")
+    np.testing.assert_array_equal(up.data, v.data[100:])
+    np.testing.assert_array_equal(low.data, v.data[:100])
+    centre = perturb.z_crop(v, 0.25)
+    np.testing.assert_array_equal(centre.data, v.data[75:125])
+    assert centre.spacing == v.spacing and centre.volume_id != v.volume_id
+    with pytest.raises(ValueError):
+        perturb.z_crop(v, 0.0)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "sagittal"])
+def test_other_orientation_on_disk_reads_back_equal(orientation: str) -> None:
+    v = _volume(z=12, y=20, x=16, spacing=(0.7, 0.9, 2.5))
+    img = perturb.nifti_in_orientation(v, orientation)
+    codes = "".join(nib.aff2axcodes(img.affine))
+    assert codes == ("LPS" if orientation == "LPS" else "PIR")
+    assert img.shape != v.data.shape[::-1] or orientation == "LPS"
+    back = perturb.reoriented(v, orientation)
+    np.testing.assert_array_equal(back.data, v.data)
+    assert back.spacing == pytest.approx(v.spacing)
+
+
+def test_inplane_crop_is_the_stated_size_in_mm() -> None:
+    v = _volume(z=4, y=300, x=250, spacing=(0.8, 0.8, 2.0))
+    c = perturb.inplane_crop(v, 180.0)
+    assert c.data.shape[1:] == (225, 225)  # 180 mm / 0.8 mm
+    assert perturb.inplane_crop(_volume(z=4, y=100, x=100, spacing=(1.0, 1.0, 1.0)), 180) is None
+
+
+def test_thick_slices_and_half_resolution() -> None:
+    v = _volume(z=50, spacing=(0.8, 0.8, 1.0))
+    t = perturb.thick_slices(v, 5.0)
+    assert t.spacing[2] == 5.0 and t.n_slices == 10  # centres 0, 5, ..., 45 mm
+    np.testing.assert_allclose(t.data[1], v.data[3:8].mean(axis=0), rtol=1e-5)
+    assert perturb.thick_slices(_volume(spacing=(1, 1, 5.0)), 5.0) is None
+    h = perturb.half_inplane(v)
+    assert h.data.shape == (50, 32, 24) and h.spacing[:2] == (1.6, 1.6)
+
+
+def test_intensity_perturbations_follow_the_voxels_not_labels() -> None:
+    mr, ct = _volume(), _volume(ct=True)
+    assert perturb.ct_uncalibrated(mr) is None and perturb.intensity_rescale(ct) is None
+    raw = perturb.ct_uncalibrated(ct)
+    assert raw.data.min() >= 0 and resolve_intensity(raw.data, "auto") == "percentile"
+    assert "rician" in perturb.noise(mr).volume_id and "gauss" in perturb.noise(ct).volume_id
+    assert (perturb.noise(mr).data >= 0).all()  # Rician magnitudes are never negative
+    np.testing.assert_array_equal(perturb.noise(mr, seed=3).data, perturb.noise(mr, seed=3).data)
+    assert len(perturb.get_perturbations(["z25", "lps"])) == 2
+
+
+# ---- re-rankers on constructed vectors -----------------------------------------------------
+def _unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_zorder_prefers_matches_in_z_order_over_shuffled_ones() -> None:
+    rng = np.random.default_rng(1)
+    anatomy = _unit(rng, 20)
+    query, qz = anatomy[5:15], np.arange(10) * 5.0  # partial coverage: the middle half
+    ordered = anatomy + 0.05 * _unit(rng, 20)
+    shuffled = ordered[rng.permutation(20)]
+    z = np.arange(20) * 5.0
+    # Same slices, so MaxSim cannot tell them apart; the z order can.
+    assert maxsim(query, ordered) == pytest.approx(maxsim(query, shuffled), abs=1e-6)
+    assert zorder(query, qz, ordered, z) > zorder(query, qz, shuffled, z) + 0.2
+    assert zorder(query, qz, ordered, z) == pytest.approx(maxsim(query, ordered), abs=1e-6)
+    # the query's own order is read from its z, not from the row order
+    perm = rng.permutation(10)
+    assert zorder(query[perm], qz[perm], ordered, z) == pytest.approx(
+        zorder(query, qz, ordered, z), abs=1e-6)
+
+
+def test_monotone_alignment_is_the_best_non_decreasing_map() -> None:
+    sims = np.array([[0.1, 0.9], [0.8, 0.2]])  # best map 0→1, 1→0 is not monotone
+    w = np.array([0.5, 0.5])
+    assert monotone_alignment(sims, w) == pytest.approx(max(0.5 * 0.1 + 0.5 * 0.8,
+                                                            0.5 * 0.9 + 0.5 * 0.2,
+                                                            0.5 * 0.1 + 0.5 * 0.2))
+    assert rerank_order([0.2, 0.5, 0.5]) == [1, 2, 0]
+
+
+def test_maxsim_beats_vote_winner_with_few_strong_hits() -> None:
+    rng = np.random.default_rng(2)
+    q = _unit(rng, 8)
+    good = q + 0.1 * _unit(rng, 8)
+    good /= np.linalg.norm(good, axis=1, keepdims=True)
+    partial = np.concatenate([q[:2], _unit(rng, 6)])
+    assert maxsim(q, good) > maxsim(q, partial)
+
+
+# ---- preprocessing options -----------------------------------------------------------------
+def test_ct_windows_are_three_channels() -> None:
+    ct = _volume(z=3, ct=True)
+    chans = normalize_intensity(ct.data, "auto-windows")
+    assert chans.shape == (3, 3, *ct.data.shape[1:]) and chans.min() >= 0 and chans.max() <= 1
+    lo, hi = CT_WINDOWS_HU[1]
+    expect = np.clip((ct.data - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(chans[:, 1], expect, rtol=1e-6)
+    assert normalize_intensity(_volume(z=3).data, "auto-windows").ndim == 3  # MR: percentile
+    import torch
+
+    x = to_model_input(torch.from_numpy(chans), 32, (0.0,) * 3, (1.0,) * 3)
+    assert x.shape == (3, 3, 32, 32) and not torch.equal(x[:, 0], x[:, 1])
+
+
+def test_physical_scale_keeps_millimetres() -> None:
+    # a 100 mm wide square at 0.5 mm/px and the same square at 2 mm/px look alike at 400 mm FOV
+    fine = np.zeros((1, 400, 400), np.float32)
+    fine[0, 100:300, 100:300] = 1.0
+    coarse = np.zeros((1, 100, 100), np.float32)
+    coarse[0, 25:75, 25:75] = 1.0
+    a = physical_scale(fine, (0.5, 0.5), 400.0, 100)
+    b = physical_scale(coarse, (2.0, 2.0), 400.0, 100)
+    assert a.shape == b.shape == (1, 100, 100)
+    assert np.abs(a - b).mean() < 0.02
+    assert a[0].sum() == pytest.approx(25 * 25, rel=0.05)  # 100 mm = 25 % of 400 mm
+    with pytest.raises(ValueError):
+        physical_scale(fine, (0.0, 1.0), 400.0, 100)
