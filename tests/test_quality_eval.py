@@ -156,3 +156,134 @@ def test_physical_scale_keeps_millimetres() -> None:
     assert a[0].sum() == pytest.approx(25 * 25, rel=0.05)  # 100 mm = 25 % of 400 mm
     with pytest.raises(ValueError):
         physical_scale(fine, (0.0, 1.0), 400.0, 100)
+
+
+# ---- the re-rankers through the store: one scroll for all candidates ----------------------
+def _slab_volume(name: str, order: np.ndarray, noise: float = 0.0, seed: int = 0) -> Volume:
+    """Slices whose pattern changes along z (a blob moving across the image)."""
+    rng = np.random.default_rng(seed)
+    z = order.size
+    yy, xx = np.mgrid[0:48, 0:48]
+    data = np.stack([np.exp(-((yy - 8 - 2 * k) ** 2 + (xx - 24) ** 2) / 30.0) * 100.0
+                     + 10.0 for k in order]).astype(np.float32)
+    if noise:
+        data = data + rng.normal(0, noise, data.shape).astype(np.float32)
+    import hashlib
+
+    sha = hashlib.sha256(data.tobytes()).hexdigest()
+    assert z == data.shape[0]
+    return Volume(name, name, data, (1.0, 1.0, 3.0), f"mem:{name}", sha)
+
+
+@pytest.mark.parametrize("method", ["zorder", "maxsim"])
+def test_rerank_through_the_store(tmp_path: Path, method: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
+    from ingest.embedders import get_embedder
+    from ingest.pipeline import index_volume
+    from search.query import QueryOptions, search_indexed
+    from search.store_edge import EdgeStore
+
+    emb = get_embedder("test-tiny", device="cpu")
+    ordered = _slab_volume("ordered", np.arange(16))
+    shuffled = _slab_volume("shuffled", np.random.default_rng(5).permutation(16))
+    query = _slab_volume("query", np.arange(16), noise=2.0, seed=1)
+    with EdgeStore(tmp_path / "edge") as store:
+        for v in (ordered, shuffled, query):
+            index_volume(store, emb, v)
+        calls: list[object] = []
+        real = store.scroll
+
+        def counting(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+            calls.append(args)
+            return real(*args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "scroll", counting)
+        res = search_indexed("query", store, emb, QueryOptions(rerank=method, k=3, top=5))
+        assert len(calls) == 2  # the query's own vectors, then ONE scroll for all candidates
+        ids = [r.volume_id for r in res.ranking]
+        assert "query" not in ids and set(ids) == {"ordered", "shuffled"}
+        assert [r.rank for r in res.ranking] == [1, 2]
+        assert all(r.rerank_score is not None for r in res.ranking)
+        assert "rerank_s" in res.timings and res.options["rerank"] == method
+        by = {r.volume_id: r.rerank_score for r in res.ranking}
+        if method == "zorder":
+            assert ids[0] == "ordered" and by["ordered"] > by["shuffled"]
+        else:  # the same slices in another order: MaxSim cannot tell them apart
+            assert by["ordered"] == pytest.approx(by["shuffled"], abs=1e-5)
+        with pytest.raises(Exception, match="rerank"):
+            search_indexed("query", store, emb, QueryOptions(rerank="colbert"))
+
+
+# ---- the bench on a synthetic collection (the test embedder) -------------------------------
+def _collection(root: Path) -> Path:
+    from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
+
+    root.mkdir()
+    rows = []
+    specs = [("ct_a", True, "chest", "s1", 0), ("ct_a_crop", True, "chest", "s1", 0),
+             ("ct_b", True, "chest", "s2", 1), ("mr_a", False, "head", "s3", 2),
+             ("mr_b", False, "head", "s4", 3)]
+    for name, ct, region, study, seed in specs:
+        v = _volume(z=30, y=40, x=40, spacing=(1.5, 1.5, 3.0), ct=ct, seed=seed)
+        data = v.data[5:20] if name.endswith("crop") else v.data
+        ras = np.ascontiguousarray(data[:, ::-1, ::-1].transpose(2, 1, 0))
+        nib.save(nib.Nifti1Image(ras, np.diag([1.5, 1.5, 3.0, 1.0])), str(root / f"{name}.nii.gz"))
+        rows.append({"case_id": name, "file": f"{name}.nii.gz", "modality": "CT" if ct else "MR",
+                     "region": region, "case": study, "dataset": "t"})
+    write_manifest(root / "manifest.csv", rows, EVAL_MANIFEST_COLUMNS)
+    return root
+
+
+def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import tests.plugin_embedder  # noqa: F401
+    from medir.cli import app
+
+    coll = _collection(tmp_path / "coll")
+    out = tmp_path / "out"
+    args = ["bench", "quality", "--dataset", str(coll), "--models", "test-tiny",
+            "--methods", "all,W,SW,W+zorder,W+maxsim", "--preps", "auto,auto-windows",
+            "--perturb", "z25,lps,no-hu", "--device", "cpu", "--cache", str(tmp_path / "c"),
+            "--out", str(out), "--no-progress", "--query-slices", "4"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "quality.json").read_text())
+    assert doc["git"]["commit"] and doc["machine"]["cpu_count"]
+    assert doc["dataset"]["n_cases"] == 4 and doc["dataset"]["n_volumes"] == 5
+    assert len(doc["results"]) == 2 * 5
+    for r in doc["results"]:
+        lo = r["loco"]
+        n = lo["n"]["modality"]
+        # LOCO: the crop shares its case with ct_a, so both leave together; 5 queries (SW: slices)
+        assert n == 5 or r["method"] == "SW"
+        assert sum(sum(row.values()) for row in lo["confusion"]["modality"].values()) == n
+        p = r["perturb"]
+        assert set(p) == {"none", "z25", "lps", "no-hu"}
+        assert p["no-hu"]["n"] == 3 and p["z25"]["n"] == 5  # only the CT volumes have HU
+        # the LPS copy reads back as the same voxels: exactly as good as the original
+        assert p["lps"]["self"] == p["none"]["self"]
+    assert (out / "quality.md").read_text().count("| test-tiny |") >= 10
+    assert (out / "quality_perturb.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "quality_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses every embedding
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc2 = json.loads((out / "quality.json").read_text())
+    assert all(m["cache_misses"] == 0 and m["cache_hits"] > 0 for m in doc2["models"])
+    assert [r["loco"]["correct"] for r in doc2["results"]] == [r["loco"]["correct"]
+                                                               for r in doc["results"]]
+
+
+def test_eval_catalog_is_separate_from_the_demo() -> None:
+    from ingest.samples_catalog import COLLECTIONS, EVAL_SAMPLES, SAMPLES
+
+    assert COLLECTIONS["demo"] == (SAMPLES, "samples") and COLLECTIONS["eval"][1] == "eval"
+    ids = [s.case_id for s in EVAL_SAMPLES]
+    assert len(ids) == len(set(ids)) and set(s.case_id for s in SAMPLES) < set(ids)
+    regions = {s.region for s in EVAL_SAMPLES}
+    assert {"chest", "abdomen", "head", "breast"} <= regions
+    assert all(len(s.member_sha256) == 64 for s in EVAL_SAMPLES)
+    studies = [s.case_group for s in EVAL_SAMPLES]
+    assert len(set(studies)) < len(studies)  # crops and re-saved copies share their case
