@@ -131,7 +131,7 @@ def quality(
     db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
     db_max_slices: Annotated[int, typer.Option(help="At most this many per volume.")] = 40,
     query_slices: Annotated[int, typer.Option(
-        help="Evenly spaced slices per perturbed query.")] = 6,
+        help="Evenly spaced slices per perturbed query.")] = 4,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/quality"),
     cache: Annotated[Path | None, typer.Option(
         help="Embedding cache folder (default: <cache_dir>/quality).")] = None,

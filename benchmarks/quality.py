@@ -305,7 +305,7 @@ def perturbations(db: Database, volumes: Sequence[tuple[Volume, str, dict[str, s
                 else:
                     tally["self"] += int(bool(full.ranking)
                                          and db.volumes[full.ranking[0]].study == study)
-                    tally["class"] += int(bool(loo and loo.ranking) and _label_class(
+                    tally["class"] += int(loo is not None and bool(loo.ranking) and _label_class(
                         db.volumes[loo.ranking[0]].labels) == _label_class(labels))
                 tally["n"] += 1
 
@@ -321,7 +321,7 @@ class QualityConfig:
     db_stride_mm: float = 5.0
     db_max_slices: int = 40
     query_stride_mm: float = 5.0
-    query_max_slices: int = 6
+    query_max_slices: int = 4
     run_perturbations: bool = True
 
     def to_dict(self) -> dict[str, Any]:

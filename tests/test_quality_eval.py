@@ -287,3 +287,43 @@ def test_eval_catalog_is_separate_from_the_demo() -> None:
     assert all(len(s.member_sha256) == 64 for s in EVAL_SAMPLES)
     studies = [s.case_group for s in EVAL_SAMPLES]
     assert len(set(studies)) < len(studies)  # crops and re-saved copies share their case
+
+
+# ---- real weights, real volumes (small: 8 stored slices per volume, 3 per query) ------------
+REAL_SMALL = ("mr_abdomen_totalseg", "mr_head_epi4d_nibabel", "mr_head_t1c_pyradiomics",
+              "ct_chest_lung1_pyradiomics", "ct_abdomen_totalseg")
+
+
+@pytest.mark.slow
+def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """dinov2-s-onnx on five demo files (six volumes). Measured when written (commit of this
+    test, 2-core CPU): W self@1 = 6/6 on the originals, 6/6 z50, 6/6 lps, 6/6 noise; W+zorder
+    the same; every-mm:7 LOCO modality 5/6. Floors sit one or two queries below."""
+    from benchmarks.datasets import load_manifest_dataset
+    from benchmarks.perturb import get_perturbations
+    from benchmarks.quality import QualityConfig, run_quality
+    from ingest.embedders import get_embedder
+    from ingest.samples import read_manifest, write_manifest
+
+    coll = tmp_path / "small"
+    coll.mkdir()
+    rows = [r for r in read_manifest(samples_dir / "manifest.csv") if r["case_id"] in REAL_SMALL]
+    for r in rows:
+        (coll / r["file"]).symlink_to((samples_dir / r["file"]).resolve())
+    write_manifest(coll / "manifest.csv", rows)
+    cfg = QualityConfig(methods=["W", "W+zorder", "W+maxsim"], db_max_slices=8,
+                        query_max_slices=3)
+    run = run_quality(load_manifest_dataset(coll), ["dinov2-s-onnx"], cfg, tmp_path / "cache",
+                      lambda m: get_embedder(m, device="cpu", batch_size=8),
+                      get_perturbations(["z50", "lps", "noise"]), progress=False)
+    by = {r["method"]: r for r in run.results}
+    print({m: ({k: v["self"] for k, v in r["perturb"].items()}, r["loco"]["correct"])
+           for m, r in by.items()})
+    for method in ("W", "W+zorder", "W+maxsim"):
+        p = by[method]["perturb"]
+        assert p["none"]["n"] == 6 and p["lps"]["self"] == p["none"]["self"]
+        assert p["none"]["self"] >= 5, (method, p)
+        assert p["z50"]["self"] >= 4, (method, p)
+        assert p["noise"]["self"] >= 4, (method, p)
+    assert by["W"]["loco"]["correct"]["modality"] >= 3, by["W"]["loco"]
