@@ -164,6 +164,10 @@ def search(
     exact: Annotated[bool, typer.Option(help="Exact k-NN instead of HNSW.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as JSON.")] = False,
     explain: Annotated[int, typer.Option(help="Slice pairs shown per result.")] = 3,
+    rerank: Annotated[str, typer.Option(
+        help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
+    ] = "none",
+    rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume."""
     settings = get_settings()
@@ -178,8 +182,13 @@ def search(
         filters=_parse_filters(filter),
         exact=exact,
         intensity=settings.intensity,
+        rerank=rerank,
+        rerank_top=rerank_top,
     )
     opts.parsed()  # validate before loading anything
+    from search.rerank import check_rerank
+
+    check_rerank(opts.rerank)
     result = run_search(volume, model or settings.model, opts, by_id=by_id, index_4d=index_4d)
     if as_json:
         print(json.dumps([r for r in result["ranking"]], indent=2))

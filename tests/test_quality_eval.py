@@ -297,9 +297,11 @@ REAL_SMALL = ("mr_abdomen_totalseg", "mr_head_epi4d_nibabel", "mr_head_t1c_pyrad
 @pytest.mark.slow
 def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
                                                           tmp_path: Path) -> None:
-    """dinov2-s-onnx on five demo files (six volumes). Measured when written (commit of this
-    test, 2-core CPU): W self@1 = 6/6 on the originals, 6/6 z50, 6/6 lps, 6/6 noise; W+zorder
-    the same; every-mm:7 LOCO modality 5/6. Floors sit one or two queries below."""
+    """dinov2-s-onnx on five demo files (six volumes). Measured when written (2-core CPU,
+    4 min): self@1 6/6 for the originals, the central 50 % z-crop, the LPS copy and the noisy
+    copy, with W, W+zorder and W+maxsim alike; LOCO modality 4/6 (region 0/6: with 8 stored
+    slices and one volume per class, the small set has no same-region neighbour that wins).
+    Floors sit one or two queries below the measured values."""
     from benchmarks.datasets import load_manifest_dataset
     from benchmarks.perturb import get_perturbations
     from benchmarks.quality import QualityConfig, run_quality
@@ -318,8 +320,6 @@ def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
                       lambda m: get_embedder(m, device="cpu", batch_size=8),
                       get_perturbations(["z50", "lps", "noise"]), progress=False)
     by = {r["method"]: r for r in run.results}
-    print({m: ({k: v["self"] for k, v in r["perturb"].items()}, r["loco"]["correct"])
-           for m, r in by.items()})
     for method in ("W", "W+zorder", "W+maxsim"):
         p = by[method]["perturb"]
         assert p["none"]["n"] == 6 and p["lps"]["self"] == p["none"]["self"]
