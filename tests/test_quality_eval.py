@@ -299,8 +299,8 @@ def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
                                                           tmp_path: Path) -> None:
     """dinov2-s-onnx on five demo files (six volumes). Measured when written (2-core CPU,
     4 min): self@1 6/6 for the originals, the central 50 % z-crop, the LPS copy and the noisy
-    copy, with W, W+zorder and W+maxsim alike; LOCO modality 4/6 (region 0/6: with 8 stored
-    slices and one volume per class, the small set has no same-region neighbour that wins).
+    copy, with W, W+zorder and W+maxsim alike; LOCO modality 4/6 (region 0/6 on this 8-slice
+    subset, so region is not asserted here; the evaluation collection measures it).
     Floors sit one or two queries below the measured values."""
     from benchmarks.datasets import load_manifest_dataset
     from benchmarks.perturb import get_perturbations
