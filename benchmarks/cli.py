@@ -126,6 +126,9 @@ def quality(
     perturb: Annotated[list[str] | None, typer.Option(
         help="Perturbations (default: the whole suite; see benchmarks/perturb.py).")] = None,
     no_perturb: Annotated[bool, typer.Option("--no-perturb", help="LOCO only.")] = False,
+    store_timing: Annotated[bool, typer.Option(
+        "--store-timing", help="Also time every re-ranker through an embedded store.")
+    ] = False,
     k: Annotated[int, typer.Option(help="Neighbours per query slice.")] = 1,
     rerank_top: Annotated[int, typer.Option(help="Volumes a re-ranker re-orders.")] = 5,
     db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
@@ -153,7 +156,7 @@ def quality(
                         preps=_split(preps) or ["auto"], perturbations=_split(perturb), k=k,
                         rerank_top=rerank_top, db_stride_mm=db_stride,
                         db_max_slices=db_max_slices, query_max_slices=query_slices,
-                        run_perturbations=not no_perturb)
+                        run_perturbations=not no_perturb, store_timing=store_timing)
     for m in cfg.methods:
         parse_method(m)
     for p in cfg.preps:

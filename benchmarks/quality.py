@@ -323,6 +323,7 @@ class QualityConfig:
     query_stride_mm: float = 5.0
     query_max_slices: int = 4
     run_perturbations: bool = True
+    store_timing: bool = False  # also time queries through an embedded store (quality_store)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -365,10 +366,17 @@ def run_quality(dataset: Dataset, models: Sequence[str], config: QualityConfig,
                               stride_mm=config.query_stride_mm,
                               max_slices=config.query_max_slices, k=config.k,
                               rerank_top=config.rerank_top, progress=progress)
-            run.models.append({"model": model, "embedder_id": embedder.embedder_id,
-                               "prep": str(prep), "db_slices": int(db.matrix.shape[0]),
-                               "seconds": round(time.perf_counter() - t1, 2),
-                               "cache_hits": cache.hits, "cache_misses": cache.misses})
+            entry: dict[str, Any] = {
+                "model": model, "embedder_id": embedder.embedder_id, "prep": str(prep),
+                "db_slices": int(db.matrix.shape[0]),
+                "seconds": round(time.perf_counter() - t1, 2),
+                "cache_hits": cache.hits, "cache_misses": cache.misses}
+            if config.store_timing:
+                from benchmarks.quality_store import store_query_times
+
+                entry["store_query_ms"] = store_query_times(
+                    db, embedder, rerank_top=config.rerank_top)  # type: ignore[arg-type]
+            run.models.append(entry)
             for r in results.values():
                 run.results.append({"model": model, **r.to_dict()})
     run.seconds = round(time.perf_counter() - t0, 2)

@@ -38,6 +38,16 @@ def markdown(run: QualityRun, meta: dict[str, Any]) -> str:
                  for lv in ("modality", "region", "organ", "class")]
         lines.append(f"| {r['model']} | {r['prep']} | {r['method']} | " + " | ".join(cells)
                      + f" | {r['query_ms']['mean']:.2f} |")
+    timed = [m for m in run.models if m.get("store_query_ms")]
+    if timed:
+        lines += ["", "## Query time through the embedded store (search_indexed, all slices, "
+                  "Gaussian vote, k=1)", "",
+                  "| model | prep | re-rank | query ms mean | p95 | of which re-rank ms |",
+                  "|---|---|---|---|---|---|"]
+        for m in timed:
+            for rr, t in m["store_query_ms"].items():
+                lines.append(f"| {m['model']} | {m['prep']} | {rr} | {t['query_ms_mean']} | "
+                             f"{t['query_ms_p95']} | {t['rerank_ms_mean']} |")
     classes = sorted({c for r in rows for c in r["loco"]["per_class"].get("class", {})})
     lines += ["", "## Leave-one-case-out per class (modality/region), correct/n", "",
               "| model | prep | method | " + " | ".join(classes) + " |",
