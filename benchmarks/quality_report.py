@@ -21,6 +21,37 @@ def _frac(correct: int | None, n: int | None) -> str:
     return "" if not n else f"{correct}/{n}"
 
 
+BASELINE = ("auto", "W")  # medir's default query: all slices, Gaussian vote, intensity auto
+
+
+def verdicts(run: QualityRun) -> list[dict[str, Any]]:
+    """The default rule for every method against the baseline (same model): better overall
+    (LOCO class correct + perturbation class@1 and self@1 hits) and no class (LOCO, per
+    modality/region) worse by more than one case."""
+    out: list[dict[str, Any]] = []
+    for base in run.results:
+        if (base["prep"], base["method"]) != BASELINE:
+            continue
+        bpc = base["loco"]["per_class"].get("class", {})
+        for r in run.results:
+            if r["model"] != base["model"] or r is base or r["method"] == "SW":
+                continue
+            pc = r["loco"]["per_class"].get("class", {})
+            worst = min((pc.get(c, {"correct": 0})["correct"] - v["correct"]
+                         for c, v in bpc.items()), default=0)
+            d_loco = r["loco"]["correct"].get("class", 0) - base["loco"]["correct"].get(
+                "class", 0)
+            shared = [p for p in r["perturb"] if p in base["perturb"]]
+            d_pert = sum(r["perturb"][p]["class"] + r["perturb"][p]["self"]
+                         - base["perturb"][p]["class"] - base["perturb"][p]["self"]
+                         for p in shared)
+            out.append({"model": r["model"], "prep": r["prep"], "method": r["method"],
+                        "d_loco_class": d_loco, "d_perturb_hits": d_pert,
+                        "perturbations_compared": len(shared), "worst_class_delta": worst,
+                        "default_worthy": (d_loco + d_pert) > 0 and worst >= -1})
+    return out
+
+
 def markdown(run: QualityRun, meta: dict[str, Any]) -> str:
     rows = run.results
     dirty = " (dirty)" if meta["git"].get("dirty") else ""
@@ -68,6 +99,18 @@ def markdown(run: QualityRun, meta: dict[str, Any]) -> str:
         n_row = next(r for r in rows if r["perturb"])
         lines += ["", "Queries per perturbation: " + ", ".join(
             f"{p} {n_row['perturb'][p]['n']}" for p in perts if p in n_row["perturb"]) + "."]
+    vs = verdicts(run)
+    if vs:
+        lines += ["", f"## Against the default ({BASELINE[0]}, {BASELINE[1]}): better overall "
+                  "and no class worse by more than one case?", "",
+                  "| model | prep | method | Δ LOCO class | Δ perturbation hits (self+class) | "
+                  "worst class Δ | rule met |", "|---|---|---|---|---|---|---|"]
+        for v in vs:
+            met = "yes" if v["default_worthy"] else "no"
+            lines.append(f"| {v['model']} | {v['prep']} | {v['method']} | "
+                         f"{v['d_loco_class']:+d} | {v['d_perturb_hits']:+d} "
+                         f"({v['perturbations_compared']}) | {v['worst_class_delta']:+d} | "
+                         f"{met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +174,7 @@ def write_quality(run: QualityRun, out: Path, *, with_plots: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     meta = stamp()
     doc = {**meta, "dataset": run.dataset, "config": run.config, "models": run.models,
-           "results": run.results, "seconds": run.seconds}
+           "results": run.results, "verdicts": verdicts(run), "seconds": run.seconds}
     files = {"json": out / "quality.json", "markdown": out / "quality.md"}
     with atomic_path(files["json"]) as tmp:
         tmp.write_text(json.dumps(doc, indent=1))
