@@ -281,3 +281,49 @@ def cache_summary(entries: Iterable[CacheEntry]) -> dict[str, Any]:
     es = list(entries)
     return {"n_volumes": len(es), "n_slices": sum(e.n_slices for e in es),
             "embed_seconds": round(sum(e.seconds for e in es), 3)}
+
+
+class ArrayCache:
+    """Slice vectors of in-memory volumes (perturbed queries, other preprocessing), by content.
+
+    ``key`` is a sha256 over the voxels, the spacing, the chosen slices, the preprocessing and
+    the embedder id (:meth:`key_of`), so a volume changed in code is embedded once per change
+    and model, and reused by later runs. Files ``<root>/<model>/arrays/<key>.npy``, written to a
+    temporary name and renamed (a killed run never leaves half a file).
+    """
+
+    def __init__(self, root: Path, model: str) -> None:
+        self.dir = Path(root) / _slug(model) / "arrays"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key_of(data: np.ndarray, spacing: Iterable[float], slices: Iterable[int],
+               prep: str, embedder_id: str) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        arr = np.ascontiguousarray(data)
+        h.update(f"{arr.dtype}|{arr.shape}|{[round(float(s), 6) for s in spacing]}|"
+                 f"{list(map(int, slices))}|{prep}|{embedder_id}".encode())
+        h.update(arr.tobytes())
+        return h.hexdigest()[:40]
+
+    def get_or_embed(self, key: str, compute: Callable[[], NDArray[np.float32]],
+                     ) -> NDArray[np.float32]:
+        """The cached vectors under ``key``, or ``compute()`` stored under it."""
+        path = self.dir / f"{key}.npy"
+        if path.is_file():
+            try:
+                out = np.load(path)
+                self.hits += 1
+                return np.ascontiguousarray(out, dtype=np.float32)
+            except (OSError, ValueError):
+                pass  # damaged: embed again
+        vectors = np.ascontiguousarray(compute(), dtype=np.float32)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, vectors)
+        self.misses += 1
+        return vectors

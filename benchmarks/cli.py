@@ -108,6 +108,75 @@ def paper(
                f"{files['markdown']}", err=True)
 
 
+@app.command("quality")
+@_errors
+def quality(
+    dataset: Annotated[Path | None, typer.Option(
+        help="A folder with manifest.csv (default: data/eval, `medir samples fetch "
+             "--collection eval`).")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        help="Embedding models (repeat or comma-separate); default: the configured model.")
+    ] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        help="all, every-mm:X, W, SW, each optionally +maxsim or +zorder "
+             "(default: all, every-mm:7, W, SW, W+maxsim, W+zorder).")] = None,
+    preps: Annotated[list[str] | None, typer.Option(
+        help="Preprocessings: auto, auto-windows, ct-windows, percentile, ct, each optionally "
+             "+fov:MM (physical scale).")] = None,
+    perturb: Annotated[list[str] | None, typer.Option(
+        help="Perturbations (default: the whole suite; see benchmarks/perturb.py).")] = None,
+    no_perturb: Annotated[bool, typer.Option("--no-perturb", help="LOCO only.")] = False,
+    store_timing: Annotated[bool, typer.Option(
+        "--store-timing", help="Also time every re-ranker through an embedded store.")
+    ] = False,
+    k: Annotated[int, typer.Option(help="Neighbours per query slice.")] = 1,
+    rerank_top: Annotated[int, typer.Option(help="Volumes a re-ranker re-orders.")] = 5,
+    db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
+    db_max_slices: Annotated[int, typer.Option(help="At most this many per volume.")] = 40,
+    query_slices: Annotated[int, typer.Option(
+        help="Evenly spaced slices per perturbed query.")] = 4,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/quality"),
+    cache: Annotated[Path | None, typer.Option(
+        help="Embedding cache folder (default: <cache_dir>/quality).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Slices per model batch.")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Leave-one-case-out and the perturbation suite for models × preprocessings × methods."""
+    from benchmarks.datasets import load_dataset
+    from benchmarks.perturb import get_perturbations
+    from benchmarks.quality import DEFAULT_METHODS, QualityConfig, parse_method, run_quality
+    from benchmarks.quality_embed import Prep
+    from benchmarks.quality_report import write_quality
+    from ingest.embedders import get_embedder
+
+    settings = get_settings()
+    cfg = QualityConfig(methods=_split(methods) or list(DEFAULT_METHODS),
+                        preps=_split(preps) or ["auto"], perturbations=_split(perturb), k=k,
+                        rerank_top=rerank_top, db_stride_mm=db_stride,
+                        db_max_slices=db_max_slices, query_max_slices=query_slices,
+                        run_perturbations=not no_perturb, store_timing=store_timing)
+    for m in cfg.methods:
+        parse_method(m)
+    for p in cfg.preps:
+        Prep.parse(p)
+    suite = get_perturbations(cfg.perturbations or None)
+    ds = load_dataset(dataset or settings.data_dir / "eval")
+    dev = device or settings.device
+    bs = batch_size or settings.batch_size
+
+    def factory(name: str) -> Any:
+        return get_embedder(name, device=dev, batch_size=bs)
+
+    run = run_quality(ds, _split(models) or [settings.model], cfg,
+                      cache or settings.cache_dir / "quality", factory, suite,
+                      progress=progress)
+    files = write_quality(run, out, with_plots=plots)
+    typer.echo(files["markdown"].read_text(), nl=False)
+    print(f"→ {files['json']}", file=sys.stderr)
+
+
 @app.command("engines")
 @_errors
 def engines(

@@ -72,6 +72,13 @@ class Case:
     labels: dict[str, str] = field(hash=False, compare=False)
     split: str = ""
     group: str = ""  # the MSD task, or the dataset name
+    #: The patient/study for leave-one-case-out (the manifest's ``case`` column); the case id
+    #: when unset. Volumes of one study (a 4D file, a crop, a second series) leave together.
+    study: str = ""
+
+    @property
+    def study_id(self) -> str:
+        return self.study or self.case_id
 
 
 @dataclass
@@ -184,7 +191,8 @@ def load_manifest_dataset(root: Path, limit: int | None = None) -> Dataset:
                   "region": row.get("region", "").lower(),
                   "organ": row.get("organ", "").lower()}
         split = row.get("split", "").lower()
-        cases.append(Case(row["case_id"], path, labels, split, row.get("dataset", "") or root.name))
+        cases.append(Case(row["case_id"], path, labels, split, row.get("dataset", "") or root.name,
+                          row.get("case", "")))
     cases = cases[: limit if limit else None]
     has_split = cases and all(c.split in (TRAIN, TEST) for c in cases) \
         and {c.split for c in cases} == {TRAIN, TEST}

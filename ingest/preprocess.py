@@ -7,6 +7,13 @@ Volume level, numpy, on the CPU (:func:`normalize_intensity`): voxel values → 
 - ``auto``: ``ct`` when the voxel values look like calibrated Hounsfield units (see
   :func:`looks_like_hu`), else ``percentile``. Decided from voxel values only, never from
   labels or file names.
+- ``ct-windows``: three HU windows (lung, soft tissue, bone: :data:`CT_WINDOWS_HU`) as the three
+  input channels, shape (Z, 3, Y, X) instead of one window replicated; ``auto-windows`` is
+  ``ct-windows`` for volumes that look like HU and ``percentile`` otherwise.
+
+Geometry (:func:`physical_scale`, optional): every slice resampled in-plane to a fixed field of
+view in mm (centred, zero padded or cropped), so a 20 cm crop and a 50 cm scan show anatomy at
+the same size; without it each slice is stretched to the model input whatever its extent.
 
 Batch level, torch, on the model's device (:func:`to_model_input`): resize to the model's input
 size, replicate to 3 channels, normalise with the model's mean and std.
@@ -20,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IntensityMode = Literal["auto", "percentile", "ct"]
-INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct")
+IntensityMode = Literal["auto", "percentile", "ct", "ct-windows", "auto-windows"]
+INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,6 +36,9 @@ HALF_MEAN = (0.5, 0.5, 0.5)
 HALF_STD = (0.5, 0.5, 0.5)
 
 CT_WINDOW_HU = (-1000.0, 1000.0)
+#: ``ct-windows`` channels: lung (W 1500, L −600), soft tissue (W 400, L 40), bone (W 1800, L 400).
+CT_WINDOWS_HU: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-160.0, 240.0),
+                                                   (-500.0, 1300.0))
 _SAMPLE = 1_000_000
 
 
@@ -64,6 +74,8 @@ def resolve_intensity(data: np.ndarray, mode: str) -> str:
         raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
     if mode == "auto":
         return "ct" if looks_like_hu(data) else "percentile"
+    if mode == "auto-windows":
+        return "ct-windows" if looks_like_hu(data) else "percentile"
     return mode
 
 
@@ -74,8 +86,19 @@ def normalize_intensity(
     percentiles: tuple[float, float] = (0.5, 99.5),
     hu_window: tuple[float, float] = CT_WINDOW_HU,
 ) -> np.ndarray:
-    """Map a volume's voxel values to float32 in [0, 1]."""
+    """Map a volume's voxel values to float32 in [0, 1].
+
+    (Z, Y, X) in, (Z, Y, X) out; ``ct-windows`` gives (Z, 3, Y, X), one HU window per channel.
+    """
     concrete = resolve_intensity(data, mode)
+    if concrete == "ct-windows":
+        src = data.astype(np.float32, copy=False)
+        chans = np.empty((src.shape[0], len(CT_WINDOWS_HU), *src.shape[1:]), np.float32)
+        for c, (lo, hi) in enumerate(CT_WINDOWS_HU):
+            np.subtract(src, lo, out=chans[:, c])
+            chans[:, c] /= hi - lo
+        np.clip(chans, 0.0, 1.0, out=chans)
+        return chans
     if concrete == "ct":
         lo, hi = hu_window
     else:
@@ -99,11 +122,16 @@ def to_model_input(
     """(N, H, W) slices in [0, 1] → (N, 3, size, size), normalised, on ``slices.device``.
 
     Bilinear resize with antialiasing of the whole slice (the aspect ratio is not kept, as in
-    the paper's 224×224 inputs), channel replication, then ``(x - mean) / std``.
+    the paper's 224×224 inputs), channel replication, then ``(x - mean) / std``. (N, 3, H, W)
+    slices (``ct-windows``) keep their own three channels.
     """
-    if slices.ndim != 3:
-        raise ValueError(f"expected (N, H, W) slices, got shape {tuple(slices.shape)}")
-    x = slices.unsqueeze(1).float()
+    if slices.ndim == 4 and slices.shape[1] == 3:
+        x = slices.float()
+    elif slices.ndim == 3:
+        x = slices.unsqueeze(1).float()
+    else:
+        raise ValueError(f"expected (N, H, W) or (N, 3, H, W) slices, got shape "
+                         f"{tuple(slices.shape)}")
     if x.shape[-2:] != (size, size):
         antialias = x.device.type == "cpu" or x.shape[-1] > size
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
@@ -112,3 +140,41 @@ def to_model_input(
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def physical_scale(slices: np.ndarray, spacing_xy: tuple[float, float], fov_mm: float,
+                   size: int) -> np.ndarray:
+    """Resample slices in-plane to a fixed field of view: ``fov_mm`` × ``fov_mm`` on
+    ``size`` × ``size`` pixels (``fov_mm / size`` mm per pixel), centred, zero padded.
+
+    ``slices`` is (N, Y, X) or (N, C, Y, X) in [0, 1]; ``spacing_xy`` is (x, y) in mm. Anatomy
+    larger than the field of view is cropped at the centre. Bilinear with antialiasing when
+    shrinking. Returns float32 (N, [C,] size, size).
+    """
+    if not fov_mm > 0 or size < 1:
+        raise ValueError(f"physical scale needs fov_mm > 0 and size ≥ 1, got {fov_mm}, {size}")
+    sx, sy = (float(s) for s in spacing_xy)
+    if not (sx > 0 and sy > 0):
+        raise ValueError(f"physical scale needs positive in-plane spacing, got {spacing_xy}")
+    x = torch.as_tensor(np.ascontiguousarray(slices), dtype=torch.float32)
+    four = x.ndim == 4
+    if not four:
+        x = x.unsqueeze(1)
+    mm_px = fov_mm / size
+    h, w = x.shape[-2:]
+    nh, nw = max(1, round(h * sy / mm_px)), max(1, round(w * sx / mm_px))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
+                          antialias=nh < h or nw < w)
+    out = torch.zeros((*x.shape[:2], size, size), dtype=torch.float32)
+    # centre: source window [s0, s0 + n) lands at [d0, d0 + n)
+    def _span(n_src: int) -> tuple[int, int, int]:
+        if n_src >= size:
+            return (n_src - size) // 2, 0, size
+        return 0, (size - n_src) // 2, n_src
+
+    ys, yd, yn = _span(nh)
+    xs, xd, xn = _span(nw)
+    out[..., yd:yd + yn, xd:xd + xn] = x[..., ys:ys + yn, xs:xs + xn]
+    res = out.clamp_(0.0, 1.0).numpy()
+    return res if four else res[:, 0]

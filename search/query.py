@@ -22,12 +22,14 @@ from ingest.reader import open_volume
 from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import (
     HIT_PAYLOAD_KEYS,
     LABEL_KEYS,
     READY,
     Filter,
+    Record,
     SliceStore,
     collection_name,
     content_id,
@@ -52,6 +54,10 @@ class QueryOptions:
     # Case ids whose volumes are left out of the results (leave-one-case-out evaluation).
     exclude_cases: Sequence[str] = ()
 
+    #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
+    rerank: str = "none"
+    rerank_top: int = 10
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -65,6 +71,10 @@ class QueryOptions:
         if not isinstance(self.sampling, str) or not isinstance(self.weighting, str):
             raise ConfigError("sampling and weighting must be strings")
         self.parsed()
+        check_rerank(self.rerank)
+        if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
+                or not 1 <= self.rerank_top <= MAX_TOP:
+            raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
         from ingest.preprocess import INTENSITY_MODES
 
         if self.intensity not in INTENSITY_MODES:
@@ -191,9 +201,58 @@ def search_vectors(
                               exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
-    result = vote(chosen_list, weights.tolist(), hits, top=options.top)
+    method = check_rerank(options.rerank)
+    n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
+    result = vote(chosen_list, weights.tolist(), hits, top=n_vote)
     t2 = time.perf_counter()
-    return chosen_list, weights.tolist(), result, {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    if method != "none" and result.ranking:
+        query_z = np.asarray(chosen_list, dtype=np.float64) * float(z_spacing)
+        result.ranking = _rerank(store, coll, method, slice_vectors[rows], query_z, weights,
+                                 result.ranking, options, embedder_id)
+        timings["rerank_s"] = time.perf_counter() - t2
+    result.ranking = result.ranking[: options.top]
+    return chosen_list, weights.tolist(), result, timings
+
+
+def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
+            weights: np.ndarray, ranking: list[VolumeResult], options: QueryOptions,
+            embedder_id: str | None = None) -> list[VolumeResult]:
+    """Re-rank the first ``rerank_top`` volumes by ``method`` from their stored slice vectors,
+    fetched in ONE filtered scroll for all candidates (computed in medir: each point is one
+    slice, so a native multivector would need a second copy of every vector)."""
+    head, tail = ranking[: max(options.rerank_top, 1)], ranking[max(options.rerank_top, 1):]
+    ids = [r.volume_id for r in head]
+    slices: dict[str, list[tuple[float, np.ndarray]]] = {v: [] for v in ids}
+    must: dict[str, Any] = {"volume_id": ids if len(ids) > 1 else ids[0], **READY.must}
+    if embedder_id:
+        must["embedder"] = embedder_id
+    by_volume: dict[str, list[Record]] = {v: [] for v in ids}
+    for rec in store.scroll(coll, Filter(must), with_vectors=True):
+        by_volume.setdefault(str(rec.payload.get("volume_id")), []).append(rec)
+    # the live version of each candidate only (a re-ingest may briefly leave two ready)
+    for rec in (r for recs in by_volume.values() for r in live_records(recs)):
+        vid = str(rec.payload.get("volume_id"))
+        if rec.vector is not None and vid in slices:
+            z = rec.payload.get("z_mm")
+            slices[vid].append((float(z) if z is not None else float(rec.payload.get(
+                "slice", 0)), np.asarray(rec.vector, np.float32)))
+    candidates = []
+    for vid in ids:
+        rows = sorted(slices[vid], key=lambda t: t[0])
+        vecs = np.stack([v for _, v in rows]) if rows else np.zeros((0, query.shape[1]),
+                                                                    np.float32)
+        candidates.append((vecs, np.asarray([z for z, _ in rows], np.float64)))
+    scores = rerank_scores(method, query.astype(np.float32), query_z, candidates, weights)
+    order = rerank_order(scores)
+    out = []
+    for rank, i in enumerate(order, start=1):
+        head[i].rank, head[i].rerank_score = rank, scores[i]
+        out.append(head[i])
+    for rank, r in enumerate(tail, start=len(out) + 1):
+        r.rank = rank
+        out.append(r)
+    return out
 
 
 def search_volume(
@@ -270,5 +329,5 @@ def search_indexed(
 def _opts(options: QueryOptions) -> dict[str, Any]:
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
-            "exact": options.exact,
+            "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
             **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

@@ -46,6 +46,7 @@ class VolumeResult:
     matches: list[SliceMatch] = field(default_factory=list)
     # DICOM Study/Series UIDs, Modality, BodyPartExamined of the volume (display, viewer links)
     dicom: dict[str, str] = field(default_factory=dict)
+    rerank_score: float | None = None  # stage 2 (search.rerank), when a re-ranker ran
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
         d = asdict(self)
