@@ -135,3 +135,83 @@ def test_default_model_uses_torch_on_cuda_only() -> None:
     assert not cpu._uses_torch and not cpu.half  # type: ignore[attr-defined]
     assert not get_embedder("dinov2-s-onnx-int8", device="cpu")._uses_torch  # type: ignore[attr-defined]
     assert pk.DinoV2SmallOnnx.torch_on_cuda and not pk.DinoV2SmallOnnxInt8.torch_on_cuda
+
+
+# ---- store quantization, datatype, shards ---------------------------------------------------
+def _unit(n: int, dim: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _uid(i: int) -> str:
+    import uuid
+
+    return str(uuid.UUID(int=i + 1))
+
+
+def test_store_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medir.config import Settings
+
+    monkeypatch.setenv("MEDIR_STORE__QUANTIZATION", "int8")
+    monkeypatch.setenv("MEDIR_STORE__DATATYPE", "float16")
+    monkeypatch.setenv("MEDIR_STORE__SHARDS", "6")
+    monkeypatch.setenv("MEDIR_STORE__REPLICAS", "2")
+    s = Settings()
+    assert (s.store.quantization, s.store.datatype, s.store.shards, s.store.replicas) == (
+        "int8", "float16", 6, 2)
+    monkeypatch.setenv("MEDIR_STORE__QUANTIZATION", "int4")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+@pytest.mark.parametrize("quantization,datatype", [("int8", "float32"), ("none", "float16"),
+                                                   ("int8", "float16")])
+def test_edge_store_quantized_finds_the_same_neighbours(
+        tmp_path: Path, quantization: str, datatype: str) -> None:
+    from medir.config import StoreSettings
+    from search.store import SlicePoint
+    from search.store_edge import EdgeStore
+
+    data = _unit(3000, 64, 0)
+    queries = data[:50] + 0.05 * _unit(50, 64, 1)
+    storage = StoreSettings(quantization=quantization, datatype=datatype)  # type: ignore[arg-type]
+    with EdgeStore(tmp_path / "s", storage=storage) as store:
+        store.ensure_collection("medir_t", 64)
+        store.upsert("medir_t", [SlicePoint(id=_uid(i), vector=v, payload={"volume_id": str(i)})
+                                 for i, v in enumerate(data)])
+        store.optimize("medir_t")
+        approx = store.search_batch("medir_t", queries, k=1)
+        exact = store.search_batch("medir_t", queries, k=1, exact=True)
+        meta = (tmp_path / "s" / "medir_t" / "medir.json").read_text()
+    agree = np.mean([a[0].id == e[0].id for a, e in zip(approx, exact, strict=True)])
+    assert agree >= 0.9
+    assert [e[0].id for e in exact] == [_uid(i) for i in range(50)]
+    assert f'"quantization": "{quantization}"' in meta
+
+
+def test_server_collections_get_shards_and_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medir.config import StoreSettings
+    from search.store_qdrant import QdrantStore
+
+    store = QdrantStore(path=":memory:", storage=StoreSettings(
+        shards=6, replicas=2, quantization="int8", datatype="float16"))
+    seen: dict[str, object] = {}
+    real = store.client.create_collection
+
+    def spy(name: str, **kwargs: object) -> bool:
+        seen.update(kwargs)
+        kwargs.pop("shard_number", None)
+        kwargs.pop("replication_factor", None)
+        return bool(real(name, **kwargs))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.client, "create_collection", spy)
+    store.mode = "server"
+    store.ensure_collection("medir_x", 8)
+    assert seen["shard_number"] == 6 and seen["replication_factor"] == 2
+    q = seen["quantization_config"]
+    assert q is not None and q.scalar.type.value == "int8"  # type: ignore[attr-defined]
+    store.mode = "local"  # local mode: no cluster arguments
+    seen.clear()
+    store.ensure_collection("medir_y", 8)
+    assert "shard_number" not in seen
+    store.close()
