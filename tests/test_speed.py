@@ -175,7 +175,9 @@ def test_edge_store_quantized_finds_the_same_neighbours(
     data = _unit(3000, 64, 0)
     queries = data[:50] + 0.05 * _unit(50, 64, 1)
     storage = StoreSettings(quantization=quantization, datatype=datatype)  # type: ignore[arg-type]
-    with EdgeStore(tmp_path / "s", storage=storage) as store:
+    with EdgeStore(tmp_path / "s", storage=storage) as opened:
+        assert isinstance(opened, EdgeStore)
+        store = opened
         store.ensure_collection("medir_t", 64)
         store.upsert("medir_t", [SlicePoint(id=_uid(i), vector=v, payload={"volume_id": str(i)})
                                  for i, v in enumerate(data)])
