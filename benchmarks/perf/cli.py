@@ -105,6 +105,32 @@ def query_cmd(
     return results
 
 
+@app.command("query-latency")
+def query_latency_cmd(
+    out: OutOpt = Path("results/perf"),
+    models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
+    sampling: Annotated[list[str] | None, typer.Option(help="Samplings (repeatable).")] = None,
+    samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
+    index: Annotated[list[str] | None, typer.Option(help="File names to index.")] = None,
+    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
+        "ct_head_atlas_totalseg.nii.gz",
+    repeats: Annotated[int, typer.Option(help="Interleaved rounds.")] = 1,
+    batch_size: BatchOpt = 32,
+) -> dict[str, Any]:
+    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling."""
+    from benchmarks.perf.query_bench import bench_latency
+
+    model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
+    samplings = sampling or ["every-mm:7"]
+    files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
+    params = {"models": model_list, "sampling": samplings, "query": query,
+              "index": [f.name for f in files], "load_average_start": load_average()}
+    results = bench_latency(files, samples / query, model_list, samplings,
+                            lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats)
+    write_result(out, "query_latency", params, results)
+    return results
+
+
 @app.command("store")
 def store_cmd(
     out: OutOpt = Path("results/perf"),
