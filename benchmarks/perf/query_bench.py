@@ -61,7 +61,7 @@ def bench_latency(index_files: list[Path], query_file: Path, models: list[str],
             log(f"query latency: indexing {len(index_files)} files with {m}")
             ingest_paths(index_files, store, emb)
         times: dict[str, list[dict[str, float]]] = {}
-        for r in range(repeats):
+        for _ in range(repeats):
             for m, emb in embs.items():
                 for s in samplings:
                     t0 = time.perf_counter()
