@@ -217,3 +217,15 @@ def test_server_collections_get_shards_and_replicas(monkeypatch: pytest.MonkeyPa
     store.ensure_collection("medir_y", 8)
     assert "shard_number" not in seen
     store.close()
+
+
+def test_engine_spec_carries_store_quantization() -> None:
+    from benchmarks.indexes import StoreIndex, make_index
+    from medir.errors import ConfigError
+
+    idx = make_index("qdrant:m=16,efc=64,q=int8,os=3,dt=float16", 8)
+    assert isinstance(idx, StoreIndex)
+    assert idx.storage.quantization == "int8" and idx.storage.oversampling == 3.0
+    assert idx.spec.endswith(",q=int8,os=3,dt=float16")
+    with pytest.raises(ConfigError):
+        make_index("qdrant:q=int4", 8)
