@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from medir.config import HnswSettings
+from medir.config import HnswSettings, StoreSettings
 from medir.errors import ConfigError
 from search.store import SlicePoint, SliceStore, collection_name
 
@@ -218,8 +218,10 @@ class StoreIndex(VectorIndex):
     """
 
     def __init__(self, dim: int, engine: str = "edge", hnsw: HnswSettings | None = None,
-                 exact: bool = False, upsert_batch: int = 2048) -> None:
+                 exact: bool = False, upsert_batch: int = 2048,
+                 storage: StoreSettings | None = None) -> None:
         super().__init__(dim)
+        self.storage = storage or StoreSettings()
         if engine not in ("edge", "local"):
             raise ConfigError(f"unknown store engine {engine!r}; use edge or local")
         self.engine = engine
@@ -237,6 +239,11 @@ class StoreIndex(VectorIndex):
             return "qdrant-local" + (":exact" if self.exact else "")
         h = self.hnsw
         tail = ",exact" if self.exact else ""
+        st = self.storage
+        if st.quantization != "none":
+            tail += f",q={st.quantization},os={st.oversampling:g}"
+        if st.datatype != "float32":
+            tail += f",dt={st.datatype}"
         return f"qdrant:m={h.m},efc={h.ef_construct},ef={h.ef}{tail}"
 
     def _open(self) -> SliceStore:
@@ -244,10 +251,10 @@ class StoreIndex(VectorIndex):
             from search.store_edge import EdgeStore
 
             self._tmp = tempfile.mkdtemp(prefix="medir-bench-edge-")
-            return EdgeStore(self._tmp, hnsw=self.hnsw)
+            return EdgeStore(self._tmp, hnsw=self.hnsw, storage=self.storage)
         from search.store_qdrant import QdrantStore
 
-        return QdrantStore(path=":memory:", hnsw=self.hnsw)
+        return QdrantStore(path=":memory:", hnsw=self.hnsw, storage=self.storage)
 
     def _build(self, x: F32) -> None:
         store = self._store = self._open()
@@ -323,13 +330,18 @@ def make_index(spec: str, dim: int) -> VectorIndex:
             return HNSWIndex(dim, int(p.get("m", 32)), int(p.get("efc", 128)),
                              int(p.get("efs", 128)))
         if kind in ("qdrant", "qdrant-edge"):
-            _only(spec, p, {"m", "efc", "ef", "exact"})
+            _only(spec, p, {"m", "efc", "ef", "exact", "q", "os", "dt"})
             base = HnswSettings()
+            storage = StoreSettings(
+                quantization=p.get("q", "none"),  # type: ignore[arg-type]
+                oversampling=float(p.get("os", 2.0)),
+                datatype=p.get("dt", "float32"),  # type: ignore[arg-type]
+            )
             hnsw = HnswSettings(m=int(p.get("m", base.m)),
                                 ef_construct=int(p.get("efc", base.ef_construct)),
                                 ef=int(p.get("ef", base.ef)),
                                 full_scan_threshold_kb=base.full_scan_threshold_kb)
-            return StoreIndex(dim, "edge", hnsw, exact="exact" in p)
+            return StoreIndex(dim, "edge", hnsw, exact="exact" in p, storage=storage)
         if kind == "qdrant-local":
             _only(spec, p, {"exact"})
             return StoreIndex(dim, "local", exact="exact" in p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,12 +27,35 @@ class HnswSettings(BaseModel):
     full_scan_threshold_kb: int = Field(1024, ge=1)
 
 
+class StoreSettings(BaseModel):
+    """Vector storage of the Qdrant collections, server and embedded alike
+    (``MEDIR_STORE__QUANTIZATION=int8``, ``MEDIR_STORE__DATATYPE=float16``, …; docs/perf.md).
+
+    Applied when a collection is created; an existing collection keeps its configuration.
+    ``shards`` and ``replicas`` apply to a Qdrant server (cluster) only (docs/scaling.md)."""
+
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="Qdrant scalar quantization of the vectors (the HNSW search uses "
+        "the int8 codes, then rescores the oversampled candidates with the full vectors)")
+    quantile: float = Field(0.99, gt=0.5, le=1.0, description="int8 range: this quantile")
+    always_ram: bool = Field(True, description="keep the int8 codes in RAM")
+    rescore: bool = True
+    oversampling: float = Field(2.0, ge=1.0, description="candidates × k rescored")
+    datatype: Literal["float32", "float16"] = Field(
+        "float32", description="element type of the stored vectors")
+    on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
+    shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
+    replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
+
+
 class SearchSettings(BaseModel):
-    """Defaults of a volume query (the paper's: all slices, k=1, plain count vote)."""
+    """Defaults of a volume query: a slice every 7 mm (the paper: as good as all slices;
+    measured here, docs/perf.md: the same top volume as all slices on every leave-one-out
+    query, at 1/7 of the embedding on 1 mm CT), k=1, Gaussian-weighted vote."""
 
     k: int = Field(1, ge=1, le=1000)
     top: int = Field(10, ge=1)
-    sampling: str = "all"
+    sampling: str = "every-mm:7"
     weighting: str = "gaussian"
     sigma: float = Field(0.25, gt=0, description="Gaussian sigma as a fraction of the depth")
 
@@ -122,6 +146,7 @@ class Settings(BaseSettings):
     upsert_batch: int = Field(512, ge=1)
     intensity: str = Field("auto", description="auto | percentile | ct")
     hnsw: HnswSettings = HnswSettings()
+    store: StoreSettings = StoreSettings()
     search: SearchSettings = SearchSettings()
     ui: UiSettings = UiSettings()
     queue: QueueSettings = QueueSettings()

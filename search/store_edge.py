@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from medir.config import HnswSettings
+from medir.config import HnswSettings, StoreSettings
 from medir.errors import StoreUnavailable
 from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
 
@@ -44,10 +44,12 @@ class EdgeStore(SliceStore):
 
     mode = "embedded"
 
-    def __init__(self, path: str | Path, hnsw: HnswSettings | None = None) -> None:
+    def __init__(self, path: str | Path, hnsw: HnswSettings | None = None,
+                 storage: StoreSettings | None = None) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self.hnsw = hnsw or HnswSettings()
+        self.storage = storage or StoreSettings()
         self.path.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, qe.EdgeShard] = {}
 
@@ -62,9 +64,17 @@ class EdgeStore(SliceStore):
         return int(json.loads((self._dir(name) / _META).read_text())["dim"])
 
     def _config(self, dim: int) -> qe.EdgeConfig:
-        h = self.hnsw
+        h, st = self.hnsw, self.storage
+        quantization = None
+        if st.quantization == "int8":
+            quantization = qe.ScalarQuantizationConfig(
+                type=qe.ScalarType.Int8, quantile=st.quantile, always_ram=st.always_ram)
+        datatype = (qe.VectorStorageDatatype.Float16 if st.datatype == "float16"
+                    else qe.VectorStorageDatatype.Float32)
         return qe.EdgeConfig(
-            vectors={_VECTOR: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            vectors={_VECTOR: qe.EdgeVectorParams(
+                size=dim, distance=qe.Distance.Cosine, on_disk=st.on_disk, datatype=datatype,
+                quantization_config=quantization)},
             hnsw_config=qe.HnswIndexConfig(
                 m=h.m, ef_construct=h.ef_construct, full_scan_threshold=h.full_scan_threshold_kb
             ),
@@ -100,7 +110,8 @@ class EdgeStore(SliceStore):
         shard.flush()
         self._shards[name] = shard
         tmp = d / (_META + ".tmp")
-        tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge"}))
+        tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge",
+                                   "storage": self.storage.model_dump()}))
         tmp.replace(d / _META)  # the marker makes the collection visible, last
 
     def drop_collection(self, name: str) -> None:
@@ -166,7 +177,11 @@ class EdgeStore(SliceStore):
         payload_keys: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
         shard = self._shard(name)
-        ef = qe.SearchParams(hnsw_ef=max(self.hnsw.ef, k), exact=exact)
+        quant = None
+        if self.storage.quantization != "none" and not exact:
+            quant = qe.QuantizationSearchParams(rescore=self.storage.rescore,
+                                                oversampling=self.storage.oversampling)
+        ef = qe.SearchParams(hnsw_ef=max(self.hnsw.ef, k), exact=exact, quantization=quant)
         with_payload: Any = list(payload_keys) if payload_keys is not None else True
         edge_filter = to_edge_filter(flt)
         requests = [

@@ -12,7 +12,8 @@ def open_store(settings: Settings | None = None) -> SliceStore:
     if s.qdrant_url:
         from search.store_qdrant import QdrantStore
 
-        return QdrantStore(url=s.qdrant_url, api_key=s.qdrant_api_key, hnsw=s.hnsw)
+        return QdrantStore(url=s.qdrant_url, api_key=s.qdrant_api_key, hnsw=s.hnsw,
+                           storage=s.store)
     from search.store_edge import EdgeStore
 
-    return EdgeStore(s.store_path, hnsw=s.hnsw)
+    return EdgeStore(s.store_path, hnsw=s.hnsw, storage=s.store)

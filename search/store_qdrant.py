@@ -14,7 +14,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from medir.config import HnswSettings
+from medir.config import HnswSettings, StoreSettings
 from medir.errors import StoreUnavailable
 from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
 
@@ -84,8 +84,10 @@ class QdrantStore(SliceStore):
         path: str | None = None,
         hnsw: HnswSettings | None = None,
         timeout: int = 60,
+        storage: StoreSettings | None = None,
     ) -> None:
         self.hnsw = hnsw or HnswSettings()
+        self.storage = storage or StoreSettings()
         try:
             if url:
                 self.client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
@@ -114,13 +116,26 @@ class QdrantStore(SliceStore):
     def ensure_collection(self, name: str, dim: int) -> None:
         if self.client.collection_exists(name):
             return
-        h = self.hnsw
+        h, st = self.hnsw, self.storage
+        quantization = None
+        if st.quantization == "int8":
+            quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=st.quantile, always_ram=st.always_ram))
+        datatype = models.Datatype.FLOAT16 if st.datatype == "float16" else None
+        # Shards and replicas: a Qdrant cluster spreads and copies the collection's points over
+        # its nodes (docs/scaling.md); local mode and single nodes ignore them.
+        cluster: dict[str, Any] = {}
+        if self.mode == "server":
+            cluster = {"shard_number": st.shards, "replication_factor": st.replicas}
         self.client.create_collection(
             name,
-            vectors_config={_VECTOR: models.VectorParams(size=dim,
-                                                         distance=models.Distance.COSINE)},
+            vectors_config={_VECTOR: models.VectorParams(
+                size=dim, distance=models.Distance.COSINE, on_disk=st.on_disk or None,
+                datatype=datatype)},
             hnsw_config=models.HnswConfigDiff(m=h.m, ef_construct=h.ef_construct,
                                               full_scan_threshold=h.full_scan_threshold_kb),
+            quantization_config=quantization,
+            **cluster,
         )
         for key in INDEXED_KEYWORDS:
             self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
@@ -169,7 +184,12 @@ class QdrantStore(SliceStore):
         payload_keys: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
         qf = to_qdrant_filter(flt)
-        params = models.SearchParams(hnsw_ef=max(self.hnsw.ef, k), exact=exact)
+        quant = None
+        if self.storage.quantization != "none" and not exact:
+            quant = models.QuantizationSearchParams(rescore=self.storage.rescore,
+                                                    oversampling=self.storage.oversampling)
+        params = models.SearchParams(hnsw_ef=max(self.hnsw.ef, k), exact=exact,
+                                     quantization=quant)
         with_payload: Any = list(payload_keys) if payload_keys is not None else True
         requests = [
             models.QueryRequest(query=v.tolist(), using=_VECTOR, limit=k, filter=qf,

@@ -105,6 +105,32 @@ def query_cmd(
     return results
 
 
+@app.command("query-latency")
+def query_latency_cmd(
+    out: OutOpt = Path("results/perf"),
+    models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
+    sampling: Annotated[list[str] | None, typer.Option(help="Samplings (repeatable).")] = None,
+    samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
+    index: Annotated[list[str] | None, typer.Option(help="File names to index.")] = None,
+    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
+        "ct_head_atlas_totalseg.nii.gz",
+    repeats: Annotated[int, typer.Option(help="Interleaved rounds.")] = 1,
+    batch_size: BatchOpt = 32,
+) -> dict[str, Any]:
+    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling."""
+    from benchmarks.perf.query_bench import bench_latency
+
+    model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
+    samplings = sampling or ["every-mm:7"]
+    files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
+    params = {"models": model_list, "sampling": samplings, "query": query,
+              "index": [f.name for f in files], "load_average_start": load_average()}
+    results = bench_latency(files, samples / query, model_list, samplings,
+                            lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats)
+    write_result(out, "query_latency", params, results)
+    return results
+
+
 @app.command("store")
 def store_cmd(
     out: OutOpt = Path("results/perf"),
@@ -157,6 +183,77 @@ def memory_cmd(
                            gz=gz, workdir=workdir)
     write_result(out, "memory", params, results)
     return results
+
+
+@app.command("peak")
+def peak_cmd(
+    out: OutOpt = Path("results/perf"),
+    batch_size: BatchOpt = 16,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds per runner.")] = 3,
+    samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
+) -> dict[str, Any]:
+    """Matrix-multiply peak vs the default model's forward pass (float, int8, torch, ORT
+    options), interleaved in one run; fraction of peak = slices/s × FLOPs/slice ÷ peak."""
+    import numpy as np
+
+    from benchmarks.perf.peak import (
+        compare_forward,
+        matmul_peak,
+        onnx_session_variants,
+        vit_s14_flops,
+    )
+    from ingest.embedders import packaged as pk
+    from ingest.pipeline import _embed_prepared
+    from medir.config import get_settings
+
+    params = {"batch_size": batch_size, "rounds": rounds, "load_average_start": load_average()}
+    flops = vit_s14_flops(224)
+    peak_start = matmul_peak()
+    embs = {name: make_embedder(name, "cpu", batch_size)
+            for name in (DEFAULT_MODEL, "dinov2-s-onnx-int8", "dinov2-s-torch")}
+    x = _real_batch(samples, embs[DEFAULT_MODEL], batch_size)
+    runners: dict[str, Any] = {
+        name: (lambda xx, e=e: _embed_prepared(e, xx)) for name, e in embs.items()}
+    cache = get_settings().cache_dir / "onnx"
+    float_path = embs[DEFAULT_MODEL]._model_path(cache)  # type: ignore[attr-defined]
+    for label, path in (("float", float_path), ("int8", pk.quantized_onnx_path(float_path, cache))):
+        for variant, sess in onnx_session_variants(str(path)).items():
+            runners[f"ort-{label}-{variant}"] = (
+                lambda xx, s=sess: s.run([pk.DINOV2_CUT], {pk.DINOV2_INPUT: xx.numpy()}))
+    forward = compare_forward(runners, x, rounds=rounds)
+    peak_end = matmul_peak()
+    peak = max(peak_start["peak_gflops"], peak_end["peak_gflops"])
+    for row in forward.values():
+        row["gflops_per_s"] = row["slices_per_s"] * flops["gflops"]
+        row["fraction_of_fp32_peak"] = row["gflops_per_s"] / peak
+    results = {"flops_per_slice": flops, "matmul_start": peak_start, "matmul_end": peak_end,
+               "peak_gflops": peak, "forward": forward,
+               "input": {"slices": int(x.shape[0]), "from": "sample volumes"},
+               "note": "int8 rows are compared with the float32 GEMM peak"}
+    _ = np
+    write_result(out, "peak", params, results)
+    return results
+
+
+def _real_batch(samples: Path, emb: Any, n: int) -> Any:
+    """``n`` prepared slices from the sample volumes (evenly spaced), else random ones."""
+    import numpy as np
+    import torch
+
+    from ingest.preprocess import normalize_intensity, resolve_intensity
+    from ingest.reader import open_volume
+
+    files = sample_files(samples)
+    chunks = []
+    for path in files[: max(1, min(len(files), 4))]:
+        vf = open_volume(path)
+        vol = vf.read(0 if vf.is_4d else None)
+        norm = normalize_intensity(vol.data, resolve_intensity(vol.data, "auto"))
+        idx = np.linspace(0, vol.n_slices - 1, max(1, n // 4)).astype(int)
+        chunks.append(emb.prepare(np.ascontiguousarray(norm[idx])))
+    if not chunks:
+        return emb.prepare(torch.rand(n, 256, 256))
+    return torch.cat(chunks)[:n].contiguous()
 
 
 @app.command("all")

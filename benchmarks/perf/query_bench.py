@@ -43,3 +43,39 @@ def bench_queries(files: list[Path], query_file: Path, embedder: Embedder,
             }
             log(f"query {size}: {out['by_size'][size]}")
     return out
+
+
+def bench_latency(index_files: list[Path], query_file: Path, models: list[str],
+                  samplings: list[str], embedder_factory: Any, repeats: int = 1
+                  ) -> dict[str, Any]:
+    """End-to-end latency of one volume query (read + window + embed + k-NN + vote) per
+    (model, sampling), interleaved round by round; the store holds ``index_files`` embedded
+    with each model (one collection per model)."""
+    import time
+
+    out: dict[str, Any] = {"query": query_file.name, "rows": {}}
+    with tempfile.TemporaryDirectory(prefix="medir-perf-ql-") as tmp, \
+            EdgeStore(Path(tmp) / "store") as store:
+        embs = {m: embedder_factory(m) for m in models}
+        for m, emb in embs.items():
+            log(f"query latency: indexing {len(index_files)} files with {m}")
+            ingest_paths(index_files, store, emb)
+        times: dict[str, list[dict[str, float]]] = {}
+        for _ in range(repeats):
+            for m, emb in embs.items():
+                for s in samplings:
+                    t0 = time.perf_counter()
+                    vf = open_volume(query_file)
+                    vol = vf.read(0 if vf.is_4d else None)
+                    t_read = time.perf_counter() - t0
+                    res = search_volume(vol, store, emb,
+                                        QueryOptions(sampling=s, weighting="gaussian", k=1))
+                    total = time.perf_counter() - t0
+                    row = {"read_s": t_read, "total_s": total, "slices": len(res.chosen_slices),
+                           **res.timings}
+                    times.setdefault(f"{m}|{s}", []).append(row)
+                    log(f"query {m} {s}: {row}")
+        for key, rows in times.items():
+            out["rows"][key] = {k: statistics.median(float(x[k]) for x in rows) for k in rows[0]}
+            out["query_slices"] = vol.n_slices
+    return out
