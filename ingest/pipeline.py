@@ -377,15 +377,6 @@ def _reader(
         put(_Done(exc))
 
 
-def _embed_prepared(embedder: Embedder, x: torch.Tensor) -> np.ndarray:
-    """The forward half of :meth:`Embedder.embed` on an already prepared batch."""
-    if embedder.half:
-        x = x.half()
-    y = embedder._forward(x).float()  # the template method; prepare() was done per chunk
-    y = torch.nn.functional.normalize(y.reshape(y.shape[0], -1), dim=1)
-    return y.cpu().numpy()
-
-
 def ingest_paths(
     paths: Iterable[str | Path | VolumeSource],
     store: SliceStore,
@@ -500,7 +491,7 @@ def ingest_paths(
             with torch.inference_mode():
                 parts = [c.x if c.prepared else embedder.prepare(c.x) for c in chunks]
                 x = parts[0] if len(parts) == 1 else torch.cat(parts)
-                y = _embed_prepared(embedder, x)
+                y = embedder.forward(x)
         except MedirError as exc:  # e.g. the model cannot run: these volumes fail, others go on
             for seq in dict.fromkeys(c.seq for c in chunks):
                 fail(volumes[seq], exc)

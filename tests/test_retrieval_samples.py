@@ -3,8 +3,8 @@
 Leave-one-case-out: every indexed sample volume queries the volumes of the *other* cases; the
 query's whole case is left out, so the other volume of the same 4D case (same patient, same
 session) cannot answer it. Measured with dinov2-s-onnx, all slices, k=1, Gaussian weighting:
-see docs/quality.md, "The demo collection". Three volumes are the only one of their class (CT abdomen,
-MR abdomen, CT head), so modality+region cannot exceed 8/11.
+see docs/quality.md, "The demo collection". Three volumes are the only one of their class
+(CT abdomen, MR abdomen, CT head), so modality+region cannot exceed 8/11.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import torch
 
 from benchmarks.perf.common import log
 from ingest.embedders import Embedder
-from ingest.pipeline import _embed_prepared
 
 
 def forward_only(embedder: Embedder, batches: int = 8, warmup: int = 1,
@@ -26,11 +25,11 @@ def forward_only(embedder: Embedder, batches: int = 8, warmup: int = 1,
     with torch.inference_mode():
         x = embedder.prepare(raw)
         for _ in range(warmup):
-            _embed_prepared(embedder, x)
+            embedder.forward(x)
         times: list[float] = []
         for i in range(batches):
             t0 = time.perf_counter()
-            _embed_prepared(embedder, x)
+            embedder.forward(x)
             times.append(time.perf_counter() - t0)
             if (i + 1) % max(1, batches // 4) == 0:
                 log(f"ceiling {embedder.name}: batch {i + 1}/{batches}")

@@ -203,7 +203,6 @@ def peak_cmd(
         vit_s14_flops,
     )
     from ingest.embedders import packaged as pk
-    from ingest.pipeline import _embed_prepared
     from medir.config import get_settings
 
     params = {"batch_size": batch_size, "rounds": rounds, "load_average_start": load_average()}
@@ -213,7 +212,7 @@ def peak_cmd(
             for name in (DEFAULT_MODEL, "dinov2-s-onnx-int8", "dinov2-s-torch")}
     x = _real_batch(samples, embs[DEFAULT_MODEL], batch_size)
     runners: dict[str, Any] = {
-        name: (lambda xx, e=e: _embed_prepared(e, xx)) for name, e in embs.items()}
+        name: (lambda xx, e=e: e.forward(xx)) for name, e in embs.items()}
     cache = get_settings().cache_dir / "onnx"
     float_path = embs[DEFAULT_MODEL]._model_path(cache)  # type: ignore[attr-defined]
     for label, path in (("float", float_path), ("int8", pk.quantized_onnx_path(float_path, cache))):

@@ -1,9 +1,13 @@
 """The embedder contract: (N, H, W) slices in [0, 1] → (N, dim) L2-normalised float32.
 
-Subclasses fill two template methods (../shared/STYLE.md items 1–2):
+Callers use three public methods: :meth:`Embedder.embed` (slices → unit vectors), or its two
+halves :meth:`Embedder.prepare` (slices → model input on the device) and
+:meth:`Embedder.forward` (prepared input → unit vectors), which the bulk pipeline runs on
+different threads. Subclasses fill two template methods:
 
 - ``_load()`` builds the network and loads its weights (lazily, on first use, never at import;
   raises :class:`~medir.errors.ModelUnavailable` naming the missing files and where to put them);
+  the torch families build their ``nn.Module`` in one hook, ``_build``;
 - ``_forward(batch)`` maps a normalised (B, 3, S, S) tensor on ``self.device`` to (B, D).
 
 The base class does the rest: device choice (cuda → mps → cpu), half precision on CUDA,
@@ -131,18 +135,23 @@ class Embedder(ABC):
         return to_model_input(t.float(), self.info.input_size, self.info.mean, self.info.std)
 
     @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """One batch of :meth:`prepare`'s output → (B, dim) unit float32 (no re-batching)."""
+        self.load()
+        if self.half:
+            x = x.half()
+        y = self._forward(x).float()
+        y = torch.nn.functional.normalize(y.reshape(y.shape[0], -1), dim=1)
+        return y.cpu().numpy()
+
+    @torch.inference_mode()
     def embed(self, slices: np.ndarray | torch.Tensor) -> np.ndarray:
         """Embed (N, H, W) slices with values in [0, 1]; returns (N, dim) unit float32."""
         self.load()
         n = int(slices.shape[0])
         out = np.empty((n, self.dim), dtype=np.float32)
         for start, stop in _batches(n, self.batch_size):
-            x = self.prepare(slices[start:stop])
-            if self.half:
-                x = x.half()
-            y = self._forward(x).float()
-            y = torch.nn.functional.normalize(y.reshape(y.shape[0], -1), dim=1)
-            out[start:stop] = y.cpu().numpy()
+            out[start:stop] = self.forward(self.prepare(slices[start:stop]))
         return out
 
     # ---- template methods -------------------------------------------------------------------

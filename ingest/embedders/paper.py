@@ -72,8 +72,9 @@ class PaperEmbedder(Embedder):
     """Shared behaviour: weight lookup, eval mode, device, half precision, batch size.
 
     Subclasses give ``expected_files`` (shown in errors and ``medir models``), :meth:`locate`
-    (where the weights are, without loading), :meth:`build` (the network with weights, on the
-    CPU in float32), :meth:`_forward` and :meth:`prepare_weights`.
+    (where the weights are, without loading), :meth:`_build` (the network with weights, on
+    the CPU in float32; the same hook name as the packaged torch models), :meth:`_forward`
+    and :meth:`prepare_weights`.
     """
 
     expected_files: ClassVar[tuple[str, ...]] = ()
@@ -104,7 +105,7 @@ class PaperEmbedder(Embedder):
         path = self.locate(download=downloads_allowed())
         if path is None:
             raise unavailable(self.name, self.local_dir, self.expected_files, self.missing_hint())
-        self._install(self.build(path))
+        self._install(self._build(path))
 
     def missing_hint(self) -> str:
         """Extra advice for the missing-weights error."""
@@ -123,7 +124,7 @@ class PaperEmbedder(Embedder):
         """The directory holding usable weights, or None. ``download`` may fetch from the Hub."""
 
     @abstractmethod
-    def build(self, path: Path) -> nn.Module:
+    def _build(self, path: Path) -> nn.Module:
         """The network with the weights found in ``path`` (CPU, float32)."""
 
     @classmethod
@@ -180,7 +181,7 @@ class HFBackbone(PaperEmbedder):
     def _width(self, cfg: dict[str, Any]) -> int:
         return int(cfg.get("hidden_size", -1))
 
-    def build(self, path: Path) -> nn.Module:
+    def _build(self, path: Path) -> nn.Module:
         self._check_config(path)
         try:
             model, info = self._from_pretrained(path)
@@ -377,7 +378,7 @@ class RadImageNetSwin(HFBackbone):
         with tempfile.TemporaryDirectory() as tmp:
             config.save_pretrained(tmp)
             save_file({k: v.contiguous() for k, v in hf_sd.items()}, f"{tmp}/model.safetensors")
-            cls(device="cpu").build(Path(tmp))  # refuses missing or misshapen tensors
+            cls(device="cpu")._build(Path(tmp))  # refuses missing or misshapen tensors
             dest.mkdir(parents=True, exist_ok=True)
             for n in (HF_CONFIG, "model.safetensors"):
                 shutil.copyfile(Path(tmp) / n, dest / n)
@@ -510,7 +511,7 @@ class _DreamSimBase(PaperEmbedder):
     def locate(self, download: bool = False) -> Path | None:
         return self.local_dir if not self._required(self.local_dir) else None
 
-    def build(self, path: Path) -> nn.Module:
+    def _build(self, path: Path) -> nn.Module:
         missing = self._required(path)
         if missing:
             raise unavailable(self.name, path, missing, self.hint)
@@ -685,7 +686,7 @@ class RadImageNetResNet50(PaperEmbedder):
     def locate(self, download: bool = False) -> Path | None:
         return self.local_dir if self._weights_file(self.local_dir) is not None else None
 
-    def build(self, path: Path) -> nn.Module:
+    def _build(self, path: Path) -> nn.Module:
         f = self._weights_file(path)
         if f is None:
             raise unavailable(self.name, path, self.expected_files, self.hint)
