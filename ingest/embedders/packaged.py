@@ -493,24 +493,34 @@ def extracted_onnx_path(source: Path, source_sha256: str, cache_dir: Path) -> Pa
     """
     cut_tag = hashlib.sha256(DINOV2_CUT.encode()).hexdigest()[:8]
     target = cache_dir / f"vit_s_focus-{source_sha256}-{cut_tag}.onnx"
+
+    def extract(tmp: Path) -> None:
+        import onnx.utils
+
+        onnx.utils.extract_model(str(source), str(tmp), [DINOV2_INPUT], [DINOV2_CUT])
+        log.info("extracted the DINOv2 backbone of %s to %s", source, target)
+
+    return _cached_file(target, _extract_lock, extract)
+
+
+def _cached_file(target: Path, lock: threading.Lock, write: Callable[[Path], None]) -> Path:
+    """``target``, written once by ``write(tmp)`` into a temporary file renamed into place, so
+    concurrent workers never read a half-written file."""
     if target.is_file():
         return target
-    import onnx.utils
-
-    with _extract_lock:
+    with lock:
         if target.is_file():
             return target
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".extract-", suffix=".onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".onnx")
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            onnx.utils.extract_model(str(source), str(tmp), [DINOV2_INPUT], [DINOV2_CUT])
+            write(tmp)
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; other workers may run as other users
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        log.info("extracted the DINOv2 backbone of %s to %s", source, target)
     return target
 
 
@@ -666,31 +676,15 @@ def quantized_onnx_path(float_path: Path, cache_dir: Path) -> Path:
     Written to a temporary file and renamed into place, like :func:`extracted_onnx_path`.
     """
     target = cache_dir / f"{float_path.stem}-{INT8_RECIPE}.onnx"
-    if target.is_file():
-        return target
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quantize_lock:
-        if target.is_file():
-            return target
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".quantize-", suffix=".onnx")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            quantize_dynamic(
-                str(float_path),
-                str(tmp),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul"],
-            )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def quantize(tmp: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8,
+                         per_channel=True, op_types_to_quantize=["MatMul"])
         log.info("quantized %s to int8 at %s", float_path, target)
-    return target
+
+    return _cached_file(target, _quantize_lock, quantize)
 
 
 @register
