@@ -21,10 +21,11 @@ DEFAULT_MODEL = "dinov2-s-onnx"
 class HnswSettings(BaseModel):
     """HNSW graph parameters of the Qdrant collections (server and embedded alike)."""
 
-    m: int = Field(16, ge=4, le=128)
-    ef_construct: int = Field(128, ge=8)
+    m: int = Field(16, ge=4, le=128, description="HNSW links per node")
+    ef_construct: int = Field(128, ge=8, description="HNSW candidate list while building")
     ef: int = Field(128, ge=8, description="hnsw_ef at query time")
-    full_scan_threshold_kb: int = Field(1024, ge=1)
+    full_scan_threshold_kb: int = Field(
+        1024, ge=1, description="segments below this size are searched exactly")
 
 
 class StoreSettings(BaseModel):
@@ -39,7 +40,7 @@ class StoreSettings(BaseModel):
         "the int8 codes, then rescores the oversampled candidates with the full vectors)")
     quantile: float = Field(0.99, gt=0.5, le=1.0, description="int8 range: this quantile")
     always_ram: bool = Field(True, description="keep the int8 codes in RAM")
-    rescore: bool = True
+    rescore: bool = Field(True, description="re-score int8 candidates with the full vectors")
     oversampling: float = Field(2.0, ge=1.0, description="candidates × k rescored")
     datatype: Literal["float32", "float16"] = Field(
         "float32", description="element type of the stored vectors")
@@ -53,16 +54,19 @@ class SearchSettings(BaseModel):
     measured here, docs/perf.md: the same top volume as all slices on every leave-one-out
     query, at 1/7 of the embedding on 1 mm CT), k=1, Gaussian-weighted vote."""
 
-    k: int = Field(1, ge=1, le=1000)
-    top: int = Field(10, ge=1)
-    sampling: str = "every-mm:7"
-    weighting: str = "gaussian"
+    k: int = Field(1, ge=1, le=1000, description="nearest slices per query slice")
+    top: int = Field(10, ge=1, description="volumes in the ranking")
+    sampling: str = Field(
+        "every-mm:7", description="all | every-n:N | every-mm:X | random:K[:SEED]")
+    weighting: str = Field("gaussian", description="none | gaussian[:SIGMA]")
     sigma: float = Field(0.25, gt=0, description="Gaussian sigma as a fraction of the depth")
 
 
 class UiSettings(BaseModel):
-    upload_limit_mb: int = Field(1024, ge=1)
-    ingest_roots: list[Path] = Field(default_factory=lambda: [Path("data")])
+    upload_limit_mb: int = Field(1024, ge=1, description="largest UI upload")
+    ingest_roots: list[Path] = Field(
+        default_factory=lambda: [Path("data")],
+        description="server folders the UI may ingest from (a security boundary)")
 
 
 class LimitsSettings(BaseModel):
@@ -92,7 +96,7 @@ class QueueSettings(BaseModel):
         3, ge=1, description="deliveries of one task before it fails as a poison message "
         "(a volume that kills its worker)")
     retry_backoff: float = Field(2.0, gt=0, description="first retry delay, doubled each time")
-    retry_backoff_max: float = Field(300.0, gt=0)
+    retry_backoff_max: float = Field(300.0, gt=0, description="longest retry delay")
     result_expires: int = Field(7 * 24 * 3600, ge=60, description="seconds results are kept")
     job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
     search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
@@ -108,8 +112,8 @@ class PacsSettings(BaseModel):
     """
 
     url: str | None = Field(None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
-    username: str | None = None
-    password: SecretStr | None = None
+    username: str | None = Field(None, description="basic auth user")
+    password: SecretStr | None = Field(None, description="basic auth password (never shown)")
     token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     viewer_url_template: str | None = Field(
@@ -131,19 +135,22 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Path("data")
-    cache_dir: Path = Path.home() / ".cache" / "medir"
-    weights_dir: Path = Path("models")
-    store_path: Path = Path("data/store")
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    redis_url: str | None = None
+    data_dir: Path = Field(Path("data"), description="samples (data/samples), UI uploads")
+    cache_dir: Path = Field(Path.home() / ".cache" / "medir",
+                            description="downloaded packages, extracted and quantized ONNX graphs")
+    weights_dir: Path = Field(Path("models"),
+                              description="weights of the paper's models, <dir>/<model>/")
+    store_path: Path = Field(Path("data/store"), description="embedded store folder")
+    qdrant_url: str | None = Field(None, description="use this Qdrant server instead")
+    qdrant_api_key: str | None = Field(None, description="its API key (never shown)")
+    redis_url: str | None = Field(
+        None, description="Celery broker: set, the CLI and the UI go through the queue")
     require_secrets: bool = Field(
         False, description="refuse to start without strong secrets (docker-compose sets it)")
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    batch_size: int = Field(32, ge=1)
-    upsert_batch: int = Field(512, ge=1)
+    model: str = Field(DEFAULT_MODEL, description="embedding model (medir models)")
+    device: str = Field("auto", description="auto (cuda, mps, cpu) | cuda | cuda:N | cpu")
+    batch_size: int = Field(32, ge=1, description="slices per forward pass")
+    upsert_batch: int = Field(512, ge=1, description="points per upsert request")
     intensity: str = Field("auto", description="auto | percentile | ct")
     hnsw: HnswSettings = HnswSettings()
     store: StoreSettings = StoreSettings()

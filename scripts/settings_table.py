@@ -25,6 +25,13 @@ where a command, the UI or a worker starts, and passed down. This page is genera
 """
 
 
+FOOTER = """
+Two more are read from the environment where they act, not through the settings class yet:
+`MEDIR_PLUGINS` (comma-separated modules that register your own embedders) and
+`MEDIR_ALLOW_DOWNLOADS=1` (lets the paper models' loaders download from Hugging Face).
+"""
+
+
 def _default(value: Any) -> str:
     if value is None:
         return "unset"
@@ -51,4 +58,4 @@ def rows(model: type[BaseModel], prefix: str = "MEDIR_") -> list[str]:
 
 
 if __name__ == "__main__":
-    print(HEADER + "\n".join(rows(Settings)))
+    print(HEADER + "\n".join(rows(Settings)) + "\n" + FOOTER)
