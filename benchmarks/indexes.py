@@ -6,7 +6,7 @@ their cosine similarity (= inner product of unit vectors), best first, padded wi
 FAISS LSH ranks by Hamming distance between binary codes; its reported scores are the true
 cosines of the rows it returned (so scores are comparable between engines), in LSH's order.
 
-Specs are short strings, so a grid lives in a config file (``../shared/STYLE.md`` item 6):
+Specs are short strings, so a grid lives in a config file (benchmarks/configs/):
 
 - ``flat``: ``faiss.IndexFlatIP``, exact;
 - ``lsh[:nbits=N]``: ``faiss.IndexLSH`` with a random rotation, N bits (default 2·dim);

@@ -7,7 +7,7 @@ changed file (or another model version or intensity mode, or ``force``) is embed
 generation that becomes ready before the old one is retired, so the volume is never missing.
 A failure removes only the new generation's pending points.
 
-Bulk ingest (:func:`ingest_paths`) is a two-role pipeline (../shared/STYLE.md item 9):
+Bulk ingest (:func:`ingest_paths`) is a two-role pipeline, each role timed:
 
 - a **reader** thread opens each file once, reads its volumes one at a time (a 4D file through
   one persistent file handle, so a ``.gz`` is decompressed once, front to back), windows the

@@ -1,6 +1,6 @@
 """The Celery app, configured from settings: broker and result backend on ``MEDIR_REDIS_URL``.
 
-Reliability settings (../shared/DESIGN.md, "Celery GPU safety"):
+Reliability settings (why GPU workers are safe with Celery: docs/queue.md):
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only after it
   finished, so a worker killed mid-volume leaves its message to be delivered again; the
