@@ -2,8 +2,9 @@
 
 None of these is one of the paper's models; they exist so that medir indexes real volumes on a
 fresh machine without a model hub (docs/models.md lists them with their packages). Each
-model pins the package version and the sha256 of its weight file; the short hash is part
-of :attr:`ModelInfo.version`, hence of every stored point's embedder id, so a re-index with other weights is visible. Loading checks the hash and refuses other weights.
+model pins the package version and the sha256 of its weight file; the short hash is part of
+:attr:`ModelInfo.version`, hence of every stored point's embedder id, so a re-index with
+other weights is visible. Loading checks the hash and refuses other weights.
 
 =========================== ============ ===== ====== =============================================
 name                        dim          input mean   package
