@@ -146,8 +146,8 @@ def test_a_sample_collection_through_the_queue(
 def test_d_search_task_matches_in_process(
         sample_run: SampleRun, samples_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ingest.queue.submit import submit_search
+    from runner.local import LocalRunner
     from search.query import QueryOptions
-    from search.service import search_in_process
     from search.store import collection_name
     from search.store_edge import EdgeStore
 
@@ -168,7 +168,7 @@ def test_d_search_task_matches_in_process(
     run.worker.stop()  # the embedded store is single-process: hand it to this process
     assert not run.worker.alive
     for (v, b, o), remote in zip(queries, via_queue, strict=True):
-        local = search_in_process(v, DEFAULT_MODEL, o, by_id=b)
+        local = LocalRunner(get_settings()).search(v, o, model=DEFAULT_MODEL, by_id=b)
         key = ["volume_id", "votes", "hits"]
         assert [[r[k] for k in key] for r in remote["ranking"]] == \
                [[r[k] for k in key] for r in local["ranking"]], v
@@ -460,7 +460,7 @@ def test_fair_lock_serves_waiters_in_order() -> None:
     holds the lock until the query thread is queued on it, whatever the machine's load."""
     import threading
 
-    from ingest.queue.tasks import FairLock
+    from runner.local import FairLock
 
     lock = FairLock()
     order: list[str] = []

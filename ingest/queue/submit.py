@@ -109,6 +109,33 @@ def expand_files(sources: Sequence[VolumeSource | Path],
     return jobs
 
 
+def submit_jobs(
+    files: Sequence[VolumeSource | Path],
+    model: str,
+    labels: Mapping[str, Mapping[str, str]] | None,
+    *,
+    intensity: str,
+    force: bool = False,
+    redis_url: str | None = None,
+) -> list[VolumeJob]:
+    """Submit one ``ingest_volume`` task per 3D volume of ``files``; returns the jobs (their
+    ``task_id`` is the job id ``medir jobs`` and the job records know)."""
+    from ingest.queue.jobs import Job, job_store
+
+    app = _app()
+    jobs = expand_files(files, labels)
+    records = job_store(redis_url)
+    for j in jobs:
+        records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
+                           model=model))
+        app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
+            "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
+            "intensity": intensity, "volume_id": j.volume_id, "force": force,
+            "files": j.files,
+        })
+    return jobs
+
+
 def submit_ingest(
     files: Sequence[VolumeSource | Path],
     model: str,
@@ -117,25 +144,14 @@ def submit_ingest(
     wait: bool,
     console: Console,
     force: bool = False,
+    intensity: str | None = None,
 ) -> bool:
     """Submit one ``ingest_volume`` task per 3D volume; follow them unless ``wait`` is false.
 
     Returns True when every task succeeded (or, without waiting, when all were submitted).
     """
-    from ingest.queue.jobs import Job, job_store
-
-    app = _app()
-    jobs = expand_files(files, labels)
-    records = job_store()
-    settings = get_settings()
-    for j in jobs:
-        records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
-                           model=model))
-        app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
-            "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
-            "intensity": settings.intensity, "volume_id": j.volume_id, "force": force,
-            "files": j.files,
-        })
+    jobs = submit_jobs(files, model, labels, intensity=intensity or get_settings().intensity,
+                       force=force)
     console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
                   f"{INGEST_QUEUE!r} (model {model})", highlight=False)
     if not wait:
@@ -143,7 +159,7 @@ def submit_ingest(
             console.print(f"  {j.task_id}  {j.volume_id}", highlight=False)
         console.print("follow them with: medir jobs", highlight=False)
         return True
-    return follow(app, jobs, console)
+    return follow(_app(), jobs, console)
 
 
 def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
