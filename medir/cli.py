@@ -117,7 +117,7 @@ def ingest(
         if len(pacs_sources) != len(paths):
             raise MedirError("give either PACS sources or files/folders, not both")
         from ingest.dicomweb import QidoFilters
-        from ingest.pacs_cli import ingest_from_pacs
+        from medir.cli_pacs import ingest_from_pacs
 
         qido = QidoFilters(study_uid=study, series_uid=series, modality=modality,
                            date_from=date_from, date_to=date_to, body_part=body_part)
@@ -426,7 +426,7 @@ def follow(
     interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
-    from ingest.pacs_cli import follow_pacs
+    from medir.cli_pacs import follow_pacs
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
@@ -435,7 +435,7 @@ def follow(
 
 _mount("models", "ingest.embedders.models_cli", "List models and install their weights.")
 _mount("bench", "benchmarks.cli", "Benchmarks: the paper's grid, engines, performance.")
-_mount("jobs", "ingest.queue.jobs_cli", "Background jobs on the Celery queue.")
+_mount("jobs", "runner.queue.jobs_cli", "Background jobs on the Celery queue.")
 
 
 @app.command()
@@ -449,7 +449,7 @@ def worker(
 ) -> None:
     """Run a Celery worker that owns the model (and the embedded store)."""
     try:
-        from ingest.queue.worker import run_worker
+        from runner.queue.worker import run_worker
     except ModuleNotFoundError as exc:
         raise MedirError(f"the queue is not available in this build ({exc})") from None
     run_worker(queues=queues, device=device, pool=pool, concurrency=concurrency,

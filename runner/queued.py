@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ingest.collection import VolumeSource
-    from ingest.queue.submit import VolumeJob
+    from runner.queue.submit import VolumeJob
     from search.query import QueryOptions
     from search.volumes import VolumeInfo
 
@@ -54,7 +54,7 @@ class QueueRunner(Runner):
                progress: ProgressFn | None = None,
                on_report: ReportFn | None = None) -> IngestOutcome:
         """Submit one job per 3D volume; returns their ids at once (``follow`` waits)."""
-        from ingest.queue.submit import submit_jobs
+        from runner.queue.submit import submit_jobs
 
         jobs = submit_jobs(list(sources), options.model, options.labels,
                            intensity=options.intensity, force=options.force,
@@ -70,14 +70,14 @@ class QueueRunner(Runner):
     def follow(self, ids: Sequence[str], console: Console) -> bool:
         """Show the progress of jobs this runner submitted until all finished; True when every
         one succeeded."""
-        from ingest.queue.app import get_app
-        from ingest.queue.submit import follow
+        from runner.queue.app import get_app
+        from runner.queue.submit import follow
 
         return follow(get_app(), [self._submitted[i] for i in ids], console)
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
-        from ingest.queue.submit import submit_search
+        from runner.queue.submit import submit_search
 
         options.parsed()  # a bad option fails here, not in the worker
         return submit_search(query, model, options, by_id=by_id, index_4d=index_4d)
@@ -85,7 +85,7 @@ class QueueRunner(Runner):
     def stats(self) -> dict[str, Any]:
         if not self.owns_store:
             return self._local.stats()
-        from ingest.queue.submit import submit_stats
+        from runner.queue.submit import submit_stats
 
         return submit_stats()
 
@@ -101,7 +101,7 @@ class QueueRunner(Runner):
 
     def jobs(self, ids: Sequence[str]) -> list[JobState]:
         """Each job's state from its record (an id without a record reads as PENDING)."""
-        from ingest.queue.jobs import job_store
+        from runner.queue.jobs import job_store
 
         store = job_store(self.settings.redis_url)
         out = []
@@ -117,7 +117,7 @@ class QueueRunner(Runner):
 
     def workers_alive(self) -> bool:
         """Whether any worker answers a ping."""
-        from ingest.queue.app import get_app
+        from runner.queue.app import get_app
 
         try:
             return bool(get_app().control.ping(timeout=1.0))

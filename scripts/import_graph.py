@@ -3,7 +3,8 @@
     python scripts/import_graph.py [--edges] [ROOT]
 
 Reads every ``.py`` under the first-party packages with :mod:`ast` (nothing is imported), so
-it also sees imports made inside functions (lazy imports count: they are a dependency too).
+it also sees imports made inside functions (lazy imports count: they are a dependency too);
+imports under ``if TYPE_CHECKING:`` are left out (annotations only, never run).
 Prints the package → package edges, the number of modules and edges, and every cycle between
 modules (strongly connected components of more than one module). Exits 1 when there is a cycle.
 """
@@ -34,9 +35,30 @@ def resolve(name: str, modules: set[str]) -> str | None:
     return None
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those inside ``if TYPE_CHECKING:`` blocks."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if _is_type_checking(node):
+            assert isinstance(node, ast.If)
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def imports_of(tree: ast.AST, me: str, is_pkg: bool) -> set[str]:
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -15,7 +15,7 @@ same store path refuses to start instead of failing every task.
 
 Failures: :class:`~medir.errors.StoreUnavailable` and connection errors are retried with
 exponential backoff; any other :class:`~medir.errors.MedirError` (a bad file, an unknown model,
-missing weights) fails the task at once as :class:`~ingest.queue.TaskFailed` with its message.
+missing weights) fails the task at once as :class:`~runner.queue.TaskFailed` with its message.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from ingest.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 from medir.config import Settings, get_settings
 from medir.errors import MedirError, StoreUnavailable
+from runner.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 
 if TYPE_CHECKING:
     from runner.local import LocalRunner
@@ -137,8 +137,8 @@ def _on_worker_init(**_: Any) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """Heartbeat, claims and the sweep that resumes dead workers' volumes (recovery.py)."""
-    from ingest.queue.app import queue_settings
-    from ingest.queue.recovery import start_recovery
+    from runner.queue import queue_settings
+    from runner.queue.recovery import start_recovery
 
     s = get_settings()
     app = getattr(sender, "app", None)
@@ -154,7 +154,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @task_received.connect
 def _on_task_received(request: Any = None, **_: Any) -> None:
-    from ingest.queue.recovery import current
+    from runner.queue.recovery import current
 
     rec = current()
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
@@ -178,7 +178,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    from ingest.queue.recovery import stop_recovery
+    from runner.queue.recovery import stop_recovery
 
     stop_recovery()
     close_worker_state()
@@ -195,7 +195,7 @@ def _mask_logs(**_: Any) -> None:
 
 # ---- task bodies ---------------------------------------------------------------------------
 def _jobs() -> Any:
-    from ingest.queue.jobs import job_store
+    from runner.queue.jobs import job_store
 
     try:
         return job_store()
@@ -216,7 +216,7 @@ def _refuse_poison(task: Task) -> None:
     """A message delivered more than ``MEDIR_QUEUE__MAX_DELIVERIES`` times killed the worker
     that ran it each time (OOM, SIGKILL, a crash in native code): fail it, with the reason,
     instead of redelivering it forever. A retry is a new message and starts a new count."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     if task.name == STATS_TASK or not task.request.id:
         return
@@ -236,7 +236,7 @@ def _refuse_poison(task: Task) -> None:
 
 def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
     """Run a task body with medir's failure policy and job-record bookkeeping."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     _refuse_poison(task)
     _record(task, state="STARTED", started=time.time(), kind=kind,
