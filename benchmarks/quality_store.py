@@ -11,16 +11,18 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.quality import Database
 from ingest.embedders.base import Embedder
 from ingest.pipeline import _open_collection, _write_volume
 from ingest.volume import Volume
 from search.query import QueryOptions, search_indexed
 from search.store_edge import EdgeStore
+
+if TYPE_CHECKING:
+    from benchmarks.quality import Database
 
 
 def store_query_times(db: Database, embedder: Embedder, reranks: Sequence[str] = (

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.reader import VolumeFile, case_id_of
 from medir.errors import VolumeError
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -81,7 +80,9 @@ class _SitkPixels:
         return np.asarray(arr[index])  # type: ignore[call-overload]
 
 
-def open_metaimage(p: Path) -> VolumeFile:
+def read_metaimage_header(p: Path) -> tuple[str, tuple[int, ...], np.ndarray, _SitkPixels]:
+    """The content hash, size, RAS affine and lazy pixel reader of a MetaImage file (the
+    header only is read here; :func:`ingest.reader.open_volume` makes the VolumeFile)."""
     import SimpleITK as sitk
 
     data_file = data_file_of(p) if p.name.lower().endswith(".mhd") else None
@@ -113,7 +114,7 @@ def open_metaimage(p: Path) -> VolumeFile:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeError(p, "degenerate orientation (TransformMatrix)")
     sha = _sha256([p] + ([data_file] if data_file else []))
-    return VolumeFile(p, case_id_of(p), sha, size, affine, _SitkPixels(p))
+    return sha, size, affine, _SitkPixels(p)
 
 
 def _sha256(files: list[Path]) -> str:

@@ -1,19 +1,16 @@
-"""Ingest PACS series (:class:`ingest.dicomweb.PacsSeries`) in-process or through the queue.
+"""Ingest PACS series (:class:`ingest.dicomweb.PacsSeries`) in this process.
 
 In-process, series are handled one at a time: a cheap QIDO-RS check skips a series already
 indexed with the same instances, otherwise it is retrieved (WADO-RS, in memory), read and
 indexed with :func:`ingest.pipeline.index_volume` (idempotent: content hash + embedder), and
-its datasets are released before the next series is retrieved. With the queue on, each series
-is one ``ingest_volume`` task whose ``path`` is the series' source URL (no credentials: the
-worker authenticates with its own settings).
+its datasets are released before the next series is retrieved. Through the queue each series
+is one ``ingest_volume`` task instead (:func:`runner.queue.submit.submit_series`).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from ingest.dicomweb import (
     NON_IMAGE_MODALITIES,
@@ -75,24 +72,3 @@ def ingest_series(
             if on_report is not None:
                 on_report(rep)
     return reports
-
-
-def submit_series(series: Sequence[PacsSeries], model: str, intensity: str) -> list[Any]:
-    """One ``ingest_volume`` task per series; returns the submitted jobs."""
-    from ingest.queue import INGEST_QUEUE, INGEST_TASK
-    from ingest.queue.jobs import Job, job_store
-    from ingest.queue.submit import VolumeJob, _app
-
-    app = _app()
-    records = job_store()
-    jobs = []
-    for s in series:
-        job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id)
-        records.create(Job(job.task_id, kind="ingest", file=s.source, volume=s.volume_id,
-                           model=model))
-        app.send_task(INGEST_TASK, task_id=job.task_id, queue=INGEST_QUEUE, kwargs={
-            "path": s.source, "index_4d": None, "model": model, "labels": {},
-            "intensity": intensity,
-        })
-        jobs.append(job)
-    return jobs

@@ -128,9 +128,10 @@ def open_volume(path: str | Path) -> VolumeFile:
     if lower.endswith(NIFTI_SUFFIXES):
         return _open_nifti(p)
     if lower.endswith(METAIMAGE_SUFFIXES):
-        from ingest.metaimage import open_metaimage
+        from ingest.metaimage import read_metaimage_header
 
-        return open_metaimage(p)
+        sha, size, affine, pixels = read_metaimage_header(p)
+        return VolumeFile(p, case_id_of(p), sha, size, affine, pixels)
     raise VolumeError(p, f"unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
 

@@ -117,7 +117,7 @@ def ingest(
         if len(pacs_sources) != len(paths):
             raise MedirError("give either PACS sources or files/folders, not both")
         from ingest.dicomweb import QidoFilters
-        from ingest.pacs_cli import ingest_from_pacs
+        from medir.cli_pacs import ingest_from_pacs
 
         qido = QidoFilters(study_uid=study, series_uid=series, modality=modality,
                            date_from=date_from, date_to=date_to, body_part=body_part)
@@ -133,22 +133,34 @@ def ingest(
         left = ", ".join(f"{n} {k}" for k, n in scan.skipped_by_kind().items())
         raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
                          + (f" (left out: {left})" if left else ""))
-    if queue:
-        from ingest.queue.submit import submit_ingest
+    from runner import IngestOptions, get_runner
+    from runner.local import LocalRunner
+    from runner.queued import QueueRunner
 
-        ok = submit_ingest(scan.sources, model_name, label_map, wait=wait, console=out,
-                           force=force)
+    options = IngestOptions(model=model_name, intensity=intensity or settings.intensity,
+                            force=force, labels=label_map, ids=ids)
+    if queue:
+        qr = QueueRunner(settings)
+        outcome = qr.ingest(scan.sources, options)
+        out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
+                  f"to queue 'ingest' (model {model_name})", highlight=False)
+        if wait:
+            ok = qr.follow(outcome.job_ids, out)
+        else:
+            for j in outcome.job_ids:
+                out.print(f"  {j}  {qr.volume_of(j)}", highlight=False)
+            out.print("follow them with: medir jobs", highlight=False)
+            ok = True
         _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
-    from ingest.embedders import get_embedder
-    from ingest.pipeline import IngestReport, ingest_paths
-    from search.store_factory import open_store
+    from ingest.pipeline import IngestReport
 
-    embedder = get_embedder(model_name, device=settings.device, batch_size=settings.batch_size,
-                            weights_dir=settings.weights_dir)
+    runner = get_runner(settings)
+    if not isinstance(runner, LocalRunner):  # without --queue, ingest here even with a broker
+        runner = LocalRunner(settings)
     t0 = time.perf_counter()
     total_slices = 0
-    with open_store(settings) as store, Progress(
+    with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
         transient=False,
@@ -178,10 +190,7 @@ def ingest(
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
         # One call for all sources: reading overlaps embedding, small volumes share batches.
-        ingest_paths(scan.sources, store, embedder, labels=label_map,
-                     intensity=intensity or settings.intensity,
-                     upsert_batch=settings.upsert_batch, progress=progress,
-                     on_report=on_report, force=force)
+        runner.ingest(scan.sources, options, progress=progress, on_report=on_report)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -236,8 +245,8 @@ def search(
         volume = normalise_source(volume)
     elif not volume:
         raise MedirError("give a volume file, an indexed id with --id, or --pacs-series UID")
+    from runner import get_runner
     from search.query import QueryOptions
-    from search.service import run_search
 
     opts = QueryOptions(
         sampling=sampling or settings.search.sampling,
@@ -251,7 +260,9 @@ def search(
         rerank_top=rerank_top,
     )
     opts.parsed()  # validate before loading anything
-    result = run_search(volume, model or settings.model, opts, by_id=by_id, index_4d=index_4d)
+    with get_runner(settings) as runner:
+        result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
+                               index_4d=index_4d)
     if as_json:
         print(mask_secrets(json.dumps([r for r in result["ranking"]], indent=2)))
         return
@@ -284,10 +295,11 @@ def info(
     False,
 ) -> None:
     """Store mode, collections, volumes and points per model, label facets."""
-    from search.service import collection_stats
+    from runner import get_runner
 
     settings = get_settings()
-    stats = collection_stats()
+    with get_runner(settings) as runner:
+        stats = runner.stats()
     if as_json:
         print(json.dumps({**stats, "default_model": settings.model,
                           "queue": settings.redis_url is not None}, indent=2, default=str))
@@ -315,19 +327,10 @@ def volumes(
     as_json: Annotated[bool, typer.Option("--json", help="Print the volumes as JSON.")] = False,
 ) -> None:
     """List the indexed volumes: id, source, slices, labels, embedder version, state."""
-    from search.store import LABEL_KEYS, collection_name
-    from search.store_factory import open_store
-    from search.volumes import list_volumes
+    from runner import get_runner
 
-    filters = _parse_filters(filter)
-    bad = [k for k in filters if k not in LABEL_KEYS]
-    if bad:
-        raise MedirError(f"cannot filter on {bad[0]!r}; label filters: {', '.join(LABEL_KEYS)}")
-    with open_store(get_settings()) as store:
-        colls = [collection_name(model)] if model else None
-        if colls and not store.has_collection(colls[0]):
-            raise MedirError(f"no collection for model {model!r} at {store.location}")
-        rows = list_volumes(store, colls, filters)
+    with get_runner(get_settings()) as runner:
+        rows = runner.volumes(model, _parse_filters(filter))
     if as_json:
         print(json.dumps([v.to_dict() for v in rows], indent=2))
         return
@@ -347,23 +350,20 @@ def prune(
     False,
 ) -> None:
     """Remove volumes whose files are gone (a dry run listing them unless --yes)."""
-    from search.store_factory import open_store
-    from search.volumes import gone_volumes
-    from search.volumes import prune as prune_volumes
+    from runner import get_runner
 
-    with open_store(get_settings()) as store:
-        gone = gone_volumes(store)
-        for v in gone:
-            out.print(f"{'removing' if yes else 'would remove'} {v.volume_id} "
-                      f"({v.collection}; {v.source} is gone)", highlight=False)
-        if not gone:
-            out.print("nothing to prune: every indexed volume's file is there")
-        elif yes:
-            n = prune_volumes(store, gone)
-            out.print(f"removed {len(gone)} volume(s), {n} points", highlight=False)
-        else:
-            out.print(f"{len(gone)} volume(s) would be removed; run `medir prune --yes`",
-                      highlight=False)
+    with get_runner(get_settings()) as runner:
+        gone, n = runner.prune(apply=yes)
+    for v in gone:
+        out.print(f"{'removing' if yes else 'would remove'} {v.volume_id} "
+                  f"({v.collection}; {v.source} is gone)", highlight=False)
+    if not gone:
+        out.print("nothing to prune: every indexed volume's file is there")
+    elif yes:
+        out.print(f"removed {len(gone)} volume(s), {n} points", highlight=False)
+    else:
+        out.print(f"{len(gone)} volume(s) would be removed; run `medir prune --yes`",
+                  highlight=False)
 
 
 @app.command()
@@ -374,11 +374,10 @@ def migrate(
         "(path relative to it). Repeatable.")] = None,
 ) -> None:
     """Upgrade a store written before volume identities (in place, no re-embedding)."""
-    from search.store_factory import open_store
-    from search.volumes import migrate as migrate_store
+    from runner import get_runner
 
-    with open_store(get_settings()) as store:
-        done = migrate_store(store, root or [])
+    with get_runner(get_settings()) as runner:
+        done = runner.migrate(root or [])
     if not done:
         out.print("nothing to migrate: the store is current")
     for coll, n in done.items():
@@ -427,7 +426,7 @@ def follow(
     interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
-    from ingest.pacs_cli import follow_pacs
+    from medir.cli_pacs import follow_pacs
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
@@ -436,7 +435,7 @@ def follow(
 
 _mount("models", "ingest.embedders.models_cli", "List models and install their weights.")
 _mount("bench", "benchmarks.cli", "Benchmarks: the paper's grid, engines, performance.")
-_mount("jobs", "ingest.queue.jobs_cli", "Background jobs on the Celery queue.")
+_mount("jobs", "runner.queue.jobs_cli", "Background jobs on the Celery queue.")
 
 
 @app.command()
@@ -450,7 +449,7 @@ def worker(
 ) -> None:
     """Run a Celery worker that owns the model (and the embedded store)."""
     try:
-        from ingest.queue.worker import run_worker
+        from runner.queue.worker import run_worker
     except ModuleNotFoundError as exc:
         raise MedirError(f"the queue is not available in this build ({exc})") from None
     run_worker(queues=queues, device=device, pool=pool, concurrency=concurrency,

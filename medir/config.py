@@ -90,7 +90,7 @@ class QueueSettings(BaseModel):
         10, ge=1, description="seconds between sweeps that redeliver unacknowledged messages")
     heartbeat_ttl: int = Field(
         30, ge=2, description="seconds a worker counts as alive after its last heartbeat; the "
-        "messages of a worker silent that long are delivered again (ingest/queue/recovery.py)")
+        "messages of a worker silent that long are delivered again (runner/queue/recovery.py)")
     max_retries: int = Field(6, ge=0, description="retries of a transient failure")
     max_deliveries: int = Field(
         3, ge=1, description="deliveries of one task before it fails as a poison message "

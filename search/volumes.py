@@ -1,6 +1,6 @@
 """What is indexed, per volume: listing (``medir volumes``), removing volumes whose files are
 gone (``medir prune``), and upgrading a store written before volume identities
-(``medir migrate``)."""
+(``medir migrate``), and the store statistics (``medir info``, the collection page)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.reader import case_id_of
-from search.store import COMPLETE, LABEL_KEYS, LAYOUT, PENDING, Filter, SliceStore
+from search.store import COMPLETE, LABEL_KEYS, LAYOUT, PENDING, READY, Filter, SliceStore
 
 OLD_GEN = "0" * 20  # the generation given to points written before generations existed
 
@@ -138,3 +138,29 @@ def _rekey(store: SliceStore, coll: str, roots: Sequence[Path], old: Filter) -> 
                 store.set_payload(coll, old.and_(Filter({"volume_id": vid, "source": source})),
                                   {"volume_id": new, "case_id": base})
                 break
+
+
+def store_stats(store: SliceStore) -> dict[str, Any]:
+    """Collections, volumes and points per model, label facets (the collection page, info)."""
+    collections = []
+    for name in store.collections():
+        facets = {key: _volumes_per_value(store, name, key) for key in LABEL_KEYS}
+        collections.append({
+            "name": name,
+            "dim": store.collection_dim(name),
+            "points": store.count(name),
+            "ready_points": store.count(name, READY),
+            "volumes": len(store.facet(name, "volume_id", READY, limit=1_000_000)),
+            "embedders": sorted(map(str, store.facet(name, "embedder", READY))),
+            "facets": facets,
+        })
+    return {"mode": store.mode, "location": store.location, "collections": collections}
+
+
+def _volumes_per_value(store: SliceStore, name: str, key: str) -> dict[str, int]:
+    """Number of complete volumes per value of a label (facets count points, not volumes)."""
+    out: dict[str, int] = {}
+    for value in store.facet(name, key, READY):
+        flt = READY.and_(Filter({key: value}))
+        out[str(value)] = len(store.facet(name, "volume_id", flt, limit=1_000_000))
+    return dict(sorted(out.items()))

@@ -306,10 +306,10 @@ def test_changed_file_never_missing_while_queried(cases: Path, tmp_path: Path,
 
 def test_changed_file_queried_from_another_thread(cases: Path, tmp_path: Path,
                                                   emb: Embedder) -> None:
-    from ingest.queue.tasks import _LockedStore
+    from runner.local import LockedStore
 
     with EdgeStore(tmp_path / "threads") as raw:
-        store: Any = _LockedStore(raw)  # the worker's store: one engine handle, many threads
+        store: Any = LockedStore(raw)  # the worker's store: one engine handle, many threads
         ingest_paths(scan_paths([cases]).sources, store, emb)
         probe = _write(tmp_path / "probe.nii.gz", _blob_volume(1, n=8, seed=9))
         _write(cases / "p001" / "ct.nii.gz", _blob_volume(0, n=11, seed=7))
@@ -381,11 +381,11 @@ def test_two_writers_every_interleaving(tmp_path: Path, emb: Embedder) -> None:
 
 
 def test_two_writer_threads(tmp_path: Path, emb: Embedder) -> None:
-    from ingest.queue.tasks import _LockedStore
+    from runner.local import LockedStore
 
     a, b = _two_versions(tmp_path)
     with EdgeStore(tmp_path / "s") as raw:
-        store: Any = _LockedStore(raw)
+        store: Any = LockedStore(raw)
         go = threading.Barrier(2)
         reports: list[Any] = []
 

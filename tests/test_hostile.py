@@ -233,7 +233,7 @@ def test_no_credential_in_ui_mode_line_errors_logs_and_jobs(
 
         def execute(self) -> None: ...
 
-    from ingest.queue.jobs import JobStore
+    from runner.queue.jobs import JobStore
 
     pipe = _Pipe()
     jobs = JobStore.__new__(JobStore)

@@ -66,7 +66,7 @@ def collection(stats: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def jobs_by_volume() -> dict[str, Any]:
-    from ingest.queue.jobs import job_store
+    from runner.queue.jobs import job_store
 
     return {j.volume: j for j in job_store().recent(1000, kind="ingest")}
 
@@ -87,7 +87,7 @@ class SampleRun:
 def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleRun]:
     """One worker (default model, CPU, solo pool) ingests the whole sample collection."""
-    from ingest.queue.submit import submit_ingest
+    from runner.queue.submit import submit_ingest
 
     url = fresh_db_url(redis_server)
     root = tmp_path_factory.mktemp("sample-queue")
@@ -115,8 +115,8 @@ def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
 
 def test_a_sample_collection_through_the_queue(
         sample_run: SampleRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.queue.jobs_cli import app as jobs_app
-    from ingest.queue.submit import submit_stats
+    from runner.queue.jobs_cli import app as jobs_app
+    from runner.queue.submit import submit_stats
 
     run = sample_run
     assert run.ok, run.output + run.worker.tail()
@@ -145,9 +145,9 @@ def test_a_sample_collection_through_the_queue(
 
 def test_d_search_task_matches_in_process(
         sample_run: SampleRun, samples_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.queue.submit import submit_search
+    from runner.local import LocalRunner
+    from runner.queue.submit import submit_search
     from search.query import QueryOptions
-    from search.service import search_in_process
     from search.store import collection_name
     from search.store_edge import EdgeStore
 
@@ -168,7 +168,7 @@ def test_d_search_task_matches_in_process(
     run.worker.stop()  # the embedded store is single-process: hand it to this process
     assert not run.worker.alive
     for (v, b, o), remote in zip(queries, via_queue, strict=True):
-        local = search_in_process(v, DEFAULT_MODEL, o, by_id=b)
+        local = LocalRunner(get_settings()).search(v, o, model=DEFAULT_MODEL, by_id=b)
         key = ["volume_id", "votes", "hits"]
         assert [[r[k] for k in key] for r in remote["ranking"]] == \
                [[r[k] for k in key] for r in local["ranking"]], v
@@ -210,9 +210,9 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
 
     import tests.plugin_embedder  # noqa: F401  (registers test-tiny here too)
     from ingest.embedders import get_embedder
-    from ingest.queue import SEARCH_TASK, STATS_TASK
-    from ingest.queue.app import get_app
-    from ingest.queue.submit import submit_ingest
+    from runner.queue import SEARCH_TASK, STATS_TASK
+    from runner.queue.app import get_app
+    from runner.queue.submit import submit_ingest
     from search.query import QueryOptions, search_vectors
     from search.store import READY, Filter, collection_name
     from search.store_edge import EdgeStore
@@ -229,7 +229,7 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
         "MEDIR_PLUGINS": "tests.plugin_embedder,tests.queue_fixtures",
         "MEDIR_BATCH_SIZE": "8",
         "MEDIR_UPSERT_BATCH": "4",
-        # far beyond this test: only medir's recovery (ingest/queue/recovery.py) brings the
+        # far beyond this test: only medir's recovery (runner/queue/recovery.py) brings the
         # volume back in time, kombu's own restore would wait two hours
         "MEDIR_QUEUE__VISIBILITY_TIMEOUT": "7200",
         "MEDIR_QUEUE__RESTORE_INTERVAL": "1",
@@ -300,8 +300,8 @@ def test_e_poison_volume_fails_after_max_deliveries(
 ) -> None:
     import shutil
 
-    from ingest.queue.app import get_app
-    from ingest.queue.submit import submit_ingest
+    from runner.queue.app import get_app
+    from runner.queue.submit import submit_ingest
 
     poison = tmp_path / "poison_ct.nii.gz"
     shutil.copy(samples_dir / "mr_abdomen_totalseg.nii.gz", poison)
@@ -336,9 +336,9 @@ def test_e_poison_volume_fails_after_max_deliveries(
 def test_c_corrupt_file_fails_alone(
         worker: StartWorker, queue_env: str, samples_dir: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
-    from ingest.queue.app import get_app
-    from ingest.queue.jobs_cli import app as jobs_app
-    from ingest.queue.submit import submit_ingest, submit_stats
+    from runner.queue.app import get_app
+    from runner.queue.jobs_cli import app as jobs_app
+    from runner.queue.submit import submit_ingest, submit_stats
 
     good = [samples_dir / "mr_abdomen_totalseg.nii.gz",
             samples_dir / "mr_head_t1c_pyradiomics.nii.gz"]
@@ -403,9 +403,9 @@ class _FakeTask:
 
 def test_transient_errors_retry_with_backoff_and_bad_files_fail_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.queue import TaskFailed
-    from ingest.queue.tasks import _run
     from medir.errors import StoreUnavailable, VolumeError
+    from runner.queue import TaskFailed
+    from runner.queue.tasks import _run
 
     def locked() -> None:
         raise StoreUnavailable("store locked")
@@ -429,8 +429,8 @@ def test_transient_errors_retry_with_backoff_and_bad_files_fail_at_once(
 
 
 def test_embedded_store_refuses_several_processes() -> None:
-    from ingest.queue.worker import check_pool, worker_argv
     from medir.errors import ConfigError
+    from runner.queue.worker import check_pool, worker_argv
 
     check_pool("solo", 1, embedded=True)
     check_pool("threads", 4, embedded=True)
@@ -444,7 +444,7 @@ def test_embedded_store_refuses_several_processes() -> None:
 
 
 def test_celery_config_is_gpu_safe() -> None:
-    from ingest.queue.app import QueueSettings, celery_config
+    from runner.queue.app import QueueSettings, celery_config
 
     conf = celery_config("redis://localhost:1/0", QueueSettings(visibility_timeout=9000))
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
@@ -460,7 +460,7 @@ def test_fair_lock_serves_waiters_in_order() -> None:
     holds the lock until the query thread is queued on it, whatever the machine's load."""
     import threading
 
-    from ingest.queue.tasks import FairLock
+    from runner.local import FairLock
 
     lock = FairLock()
     order: list[str] = []

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from ingest.samples import load_labels_csv, read_manifest
-from medir.config import DEFAULT_MODEL
+from medir.config import DEFAULT_MODEL, get_settings
+from runner.local import LocalRunner
 from search.query import QueryOptions
-from search.service import search_in_process
 from search.store import READY, collection_name
 from search.store_edge import EdgeStore
 from tests.test_cli import medir
@@ -44,9 +44,9 @@ def test_leave_one_out(sample_store: Path, samples_dir: Path) -> None:
         results = {}
         for v in vids:
             case = v.split("#")[0]
-            res = search_in_process(v, DEFAULT_MODEL,
-                                    QueryOptions(weighting="gaussian", exclude_cases=[case]),
-                                    by_id=True, store=store)
+            res = LocalRunner(get_settings(), store=store).search(
+                v, QueryOptions(weighting="gaussian", exclude_cases=[case]),
+                model=DEFAULT_MODEL, by_id=True)
             # the whole case is left out: neither the query nor its 4D sibling answers it
             assert case not in [r["volume_id"].split("#")[0] for r in res["ranking"]]
             results[v] = res["ranking"][0]

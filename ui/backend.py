@@ -1,41 +1,29 @@
-"""The UI's only door to medir: store statistics, indexed volumes, searches and ingests.
+"""The UI's adapter over the runner (:mod:`runner`): store statistics, indexed volumes,
+searches and ingests, with queue failures turned into one message saying what to start.
 
-Two modes, chosen by the settings:
-
-* **queue mode** (``MEDIR_REDIS_URL`` set): searches and ingests are Celery tasks run by a
-  worker that owns the model (and, with the embedded store, the store). Every failure to reach
-  Redis or a worker becomes :class:`QueueUnavailable` with a message saying what to start.
-* **in-process mode** (no broker): this Streamlit process embeds and searches itself. The
-  embedded store (Qdrant Edge) admits one opener at a time, so the store is opened per request
-  and closed again, and a process-wide lock keeps two browser sessions from opening it at once.
-  The embedder is loaded once per process and reused.
+Where the work runs is the runner's choice, made once from the settings: in queue mode
+(``MEDIR_REDIS_URL`` set) a worker owns the model (and, with the embedded store, the store);
+otherwise this Streamlit process embeds and searches itself, opening the embedded store per
+request under a process-wide lock (the runner's), with its embedders loaded once.
 
 No Streamlit here: the pages render, this module computes.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ingest.collection import VolumeSource
-from ingest.embedders import get_embedder
-from ingest.embedders.base import Embedder
-from ingest.pipeline import IngestReport, ingest_paths
+from ingest.pipeline import IngestReport
 from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
-from search.query import QueryOptions, search_file, search_indexed
-from search.service import collection_stats, run_search
-from search.store import READY, SliceStore, collection_name
-from search.store_factory import open_store
-
-STORE_WAIT_S = 20.0
-_STORE_LOCK = threading.Lock()
+from runner import IngestOptions, get_runner
+from runner.local import LocalRunner
+from search.query import QueryOptions
 
 
 class QueueUnavailable(MedirError):
@@ -65,25 +53,16 @@ def queue_error(exc: BaseException, settings: Settings) -> QueueUnavailable:
 
 
 @contextmanager
-def store_session(settings: Settings) -> Iterator[SliceStore]:
-    """The store, opened for one request and closed after it (one opener at a time here)."""
-    if not _STORE_LOCK.acquire(timeout=STORE_WAIT_S):
-        raise StoreUnavailable("the store is busy with another request in this server (an "
-                               "ingest?); try again when it has finished")
-    try:
-        with open_store(settings) as store:
-            yield store
-    finally:
-        _STORE_LOCK.release()
-
-
-@contextmanager
-def _queue_calls(settings: Settings) -> Iterator[None]:
+def queue_calls(settings: Settings) -> Iterator[None]:
     """Turn a broker or worker that does not answer into :class:`QueueUnavailable`.
 
     The queue client reports both as StoreUnavailable (no broker, no answer in time); any other
     non-medir exception (ImportError, connection errors) is the same failure seen from here.
+    In-process calls pass through untouched.
     """
+    if not queue_mode(settings):
+        yield
+        return
     try:
         yield
     except QueueUnavailable:
@@ -97,40 +76,23 @@ def _queue_calls(settings: Settings) -> Iterator[None]:
 
 
 def stats(settings: Settings) -> dict[str, Any]:
-    """``collection_stats``: store mode, and per collection volumes, points and label facets."""
-    if queue_mode(settings) and not settings.qdrant_url:
-        with _queue_calls(settings):
-            return collection_stats(settings)
-    if settings.qdrant_url:
-        return collection_stats(settings)
-    if not _STORE_LOCK.acquire(timeout=STORE_WAIT_S):
-        raise StoreUnavailable("the store is busy with another request in this server")
-    try:
-        return collection_stats(settings)
-    finally:
-        _STORE_LOCK.release()
+    """Store mode, and per collection volumes, points and label facets."""
+    with queue_calls(settings):
+        return get_runner(settings).stats()
 
 
 def indexed_volumes(settings: Settings, model: str) -> list[str] | None:
     """Ids of the complete volumes indexed with ``model``; None when this process cannot read
     the store (queue mode with the embedded store, which the worker owns)."""
+    from search.store import READY, collection_name
+
     if queue_mode(settings) and not settings.qdrant_url:
         return None
     coll = collection_name(model)
-    with store_session(settings) as store:
+    with LocalRunner(settings).session() as store:
         if not store.has_collection(coll):
             return []
         return sorted(str(v) for v in store.facet(coll, "volume_id", READY, limit=1_000_000))
-
-
-@lru_cache(maxsize=2)
-def _embedder(name: str, device: str, batch_size: int, weights_dir: str) -> Embedder:
-    return get_embedder(name, device=device, batch_size=batch_size, weights_dir=Path(weights_dir))
-
-
-def embedder(settings: Settings, model: str) -> Embedder:
-    """The process-wide embedder for ``model`` (weights load once, on first use)."""
-    return _embedder(model, settings.device, settings.batch_size, str(settings.weights_dir))
 
 
 def search(
@@ -143,14 +105,8 @@ def search(
 ) -> dict[str, Any]:
     """One volume query (a file path, or an indexed volume id with ``by_id``) → result dict."""
     options.parsed()  # a bad option fails here, before the queue or the model
-    if queue_mode(settings):
-        with _queue_calls(settings):
-            return run_search(query, model, options, by_id=by_id)
-    emb = embedder(settings, model)
-    with store_session(settings) as store:
-        if by_id:
-            return search_indexed(query, store, emb, options).to_dict()
-        return search_file(query, store, emb, options).to_dict()
+    with queue_calls(settings):
+        return get_runner(settings).search(query, options, model=model, by_id=by_id)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -166,8 +122,6 @@ def ingest_here(
     on_report: ReportFn | None = None,
 ) -> list[IngestReport]:
     """Ingest in this process (no broker): every volume of every file; bad files are reported."""
-    emb = embedder(settings, model)
-    with store_session(settings) as store:
-        return ingest_paths(files, store, emb, labels=labels, intensity=settings.intensity,
-                            upsert_batch=settings.upsert_batch, progress=progress,
-                            on_report=on_report)
+    options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
+    return LocalRunner(settings).ingest(files, options, progress=progress,
+                                        on_report=on_report).reports

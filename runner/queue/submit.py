@@ -30,14 +30,15 @@ from rich.progress import (
 )
 
 from ingest.collection import VolumeSource
-from ingest.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
 from medir.config import get_settings
 from medir.errors import MedirError, StoreUnavailable, VolumeError
+from runner.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
     from celery.result import AsyncResult
 
+    from ingest.dicomweb import PacsSeries
     from search.query import QueryOptions
 
 POLL_S = 0.5
@@ -62,7 +63,7 @@ class VolumeJob:
 
 
 def _app() -> Celery:
-    from ingest.queue.app import get_app
+    from runner.queue.app import get_app
 
     app = get_app()
     check_broker(get_settings().redis_url or "")
@@ -109,6 +110,33 @@ def expand_files(sources: Sequence[VolumeSource | Path],
     return jobs
 
 
+def submit_jobs(
+    files: Sequence[VolumeSource | Path],
+    model: str,
+    labels: Mapping[str, Mapping[str, str]] | None,
+    *,
+    intensity: str,
+    force: bool = False,
+    redis_url: str | None = None,
+) -> list[VolumeJob]:
+    """Submit one ``ingest_volume`` task per 3D volume of ``files``; returns the jobs (their
+    ``task_id`` is the job id ``medir jobs`` and the job records know)."""
+    from runner.queue.jobs import Job, job_store
+
+    app = _app()
+    jobs = expand_files(files, labels)
+    records = job_store(redis_url)
+    for j in jobs:
+        records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
+                           model=model))
+        app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
+            "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
+            "intensity": intensity, "volume_id": j.volume_id, "force": force,
+            "files": j.files,
+        })
+    return jobs
+
+
 def submit_ingest(
     files: Sequence[VolumeSource | Path],
     model: str,
@@ -117,25 +145,14 @@ def submit_ingest(
     wait: bool,
     console: Console,
     force: bool = False,
+    intensity: str | None = None,
 ) -> bool:
     """Submit one ``ingest_volume`` task per 3D volume; follow them unless ``wait`` is false.
 
     Returns True when every task succeeded (or, without waiting, when all were submitted).
     """
-    from ingest.queue.jobs import Job, job_store
-
-    app = _app()
-    jobs = expand_files(files, labels)
-    records = job_store()
-    settings = get_settings()
-    for j in jobs:
-        records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
-                           model=model))
-        app.send_task(INGEST_TASK, task_id=j.task_id, queue=INGEST_QUEUE, kwargs={
-            "path": j.path, "index_4d": j.index_4d, "model": model, "labels": j.labels,
-            "intensity": settings.intensity, "volume_id": j.volume_id, "force": force,
-            "files": j.files,
-        })
+    jobs = submit_jobs(files, model, labels, intensity=intensity or get_settings().intensity,
+                       force=force)
     console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
                   f"{INGEST_QUEUE!r} (model {model})", highlight=False)
     if not wait:
@@ -143,7 +160,7 @@ def submit_ingest(
             console.print(f"  {j.task_id}  {j.volume_id}", highlight=False)
         console.print("follow them with: medir jobs", highlight=False)
         return True
-    return follow(app, jobs, console)
+    return follow(_app(), jobs, console)
 
 
 def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
@@ -259,7 +276,7 @@ def submit_search(
     index_4d: int | None,
 ) -> dict[str, Any]:
     """Run a volume query on a worker; the same dict as ``search_in_process``."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     app = _app()
     target = volume if by_id else str(Path(volume).expanduser().resolve())
@@ -274,8 +291,29 @@ def submit_search(
 
 def submit_stats(timeout: float | None = None) -> dict[str, Any]:
     """Collections, volumes and points of the store a worker owns."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     app = _app()
     res = app.send_task(STATS_TASK, queue=SEARCH_QUEUE)
     return _wait(res, timeout or queue_settings().search_timeout, "store statistics")
+
+
+def submit_series(series: Sequence[PacsSeries], model: str, intensity: str) -> list[VolumeJob]:
+    """One ``ingest_volume`` task per PACS series; returns the submitted jobs. The task's
+    ``path`` is the series' source URL, without credentials: the worker authenticates with
+    its own settings."""
+    from runner.queue.jobs import Job, job_store
+
+    app = _app()
+    records = job_store()
+    jobs = []
+    for s in series:
+        job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id)
+        records.create(Job(job.task_id, kind="ingest", file=s.source, volume=s.volume_id,
+                           model=model))
+        app.send_task(INGEST_TASK, task_id=job.task_id, queue=INGEST_QUEUE, kwargs={
+            "path": s.source, "index_4d": None, "model": model, "labels": {},
+            "intensity": intensity,
+        })
+        jobs.append(job)
+    return jobs

@@ -1,15 +1,19 @@
 """The background queue: Celery tasks on a Redis broker, one task per 3D volume.
 
-Layout: :mod:`.app` builds the Celery app from settings, :mod:`.tasks` holds the tasks and the
-worker process's lazily loaded model and store, :mod:`.worker` starts a worker, :mod:`.submit`
-is the client side (``medir ingest --queue``, queries through the queue), :mod:`.jobs` keeps
-job records in Redis for ``medir jobs``.
+It sits above ingest and search, which know nothing of it: :class:`runner.queued.QueueRunner`
+sends work down to it, and its tasks run that work on a :class:`runner.local.LocalRunner`.
+
+Layout: :mod:`.app` builds the Celery app from settings, :mod:`.tasks` holds the tasks (thin
+adapters over the worker process's runner), :mod:`.worker` starts a worker, :mod:`.submit` is
+the client side (``medir ingest --queue``, queries through the queue), :mod:`.jobs` keeps job
+records in Redis for ``medir jobs``, :mod:`.recovery` resumes dead workers' volumes.
 
 Importing this package imports neither Celery nor torch; the client side never loads a model.
 """
 
 from __future__ import annotations
 
+from medir.config import QueueSettings, Settings
 from medir.errors import MedirError
 
 INGEST_QUEUE = "ingest"
@@ -17,6 +21,11 @@ SEARCH_QUEUE = "search"
 INGEST_TASK = "medir.ingest_volume"
 SEARCH_TASK = "medir.search_volume"
 STATS_TASK = "medir.store_stats"
+
+
+def queue_settings() -> QueueSettings:
+    """The queue group of the settings, read now (cheap; tests change the environment)."""
+    return Settings().queue
 
 
 class TaskFailed(MedirError):
@@ -36,4 +45,5 @@ __all__ = [
     "SEARCH_TASK",
     "STATS_TASK",
     "TaskFailed",
+    "queue_settings",
 ]

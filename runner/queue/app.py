@@ -12,7 +12,7 @@ Reliability settings (why GPU workers are safe with Celery: docs/queue.md):
   still-running volume is started a second time; it is also how long a crashed worker's volume
   waits before another worker takes it.
 
-``celery -A ingest.queue.app worker`` works too (``app`` is built on first access), but
+``celery -A runner.queue.app worker`` works too (``app`` is built on first access), but
 ``medir worker`` adds the pool checks of embedded-store mode.
 """
 
@@ -23,20 +23,16 @@ from typing import Any
 
 from celery import Celery
 
-from ingest.queue import (
+from medir.config import QueueSettings, get_settings
+from medir.errors import ConfigError
+from runner.queue import (
     INGEST_QUEUE,
     INGEST_TASK,
     SEARCH_QUEUE,
     SEARCH_TASK,
     STATS_TASK,
+    queue_settings,
 )
-from medir.config import QueueSettings, Settings, get_settings
-from medir.errors import ConfigError
-
-
-def queue_settings() -> QueueSettings:
-    """The queue group of the settings, read now (cheap; tests change the environment)."""
-    return Settings().queue
 
 
 def celery_config(redis_url: str, qs: QueueSettings) -> dict[str, Any]:
@@ -78,7 +74,7 @@ def celery_config(redis_url: str, qs: QueueSettings) -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def _build(redis_url: str, qs_json: str) -> Celery:
-    from ingest.queue.tasks import register_tasks
+    from runner.queue.tasks import register_tasks
 
     qs = QueueSettings.model_validate_json(qs_json)
     app = Celery("medir", set_as_current=False)
@@ -97,7 +93,7 @@ def get_app() -> Celery:
 
 
 def __getattr__(name: str) -> Any:
-    """``ingest.queue.app:app`` for ``celery -A ingest.queue.app``, built on first access."""
+    """``runner.queue.app:app`` for ``celery -A runner.queue.app``, built on first access."""
     if name in ("app", "celery"):
         return get_app()
     raise AttributeError(name)

@@ -1,8 +1,10 @@
 """The Celery tasks and the worker process's state: one model per name, one store, both lazy.
 
-Tasks only orchestrate (../shared/STYLE.md item 3): ``ingest_volume`` reads one 3D volume and
-calls :func:`ingest.pipeline.index_volume`; ``search_volume`` runs the same query code as
-:func:`search.service.search_in_process`; ``store_stats`` is :func:`search.service.store_stats`.
+Tasks are thin adapters over the worker process's :class:`runner.local.LocalRunner`:
+``ingest_volume`` reads one 3D volume and hands it to ``LocalRunner.index_one``;
+``search_volume`` is ``LocalRunner.search`` (the same code as an in-process query);
+``store_stats`` is ``LocalRunner.stats``. The tasks add only the queue's failure policy and the
+job records.
 
 GPU safety: nothing here touches CUDA or loads weights at import. The embedders and the store
 are created on first use inside the process that runs tasks (after fork for a prefork child;
@@ -13,12 +15,11 @@ same store path refuses to start instead of failing every task.
 
 Failures: :class:`~medir.errors.StoreUnavailable` and connection errors are retried with
 exponential backoff; any other :class:`~medir.errors.MedirError` (a bad file, an unknown model,
-missing weights) fails the task at once as :class:`~ingest.queue.TaskFailed` with its message.
+missing weights) fails the task at once as :class:`~runner.queue.TaskFailed` with its message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -26,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery, Task
 from celery.signals import (
@@ -40,13 +41,12 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from ingest.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 from medir.config import Settings, get_settings
 from medir.errors import MedirError, StoreUnavailable
+from runner.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 
 if TYPE_CHECKING:
-    from ingest.embedders.base import Embedder
-    from search.store import SliceStore
+    from runner.local import LocalRunner
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,12 @@ T = TypeVar("T")
 
 # ---- worker process state ------------------------------------------------------------------
 class _ProcessState:
-    """Models and store of the current process, created lazily, dropped after a fork."""
+    """The process's runner (its models and its kept-open store), dropped after a fork."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.RLock()
-        self.embedders: dict[str, Embedder] = {}
-        self.store: SliceStore | None = None
+        self.runner: LocalRunner | None = None
         self.owner_lock: IO[str] | None = None
 
     def reset_if_forked(self) -> None:
@@ -72,124 +71,36 @@ class _ProcessState:
             # inherited from the parent: never reuse a model (CUDA context) or a store handle
             self.pid = os.getpid()
             self.lock = threading.RLock()
-            self.embedders = {}
-            self.store = None
+            self.runner = None
 
 
 _state = _ProcessState()
 
 
-def worker_embedder(model: str, settings: Settings | None = None) -> Embedder:
-    """The process's embedder for ``model``; weights load on its first ``embed``."""
-    from ingest.embedders import get_embedder
-
-    s = settings or get_settings()
-    _state.reset_if_forked()
-    with _state.lock:
-        emb = _state.embedders.get(model)
-        if emb is None:
-            emb = get_embedder(model, device=s.device, batch_size=s.batch_size,
-                               weights_dir=s.weights_dir)
-            _state.embedders[model] = emb
-        return emb
-
-
-def worker_store(settings: Settings | None = None) -> SliceStore:
-    """The process's store, opened once and kept open across tasks (thread-safe wrapper)."""
-    from search.store_factory import open_store
+def worker_runner(settings: Settings | None = None) -> LocalRunner:
+    """The worker process's in-process runner: every task body runs on it; the store is opened
+    once and kept open across tasks, each model loads once."""
+    from runner.local import LocalRunner
 
     _state.reset_if_forked()
     with _state.lock:
-        if _state.store is None:
-            # duck-typed: every SliceStore method, called under one lock
-            _state.store = cast("SliceStore", _LockedStore(open_store(settings or get_settings())))
-        return _state.store
+        if _state.runner is None:
+            _state.runner = LocalRunner(settings or get_settings(), keep_store_open=True)
+        return _state.runner
 
 
 def close_worker_state() -> None:
     """Flush and close the store (worker shutdown); models are simply dropped."""
+    from runner.local import EMBEDDERS
+
     with _state.lock:
-        if _state.store is not None and _state.pid == os.getpid():
+        if _state.runner is not None and _state.pid == os.getpid():
             try:
-                _state.store.close()
+                _state.runner.close()
             except Exception as exc:  # shutting down: report, do not mask the exit
                 log.warning("closing the store: %s", exc)
-        _state.store = None
-        _state.embedders = {}
-
-
-class FairLock:
-    """A re-entrant FIFO lock: threads acquire in arrival order. A plain lock lets a thread
-    that releases and re-acquires in a loop (bulk upserts) starve the others (queries)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._next_ticket = 0
-        self._serving = 0
-        self._owner: int | None = None
-        self._depth = 0
-
-    def acquire(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            if self._owner == me:
-                self._depth += 1
-                return
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            while self._serving != ticket or self._owner is not None:
-                self._cond.wait()
-            self._owner, self._depth = me, 1
-
-    def release(self) -> None:
-        with self._cond:
-            if self._owner != threading.get_ident():
-                raise RuntimeError("release of a FairLock not held by this thread")
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                self._serving += 1
-                self._cond.notify_all()
-
-    def __enter__(self) -> FairLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-class _LockedStore:
-    """Serialises calls into one store object, so a threads-pool worker can run a query while
-    another thread ingests (an embedded engine handle is not safe for concurrent calls). The
-    lock is fair: a query waits for at most the one store call in progress."""
-
-    def __init__(self, inner: SliceStore) -> None:
-        self._inner = inner
-        self._lock = FairLock()
-        self.mode = inner.mode
-        self.location = inner.location
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-        lock = self._lock
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                result = attr(*args, **kwargs)
-                if name == "scroll":  # a generator: drain it under the lock
-                    result = iter(list(result))
-                return result
-
-        return locked
-
-    def __enter__(self) -> _LockedStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        _state.runner = None
+        EMBEDDERS.clear()
 
 
 def acquire_owner_lock(settings: Settings | None = None) -> None:
@@ -226,8 +137,8 @@ def _on_worker_init(**_: Any) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """Heartbeat, claims and the sweep that resumes dead workers' volumes (recovery.py)."""
-    from ingest.queue.app import queue_settings
-    from ingest.queue.recovery import start_recovery
+    from runner.queue import queue_settings
+    from runner.queue.recovery import start_recovery
 
     s = get_settings()
     app = getattr(sender, "app", None)
@@ -243,7 +154,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @task_received.connect
 def _on_task_received(request: Any = None, **_: Any) -> None:
-    from ingest.queue.recovery import current
+    from runner.queue.recovery import current
 
     rec = current()
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
@@ -267,7 +178,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    from ingest.queue.recovery import stop_recovery
+    from runner.queue.recovery import stop_recovery
 
     stop_recovery()
     close_worker_state()
@@ -284,7 +195,7 @@ def _mask_logs(**_: Any) -> None:
 
 # ---- task bodies ---------------------------------------------------------------------------
 def _jobs() -> Any:
-    from ingest.queue.jobs import job_store
+    from runner.queue.jobs import job_store
 
     try:
         return job_store()
@@ -305,7 +216,7 @@ def _refuse_poison(task: Task) -> None:
     """A message delivered more than ``MEDIR_QUEUE__MAX_DELIVERIES`` times killed the worker
     that ran it each time (OOM, SIGKILL, a crash in native code): fail it, with the reason,
     instead of redelivering it forever. A retry is a new message and starts a new count."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     if task.name == STATS_TASK or not task.request.id:
         return
@@ -325,7 +236,7 @@ def _refuse_poison(task: Task) -> None:
 
 def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
     """Run a task body with medir's failure policy and job-record bookkeeping."""
-    from ingest.queue.app import queue_settings
+    from runner.queue import queue_settings
 
     _refuse_poison(task)
     _record(task, state="STARTED", started=time.time(), kind=kind,
@@ -368,9 +279,10 @@ def ingest_volume_body(
     the volume id the client's folder walk gave; returns the ingest report."""
     from ingest.collection import file_source, source_for_job
     from ingest.dicomweb import is_dicomweb_source, open_pacs_source
-    from ingest.pipeline import index_volume
+    from runner.base import IngestOptions
 
-    s = get_settings()
+    runner = worker_runner()
+    s = runner.settings
     t0 = time.perf_counter()
     # a PACS series (source URL without credentials; the worker authenticates itself)
     if is_dicomweb_source(path):
@@ -381,8 +293,6 @@ def ingest_volume_body(
         vf = src.open()
     vol = vf.read(index_4d if vf.is_4d else None)
     vol.labels = dict(labels or {})
-    embedder = worker_embedder(model, s)
-    store = worker_store(s)
     last = [0.0]
 
     def progress(volume_id: str, done: int, total: int) -> None:
@@ -395,9 +305,9 @@ def ingest_volume_body(
         _record(task, state="PROGRESS", done=done, total=total)
 
     _record(task, volume=vol.volume_id, total=vol.n_slices, done=0)
-    report = index_volume(store, embedder, vol, intensity=intensity or s.intensity,
-                          upsert_batch=s.upsert_batch, progress=progress, force=force,
-                          labels_given=labels is not None)
+    options = IngestOptions(model=model, intensity=intensity or s.intensity, force=force,
+                            labels={vol.volume_id: dict(labels)} if labels is not None else None)
+    report = runner.index_one(vol, options, progress)
     out = report.to_dict()
     seconds = time.perf_counter() - t0
     out["task_seconds"] = seconds
@@ -413,30 +323,18 @@ def search_volume_body(
     by_id: bool = False,
     index_4d: int | None = None,
 ) -> dict[str, Any]:
-    """The server-side vote: the same result dict as ``search_in_process``."""
-    from search.query import QueryOptions, search_file, search_indexed
+    """The server-side vote: :meth:`runner.local.LocalRunner.search` on the worker's runner."""
+    from search.query import QueryOptions
 
-    s = get_settings()
     opts = QueryOptions(**{**options, "filters": {k: list(v) for k, v in
                                                   dict(options.get("filters") or {}).items()}})
-    embedder = worker_embedder(model, s)
-    store = worker_store(s)
-    if by_id:
-        result = search_indexed(volume, store, embedder, opts)
-    else:
-        result = search_file(volume, store, embedder, opts,
-                             index_4d=index_4d)
-    return result.to_dict()
+    return worker_runner().search(volume, opts, model=model, by_id=by_id, index_4d=index_4d)
 
 
 def store_stats_body() -> dict[str, Any]:
-    """Collections, volumes and points (complete and all) of the worker's store."""
-    from search.service import store_stats
-
-    store = worker_store()
-    # one consistent snapshot: no upsert between the counts and facets of one answer
-    with cast(Any, getattr(store, "_lock", contextlib.nullcontext())):
-        return store_stats(store)
+    """Collections, volumes and points (complete and all) of the worker's store, counted in one
+    consistent snapshot (no upsert between the counts and facets of one answer)."""
+    return worker_runner().stats()
 
 
 def register_tasks(app: Celery) -> None:

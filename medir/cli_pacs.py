@@ -26,13 +26,12 @@ def _report_line(r: IngestReport) -> str:
 
 @contextmanager
 def _embedding(settings: Settings, model: str) -> Iterator[tuple[Any, Any]]:
-    from ingest.embedders import get_embedder
-    from search.store_factory import open_store
+    """The store and the model of an in-process PACS ingest (the runner's)."""
+    from runner.local import LocalRunner
 
-    embedder = get_embedder(model, device=settings.device, batch_size=settings.batch_size,
-                            weights_dir=settings.weights_dir)
-    with open_store(settings) as store:
-        yield store, embedder
+    runner = LocalRunner(settings)
+    with runner.session() as store:
+        yield store, runner.embedder(model)
 
 
 def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str,
@@ -48,8 +47,7 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
         if not series:
             continue
         if queue:
-            from ingest.pacs_ingest import submit_series
-            from ingest.queue.submit import _app, follow
+            from runner.queue.submit import _app, follow, submit_series
 
             jobs = submit_series(series, model, intensity or settings.intensity)
             console.print(f"submitted {len(jobs)} series to the ingest queue (model {model})",
@@ -103,7 +101,7 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
             f"{f.state.last_change if f.mode == 'changes' else f.state.qido_since or '-'}")
 
     if queue:
-        from ingest.pacs_ingest import submit_series
+        from runner.queue.submit import submit_series
 
         def enqueue(s: PacsSeries) -> None:
             submit_series([s], model, settings.intensity)

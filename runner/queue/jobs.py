@@ -162,9 +162,9 @@ class JobStore:
 
 def job_store(redis_url: str | None = None) -> JobStore:
     """The job records of the configured broker."""
-    from ingest.queue.app import queue_settings
     from medir.config import get_settings
     from medir.errors import ConfigError
+    from runner.queue import queue_settings
 
     url = redis_url or get_settings().redis_url
     if not url:

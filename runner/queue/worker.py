@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import os
 
-from ingest.queue import INGEST_QUEUE, SEARCH_QUEUE
 from medir.config import get_settings
 from medir.errors import ConfigError, StoreUnavailable
+from runner.queue import INGEST_QUEUE, SEARCH_QUEUE
 
 POOLS = ("solo", "threads", "prefork")
 
@@ -72,8 +72,9 @@ def run_worker(
     if not names:
         raise ConfigError("--queues is empty; use e.g. ingest,search")
 
-    from ingest.queue.app import get_app, queue_settings
-    from ingest.queue.tasks import acquire_owner_lock
+    from runner.queue import queue_settings
+    from runner.queue.app import get_app
+    from runner.queue.tasks import acquire_owner_lock
 
     app = get_app()  # ConfigError without MEDIR_REDIS_URL
     if embedded:

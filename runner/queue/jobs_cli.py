@@ -33,7 +33,7 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
 ) -> None:
     """List recent jobs: id, file, volume, state, progress, error and times."""
-    from ingest.queue.jobs import job_store
+    from runner.queue.jobs import job_store
 
     try:
         import redis

@@ -1,0 +1,146 @@
+"""Where the work runs: one interface, an in-process and a queued implementation.
+
+The CLI, the UI and the Celery tasks call a :class:`Runner`; :func:`runner.get_runner` picks
+the implementation once from the settings (like ``QdrantClient`` picks local or remote in its
+constructor), and every call above it is the same whichever runs the work:
+
+* :class:`runner.local.LocalRunner` embeds and searches in this process; it owns the
+  process's embedders (one cache) and the store (opened per call, or kept open by a worker).
+* :class:`runner.queued.QueueRunner` sends the same calls to Celery workers, each of which
+  runs them on its own ``LocalRunner``.
+
+Options arrive parsed and validated (:class:`search.query.QueryOptions`, :class:`IngestOptions`),
+so a bad option fails before the queue or the model is touched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ingest.collection import VolumeSource
+    from ingest.pipeline import IngestReport
+    from search.query import QueryOptions
+    from search.volumes import VolumeInfo
+
+ProgressFn = Callable[[str, int, int], None]
+ReportFn = Callable[["IngestReport"], None]
+
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What to ingest with: the model, the intensity mode, re-embedding, labels per volume id.
+
+    ``labels`` None means "no labels table" (stored labels are kept on re-ingest); ``ids`` maps
+    a file to the volume id a labels table gave it (the folder walk uses it).
+    """
+
+    model: str
+    intensity: str
+    force: bool = False
+    labels: Mapping[str, Mapping[str, str]] | None = None
+    ids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ingest.preprocess import INTENSITY_MODES
+        from medir.errors import MedirError
+
+        if not self.model:
+            raise MedirError("no model given")
+        if self.intensity not in INTENSITY_MODES:
+            raise MedirError(f"unknown intensity mode {self.intensity!r}; use one of "
+                             + ", ".join(INTENSITY_MODES))
+
+
+@dataclass
+class JobState:
+    """Where one queued job stands (its record in Redis, written by the worker)."""
+
+    id: str
+    name: str
+    state: str  # PENDING | STARTED | PROGRESS | RETRY | SUCCESS | FAILURE | REVOKED
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    submitted: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def fraction(self) -> float:
+        if self.state == "SUCCESS":
+            return 1.0
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+@dataclass
+class IngestOutcome:
+    """What an ingest call gave: the reports (work done here) or the job ids (work queued)."""
+
+    reports: list[IngestReport] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def queued(self) -> bool:
+        return bool(self.job_ids)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.reports if r.status == "failed")
+
+
+class Runner(ABC):
+    """The one door to medir's work: ingest, search, statistics, volumes and jobs."""
+
+    mode: str  # "local" | "queue"
+
+    @abstractmethod
+    def ingest(self, sources: Sequence[VolumeSource | Path], options: IngestOptions, *,
+               progress: ProgressFn | None = None,
+               on_report: ReportFn | None = None) -> IngestOutcome:
+        """Index ``sources``: here (reports, through ``on_report`` as each volume ends) or on
+        the queue (one job per 3D volume; their ids)."""
+
+    @abstractmethod
+    def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
+               index_4d: int | None = None) -> dict[str, Any]:
+        """One volume query (a file, or an indexed volume id with ``by_id``) → result dict."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Store mode and location; per collection volumes, points and label facets."""
+
+    @abstractmethod
+    def volumes(self, model: str | None = None,
+                filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
+        """The indexed volumes (one model's collection, or all), with label ``filters``."""
+
+    @abstractmethod
+    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
+        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
+
+    @abstractmethod
+    def migrate(self, roots: Sequence[Path]) -> dict[str, int]:
+        """Upgrade a store written before volume identities (in place, no re-embedding)."""
+
+    @abstractmethod
+    def jobs(self, ids: Sequence[str]) -> list[JobState]:
+        """The state of each job id an ingest returned (none in-process)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the runner holds (a store kept open)."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,311 @@
+"""The in-process runner: this process embeds, writes and searches.
+
+It owns the two things every entry point used to set up for itself:
+
+* **the embedders**: one cache per process (the CLI, the UI server and a Celery worker
+  process alike), keyed by model and configuration; weights load on the first ``embed``. The
+  cache is dropped in a forked child (a CUDA context or an ONNX session is never inherited).
+* **the store**: opened for one call and closed after it (the CLI; the UI, where a process-wide
+  lock keeps two browser sessions from opening the embedded store at once), or opened once and
+  kept open for the life of the process (a worker: ``keep_store_open=True``), with every call
+  serialised by a fair lock so a query never waits behind a whole bulk ingest.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from medir.config import Settings
+from medir.errors import MedirError, StoreUnavailable
+from runner.base import (
+    IngestOptions,
+    IngestOutcome,
+    JobState,
+    ProgressFn,
+    ReportFn,
+    Runner,
+)
+
+if TYPE_CHECKING:
+    from ingest.collection import VolumeSource
+    from ingest.embedders.base import Embedder
+    from ingest.pipeline import IngestReport
+    from ingest.volume import Volume
+    from search.query import QueryOptions
+    from search.store import SliceStore
+    from search.volumes import VolumeInfo
+
+STORE_WAIT_S = 20.0
+
+
+# ---- the process's embedders ----------------------------------------------------------------
+class _Embedders:
+    """One embedder per model and configuration for this process, dropped after a fork."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.items: dict[tuple[str, str, int, str], Embedder] = {}
+
+    def get(self, model: str, settings: Settings) -> Embedder:
+        from ingest.embedders import get_embedder
+
+        if self.pid != os.getpid():
+            self.pid, self.lock, self.items = os.getpid(), threading.Lock(), {}
+        key = (model, settings.device, settings.batch_size, str(settings.weights_dir))
+        with self.lock:
+            emb = self.items.get(key)
+            if emb is None:
+                emb = get_embedder(model, device=settings.device,
+                                   batch_size=settings.batch_size,
+                                   weights_dir=settings.weights_dir)
+                self.items[key] = emb
+            return emb
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items = {}
+
+
+EMBEDDERS = _Embedders()
+_OPEN_LOCK = threading.Lock()  # one opener of a per-call store at a time in this process
+
+
+# ---- the store lock -------------------------------------------------------------------------
+class FairLock:
+    """A re-entrant FIFO lock: threads acquire in arrival order. A plain lock lets a thread
+    that releases and re-acquires in a loop (bulk upserts) starve the others (queries)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket or self._owner is not None:
+                self._cond.wait()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a FairLock not held by this thread")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._cond.notify_all()
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class LockedStore:
+    """Serialises calls into one store object, so a threads-pool worker can run a query while
+    another thread ingests (an embedded engine handle is not safe for concurrent calls). The
+    lock is fair: a query waits for at most the one store call in progress."""
+
+    def __init__(self, inner: SliceStore) -> None:
+        self._inner = inner
+        self.lock = FairLock()
+        self.mode = inner.mode
+        self.location = inner.location
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        lock = self.lock
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                result = attr(*args, **kwargs)
+                if name == "scroll":  # a generator: drain it under the lock
+                    result = iter(list(result))
+                return result
+
+        return locked
+
+    def __enter__(self) -> LockedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- the runner -----------------------------------------------------------------------------
+class LocalRunner(Runner):
+    """Ingest, search and statistics in this process, on the store the settings name."""
+
+    mode = "local"
+
+    def __init__(self, settings: Settings, *, keep_store_open: bool = False,
+                 store_wait_s: float = STORE_WAIT_S, store: SliceStore | None = None) -> None:
+        """``store``: an already open store to work on (the caller closes it)."""
+        self.settings = settings
+        self.keep_store_open = keep_store_open
+        self.store_wait_s = store_wait_s
+        self._given = store
+        self._store: LockedStore | None = None
+        self._lock = threading.Lock()
+
+    # -- what the runner owns --
+    def embedder(self, model: str) -> Embedder:
+        """The process's embedder for ``model`` (weights load once, on its first use)."""
+        return EMBEDDERS.get(model, self.settings)
+
+    def store(self) -> SliceStore:
+        """The store kept open for this runner's life (a worker's), thread-safe."""
+        from search.store_factory import open_store
+
+        with self._lock:
+            if self._store is None:
+                self._store = LockedStore(open_store(self.settings))
+            return cast("SliceStore", self._store)
+
+    @contextmanager
+    def session(self) -> Iterator[SliceStore]:
+        """The store for one call: the kept-open one, or one opened now and closed after.
+
+        The embedded store admits one opener: a process-wide lock makes concurrent requests
+        (two browser sessions) wait for each other, up to ``store_wait_s``.
+        """
+        if self._given is not None:
+            yield self._given
+            return
+        if self.keep_store_open:
+            yield self.store()
+            return
+        from search.store_factory import open_store
+
+        if self.settings.qdrant_url:  # a server: any number of clients
+            with open_store(self.settings) as store:
+                yield store
+            return
+        if not _OPEN_LOCK.acquire(timeout=self.store_wait_s):
+            raise StoreUnavailable("the store is busy with another request in this server (an "
+                                   "ingest?); try again when it has finished")
+        try:
+            with open_store(self.settings) as store:
+                yield store
+        finally:
+            _OPEN_LOCK.release()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SliceStore]:
+        """A session in which no other thread of this process writes (consistent counts)."""
+        with self.session() as store:
+            lock = store.lock if isinstance(store, LockedStore) else None
+            if lock is None:
+                yield store
+                return
+            with lock:
+                yield store
+
+    # -- the work --
+    def ingest(self, sources: Sequence[VolumeSource | Path], options: IngestOptions, *,
+               progress: ProgressFn | None = None,
+               on_report: ReportFn | None = None) -> IngestOutcome:
+        """Every volume of every source, read, embedded and written here; bad files become
+        failed reports (the others are indexed)."""
+        from ingest.pipeline import ingest_paths
+
+        emb = self.embedder(options.model)
+        with self.session() as store:
+            reports = ingest_paths(sources, store, emb, labels=options.labels,
+                                   intensity=options.intensity,
+                                   upsert_batch=self.settings.upsert_batch, progress=progress,
+                                   on_report=on_report, force=options.force)
+        return IngestOutcome(reports=reports)
+
+    def index_one(self, volume: Volume, options: IngestOptions,
+                  progress: ProgressFn | None = None) -> IngestReport:
+        """One 3D volume already read (a queue job's), under the volume id it carries."""
+        from ingest.pipeline import index_volume
+
+        emb = self.embedder(options.model)
+        with self.session() as store:
+            return index_volume(store, emb, volume, intensity=options.intensity,
+                                upsert_batch=self.settings.upsert_batch, progress=progress,
+                                force=options.force, labels_given=options.labels is not None)
+
+    def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
+               index_4d: int | None = None) -> dict[str, Any]:
+        from search.query import search_file, search_indexed
+
+        options.parsed()  # a bad option fails here, before the model loads
+        emb = self.embedder(model)
+        with self.session() as store:
+            if by_id:
+                result = search_indexed(query, store, emb, options)
+            else:
+                result = search_file(query, store, emb, options, index_4d=index_4d)
+            return result.to_dict()
+
+    def stats(self) -> dict[str, Any]:
+        from search.volumes import store_stats
+
+        with self.snapshot() as store:
+            return store_stats(store)
+
+    def volumes(self, model: str | None = None,
+                filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
+        from search.store import LABEL_KEYS, collection_name
+        from search.volumes import list_volumes
+
+        bad = [k for k in (filters or {}) if k not in LABEL_KEYS]
+        if bad:
+            raise MedirError(f"cannot filter on {bad[0]!r}; label filters: "
+                             + ", ".join(LABEL_KEYS))
+        with self.session() as store:
+            colls = [collection_name(model)] if model else None
+            if colls and not store.has_collection(colls[0]):
+                raise NoCollection(f"no collection for model {model!r} at {store.location}")
+            return list_volumes(store, colls, filters)
+
+    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
+        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
+        from search.volumes import gone_volumes, prune
+
+        with self.session() as store:
+            gone = gone_volumes(store)
+            return gone, (prune(store, gone) if apply and gone else 0)
+
+    def migrate(self, roots: Sequence[Path]) -> dict[str, int]:
+        """Upgrade a store written before volume identities (in place, no re-embedding)."""
+        from search.volumes import migrate
+
+        with self.session() as store:
+            return migrate(store, roots)
+
+    def jobs(self, ids: Sequence[str]) -> list[JobState]:
+        """In-process work has no jobs: it is done when ``ingest`` returns."""
+        return []
+
+    def close(self) -> None:
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+
+class NoCollection(MedirError):
+    """The store has no collection for the model asked for."""
