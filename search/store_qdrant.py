@@ -5,6 +5,7 @@ client code path without a server and is used by the tests of that path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -41,20 +42,27 @@ def classify(exc: BaseException, where: str) -> StoreUnavailable | None:
                                          f"({type(exc).__name__}: {exc})".splitlines()[0]))
 
 
+@contextlib.contextmanager
+def _transient_errors(where: str) -> Iterator[None]:
+    """Re-raise the transient failures of a store call as :class:`StoreUnavailable`."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        mapped = classify(exc, where)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
 def _transient(fn: F) -> F:
     """Raise :class:`StoreUnavailable` for the transient failures of a store call."""
 
     @functools.wraps(fn)
     def wrapper(self: QdrantStore, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _transient_errors(self.location):
             return fn(self, *args, **kwargs)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            mapped = classify(exc, self.location)
-            if mapped is None:
-                raise
-            raise mapped from None
 
     return cast(F, wrapper)
 
@@ -243,15 +251,8 @@ class QdrantStore(SliceStore):
                 return
 
     def _scroll_guarded(self, it: Iterator[Record]) -> Iterator[Record]:
-        try:
+        with _transient_errors(self.location):
             yield from it
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            mapped = classify(exc, self.location)
-            if mapped is None:
-                raise
-            raise mapped from None
 
     def close(self) -> None:
         try:
