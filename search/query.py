@@ -263,8 +263,7 @@ def search_volume(
     sampling, _ = options.parsed()
     chosen = sampling.select(volume.n_slices, volume.spacing[2])
     t0 = time.perf_counter()
-    norm = normalize_intensity(volume.data, options.intensity)
-    vectors = embedder.embed(norm[chosen])
+    vectors = embedder.embed(normalize_intensity(volume.data, options.intensity, slices=chosen))
     t_embed = time.perf_counter() - t0
     exclude = content_id(volume.sha256, volume.index_4d)
     chosen_list, weights, result, timings = search_vectors(
