@@ -62,8 +62,9 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``SW``, each optionally ``+maxsim`` or
-    ``+zorder`` (e.g. ``W+zorder``)."""
+    """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``W:<sampling>`` (Gaussian weights over
+    a sampling, e.g. ``W:every-mm:7``), ``SW``, each optionally ``+maxsim`` or ``+zorder``
+    (e.g. ``W+zorder``)."""
     text = spec.strip()
     base, plus, rr = text.partition("+")
     rerank = check_rerank(rr) if plus else "none"
@@ -75,6 +76,8 @@ def parse_method(spec: str) -> Method:
         return Method("SW", Sampling("all"), Weighting("none"), slice_wise=True)
     if low == "w":
         return Method(text, Sampling("all"), Weighting("gaussian"), rerank)
+    if low.startswith("w:"):  # Gaussian weights over a sampling, e.g. W:every-mm:7 (medir's query)
+        return Method(text, Sampling.parse(low[2:]), Weighting("gaussian"), rerank)
     return Method(text, Sampling.parse(low), Weighting("none"), rerank)
 
 
