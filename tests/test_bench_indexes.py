@@ -115,7 +115,7 @@ def test_engines_bench_rows(tmp_path: Path) -> None:
 def test_engines_cli_writes_json(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from benchmarks.cli import app
+    from medir.cli.bench import app
 
     res = CliRunner().invoke(app, ["engines", "--sizes", "800", "--dim", "16", "--engines",
                                    "flat", "--engines", "hnsw:M=8,efC=32", "--ef", "32",

@@ -115,7 +115,7 @@ def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
 
 def test_a_sample_collection_through_the_queue(
         sample_run: SampleRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.queue.jobs_cli import app as jobs_app
+    from medir.cli.jobs import app as jobs_app
     from runner.queue.submit import submit_stats
 
     run = sample_run
@@ -336,8 +336,8 @@ def test_e_poison_volume_fails_after_max_deliveries(
 def test_c_corrupt_file_fails_alone(
         worker: StartWorker, queue_env: str, samples_dir: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
+    from medir.cli.jobs import app as jobs_app
     from runner.queue.app import get_app
-    from runner.queue.jobs_cli import app as jobs_app
     from runner.queue.submit import submit_ingest, submit_stats
 
     good = [samples_dir / "mr_abdomen_totalseg.nii.gz",
