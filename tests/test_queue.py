@@ -259,9 +259,9 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
         unfiltered = st.search_batch(coll, vectors, 1, Filter({"embedder": emb.embedder_id}),
                                      exact=True, payload_keys=["volume_id"])
         assert {h.payload["volume_id"] for row in unfiltered for h in row} == {target_id}
-        _, _, result, _ = search_vectors(st, coll, vectors, n_target, 1.0,
-                                         QueryOptions(weighting="none", exact=True),
-                                         slice_indices=slices, embedder_id=emb.embedder_id)
+        result = search_vectors(st, coll, vectors, n_target, 1.0,
+                                QueryOptions(weighting="none", exact=True),
+                                slice_indices=slices, embedder_id=emb.embedder_id).vote
         assert [r.volume_id for r in result.ranking] == [other_id]
 
     # a new worker (threads pool: it answers queries while it ingests) resumes the volume
