@@ -1,4 +1,5 @@
-"""Congruence: every index answers the same call, and agrees with exact search (STYLE item 5)."""
+"""Congruence: every index answers the same call, and agrees with exact search: the same
+vectors go to each engine and the ids and scores are compared with numpy's."""
 
 from __future__ import annotations
 

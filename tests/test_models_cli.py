@@ -1,4 +1,4 @@
-"""``medir models``: the listing and ``prepare`` (mounted by the lead as ``medir models``)."""
+"""``medir models``: the listing and ``prepare`` (``medir/cli/models.py``)."""
 
 from __future__ import annotations
 
