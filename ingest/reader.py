@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import logging
 import os
 import stat
@@ -24,6 +23,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
 from ingest.compression import GZIP_ERRORS, gzip_decompressor, open_gzip
+from ingest.digest import file_sha256
 from ingest.volume import Volume
 from medir.errors import VolumeError
 
@@ -46,14 +46,6 @@ def case_id_of(path: str | Path) -> str:
 
 def is_volume_file(path: str | Path) -> bool:
     return str(path).lower().endswith(VOLUME_SUFFIXES)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -398,7 +390,12 @@ def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int)
 
 
 def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
-    """RAS affine from an NRRD header (``space directions``, ``space origin``, ``space``)."""
+    """RAS affine from an NRRD header (``space directions``, ``space origin``, ``space``).
+
+    Lenient, since it reads whatever a user gives: the first three spatial directions are the
+    axes, and a ``space`` other than LPS or LAS is taken as RAS (the sample conversion's
+    :func:`ingest.samples.nrrd_affine_and_axes` refuses an unknown one).
+    """
     affine = np.eye(4)
     dirs = header.get("space directions")
     if dirs is not None:

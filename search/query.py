@@ -34,7 +34,7 @@ from search.store import (
     collection_name,
     content_id,
 )
-from search.vote import SliceMatch, VolumeResult, vote
+from search.vote import SliceMatch, VolumeResult, VoteResult, vote
 
 MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
 MAX_TOP = 10_000  # volumes in the ranking
@@ -122,6 +122,18 @@ class SearchResult:
         }
 
 
+@dataclass(frozen=True)
+class VectorSearch:
+    """What :func:`search_vectors` found: the query slices it chose, their weights, the vote
+    (its ranking cut to the options' ``top``) and the seconds of the k-NN request, the vote
+    and any re-ranking (``knn_s``, ``vote_s``, ``rerank_s``)."""
+
+    chosen_slices: list[int]
+    weights: list[float]
+    vote: VoteResult
+    timings: dict[str, float]
+
+
 def check_collection(store: SliceStore, embedder: Embedder) -> str:
     """The collection to query, or a clear error (empty store, other model, other version)."""
     coll = collection_name(embedder.name)
@@ -185,7 +197,7 @@ def search_vectors(
     exclude_volume: str | None = None,
     slice_indices: np.ndarray | None = None,
     embedder_id: str | None = None,
-) -> tuple[list[int], list[float], Any, dict[str, float]]:
+) -> VectorSearch:
     """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
@@ -215,7 +227,7 @@ def search_vectors(
                                  result.ranking, options, embedder_id)
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
-    return chosen_list, weights.tolist(), result, timings
+    return VectorSearch(chosen_list, weights.tolist(), result, timings)
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -276,14 +288,14 @@ def search_volume(
     else:
         vectors = stored
     t_embed = time.perf_counter() - t0 - t_lookup
-    chosen_list, weights, result, timings = search_vectors(
+    found = search_vectors(
         store, coll, vectors, volume.n_slices, volume.spacing[2], options,
         exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
-                        chosen_list, weights, _opts(options), result.ranking,
-                        result.slice_predictions,
-                        {"lookup_s": t_lookup, "embed_s": t_embed, **timings},
+                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
+                        found.vote.slice_predictions,
+                        {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
                         "embedded" if stored is None else "stored")
 
 
@@ -350,14 +362,15 @@ def search_indexed(
     spacing = [float(s) for s in first["spacing"]]
     vectors = np.stack([r.vector for r in records if r.vector is not None])
     slices = np.asarray([int(r.payload["slice"]) for r in records])
-    chosen_list, weights, result, timings = search_vectors(
+    found = search_vectors(
         store, coll, vectors, n, spacing[2], options,
         exclude_volume=volume_id, slice_indices=slices,
         embedder_id=embedder.embedder_id,
     )
-    return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n, chosen_list,
-                        weights, _opts(options), result.ranking, result.slice_predictions,
-                        {"embed_s": 0.0, **timings}, "stored")
+    return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
+                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
+                        found.vote.slice_predictions, {"embed_s": 0.0, **found.timings},
+                        "stored")
 
 
 def _opts(options: QueryOptions) -> dict[str, Any]:

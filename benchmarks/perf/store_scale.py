@@ -102,15 +102,17 @@ def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slic
         opts = QueryOptions(sampling="all", weighting="gaussian", k=1, top=10)
         exact_hits = store.search_batch(COLL, q, 1, READY, exact=True)
         exact_ids = [h[0].id if h else None for h in exact_hits]
-        _, _, exact_vote, exact_t = search_vectors(store, COLL, q, len(q), 2.5,
-                                                   QueryOptions(sampling="all", k=1, exact=True))
+        exact = search_vectors(store, COLL, q, len(q), 2.5,
+                               QueryOptions(sampling="all", k=1, exact=True))
+        exact_vote, exact_t = exact.vote, exact.timings
         by_ef: dict[str, Any] = {}
         for ef in efs:
             store.hnsw = store.hnsw.model_copy(update={"ef": ef})
             knn, vote_t, total = [], [], []
             top = ""
             for _ in range(repeats + 1):
-                _, _, res, t = search_vectors(store, COLL, q, len(q), 2.5, opts)
+                found = search_vectors(store, COLL, q, len(q), 2.5, opts)
+                res, t = found.vote, found.timings
                 knn.append(t["knn_s"])
                 vote_t.append(t["vote_s"])
                 total.append(t["knn_s"] + t["vote_s"])
