@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from medir.config import HnswSettings, StoreSettings
 from medir.errors import ConfigError
@@ -315,6 +316,32 @@ def _params(spec: str, text: str) -> dict[str, str]:
     return out
 
 
+def _storage(p: dict[str, str]) -> StoreSettings:
+    return StoreSettings(
+        quantization=p.get("q", "none"),  # type: ignore[arg-type]
+        oversampling=float(p.get("os", 2.0)),
+        datatype=p.get("dt", "float32"),  # type: ignore[arg-type]
+    )
+
+
+def parse_storage(text: str) -> StoreSettings:
+    """``q=int8,os=2,dt=float16`` (the store part of a ``qdrant:`` spec) → store settings;
+    :class:`ConfigError` on a bad one."""
+    try:
+        p = _params(text, text)
+        _only(text, p, {"q", "os", "dt"})
+        return _storage(p)
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        why = str(exc).splitlines()[0]
+        if isinstance(exc, ValidationError):
+            e = exc.errors()[0]
+            why = f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+        raise ConfigError(f"bad storage {text!r} ({why}); use e.g. q=int8,os=2,dt=float16"
+                          ) from None
+
+
 def make_index(spec: str, dim: int) -> VectorIndex:
     """An (empty) index from a spec string; :class:`ConfigError` on a bad spec."""
     kind, _, rest = spec.strip().partition(":")
@@ -333,11 +360,7 @@ def make_index(spec: str, dim: int) -> VectorIndex:
         if kind in ("qdrant", "qdrant-edge"):
             _only(spec, p, {"m", "efc", "ef", "exact", "q", "os", "dt"})
             base = HnswSettings()
-            storage = StoreSettings(
-                quantization=p.get("q", "none"),  # type: ignore[arg-type]
-                oversampling=float(p.get("os", 2.0)),
-                datatype=p.get("dt", "float32"),  # type: ignore[arg-type]
-            )
+            storage = _storage(p)
             hnsw = HnswSettings(m=int(p.get("m", base.m)),
                                 ef_construct=int(p.get("efc", base.ef_construct)),
                                 ef=int(p.get("ef", base.ef)),

@@ -23,6 +23,7 @@ from benchmarks.perf.common import (
     write_result,
     write_synthetic_set,
 )
+from medir.cli.common import user_errors
 from medir.config import DEFAULT_MODEL, get_settings
 
 app = typer.Typer(help="Performance: ingest by stage vs forward-only, query latency, store at "
@@ -35,6 +36,7 @@ BatchOpt = Annotated[int, typer.Option(help="Embedder batch size.")]
 
 
 @app.command("ingest")
+@user_errors
 def ingest_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,
@@ -74,6 +76,7 @@ def ingest_cmd(
 
 
 @app.command("query")
+@user_errors
 def query_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,
@@ -100,6 +103,7 @@ def query_cmd(
 
 
 @app.command("query-latency")
+@user_errors
 def query_latency_cmd(
     out: OutOpt = Path("results/perf"),
     models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
@@ -126,6 +130,7 @@ def query_latency_cmd(
 
 
 @app.command("store")
+@user_errors
 def store_cmd(
     out: OutOpt = Path("results/perf"),
     points: Annotated[list[int] | None, typer.Option(
@@ -136,25 +141,32 @@ def store_cmd(
     ef: Annotated[list[int] | None, typer.Option(help="hnsw_ef at query time (repeatable).")]
         = None,
     repeats: Annotated[int, typer.Option(help="Queries per ef.")] = 20,
+    storage: Annotated[str, typer.Option(
+        help="Vector storage: q=none|int8 (scalar quantization), os=oversampling, "
+             "dt=float32|float16, e.g. q=int8,os=2,dt=float16.")] = "",
 ) -> dict[str, Any]:
     """The embedded store at scale: upsert rate, build time, 100-slice query p50, memory."""
+    from benchmarks.indexes import parse_storage
     from benchmarks.perf.store_scale import bench_store
 
     sizes = points or [100_000, 440_000]
     efs = tuple(ef or [64, 128, 256])
+    store_settings = parse_storage(storage)
     params = {"points": sizes, "dim": dim, "m": m, "ef_construct": ef_construct,
-              "ef": list(efs), "load_average_start": load_average()}
+              "ef": list(efs), "storage": store_settings.model_dump(),
+              "load_average_start": load_average()}
     results: dict[str, Any] = {}
     for n in sizes:
         log(f"store: {n} points")
         results[str(n)] = bench_store(n, dim=dim, m=m, ef_construct=ef_construct, efs=efs,
-                                      repeats=repeats)
+                                      repeats=repeats, storage=store_settings)
         results[str(n)]["load_average"] = load_average()
     write_result(out, "store", params, results)
     return results
 
 
 @app.command("memory")
+@user_errors
 def memory_cmd(
     out: OutOpt = Path("results/perf"),
     size_gb: Annotated[float, typer.Option(help="Size of the 4D file.")] = 2.0,
@@ -180,6 +192,7 @@ def memory_cmd(
 
 
 @app.command("peak")
+@user_errors
 def peak_cmd(
     out: OutOpt = Path("results/perf"),
     batch_size: BatchOpt = 16,
@@ -198,6 +211,7 @@ def peak_cmd(
 
 
 @app.command("all")
+@user_errors
 def all_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,

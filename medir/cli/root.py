@@ -256,7 +256,10 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
                       f"{r['similarity']:.3f}", labels, pairs)
     out.print(table)
     t = result["timings"]
-    out.print(f"embed {t.get('embed_s', 0) * 1e3:.0f} ms, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
+    embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
+             if result["query"].get("vectors", "embedded") == "embedded"
+             else "stored vectors (the query is indexed: no embedding)")
+    out.print(f"{embed}, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
               f" vote {t.get('vote_s', 0) * 1e3:.1f} ms", highlight=False)
 
 
