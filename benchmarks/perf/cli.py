@@ -203,7 +203,6 @@ def peak_cmd(
         vit_s14_flops,
     )
     from ingest.embedders import packaged as pk
-    from medir.config import get_settings
 
     params = {"batch_size": batch_size, "rounds": rounds, "load_average_start": load_average()}
     flops = vit_s14_flops(224)
@@ -213,7 +212,7 @@ def peak_cmd(
     x = _real_batch(samples, embs[DEFAULT_MODEL], batch_size)
     runners: dict[str, Any] = {
         name: (lambda xx, e=e: e.forward(xx)) for name, e in embs.items()}
-    cache = get_settings().cache_dir / "onnx"
+    cache = embs[DEFAULT_MODEL].cache_dir / "onnx"  # where the embedder put its graph
     float_path = embs[DEFAULT_MODEL]._model_path(cache)  # type: ignore[attr-defined]
     for label, path in (("float", float_path), ("int8", pk.quantized_onnx_path(float_path, cache))):
         for variant, sess in onnx_session_variants(str(path)).items():
