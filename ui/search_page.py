@@ -39,23 +39,26 @@ FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "da
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
-def _display_volume(source: str, index_4d: int | None, mtime: float) -> NDArray[np.uint8]:
-    return views.display_volume(source, index_4d)
+def _display_volume(source: str, index_4d: int | None, mtime: float,
+                    limits: tuple[int, int]) -> NDArray[np.uint8]:
+    return views.display_volume(source, index_4d, Limits(*limits))
 
 
-def display_volume(source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
+def display_volume(s: Settings, source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
     """8-bit slices of a volume file, or None when the file is not readable from here."""
     path = Path(source)
     try:
         mtime = path.stat().st_mtime
-        return _display_volume(str(path), views.index_4d_of(volume_id), mtime)
+        lim = Limits.of(s.limits)
+        return _display_volume(str(path), views.index_4d_of(volume_id), mtime,
+                               (lim.max_voxels, lim.max_bytes))
     except (OSError, MedirError):
         return None
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _thumbnail(source: str, volume_id: str) -> str | None:
-    vol = display_volume(source, volume_id)
+def _thumbnail(source: str, volume_id: str, _settings: Settings) -> str | None:
+    vol = display_volume(_settings, source, volume_id)
     if vol is None:
         return None
     return views.png_data_uri(views.slice_image(vol, views.mid_slice(vol), size=96))
@@ -263,7 +266,7 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
     c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",
                 help=f"embedding {t.get('embed_s', 0):.2f} s · k-NN {t.get('knn_s', 0):.3f} s "
                      f"· vote {t.get('vote_s', 0):.4f} s")
-    thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"]) for r in ranking}
+    thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"], s) for r in ranking}
     frame = views.results_frame(result, thumbs)
     frame["viewer"] = [viewer_url(s.pacs.viewer_url_template, r.get("dicom", {}))
                        for r in ranking]
@@ -285,10 +288,10 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
     order = [r["volume_id"] for r in ranking[:5]]
     st.altair_chart(views.vote_chart(views.vote_frame(result), int(q["n_slices"]), order),
                     width="stretch")
-    _pair_viewer(result)
+    _pair_viewer(s, result)
 
 
-def _pair_viewer(result: dict[str, Any]) -> None:
+def _pair_viewer(s: Settings, result: dict[str, Any]) -> None:
     q = result["query"]
     chosen = [int(c) for c in q["chosen_slices"]]
     if not chosen:
@@ -303,7 +306,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
     qs = int(c2.select_slider("Query slice", chosen, value=centre, key="pair_slice"))
     in_volume, best = views.match_for(result, target, qs)
     match = in_volume or best
-    query_vol = display_volume(q.get("file") or q.get("source", ""), q["volume_id"])
+    query_vol = display_volume(s, q.get("file") or q.get("source", ""), q["volume_id"])
     left, right = st.columns(2)
     with left:
         if query_vol is not None:
@@ -319,7 +322,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
         rank = next((r for r in result["ranking"] if r["volume_id"] == match["volume_id"]),
                     None)
         source = rank.get("source", "") if rank else ""
-        db_vol = display_volume(source, match["volume_id"]) if source else None
+        db_vol = display_volume(s, source, match["volume_id"]) if source else None
         note = "" if in_volume else f" (no hit in {target}; this slice's best match)"
         caption = (f"{match['volume_id']} · slice {match['db_slice']} · cos "
                    f"{float(match['similarity']):.3f}{note}")
