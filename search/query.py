@@ -21,7 +21,14 @@ from ingest.preprocess import normalize_intensity
 from ingest.reader import Limits, open_volume
 from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
-from medir.config import DEFAULT_SIGMA, PacsSettings, SearchSettings
+from medir.config import (
+    DEFAULT_K,
+    DEFAULT_SIGMA,
+    DEFAULT_TOP,
+    DEFAULT_WEIGHTING,
+    PacsSettings,
+    SearchSettings,
+)
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
@@ -52,9 +59,9 @@ class QueryOptions:
     """
 
     sampling: str = "all"
-    weighting: str = "gaussian"
-    k: int = 1
-    top: int = 10
+    weighting: str = DEFAULT_WEIGHTING
+    k: int = DEFAULT_K
+    top: int = DEFAULT_TOP
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
     intensity: str = "auto"
