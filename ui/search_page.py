@@ -92,9 +92,13 @@ SAMPLING_KINDS = ["all", "every-n", "every-mm", "random"]
 
 def _sampling_input(s: Settings, c1: Any, c2: Any) -> str:
     """The sampling widgets, starting from the configured sampling (``MEDIR_SEARCH__SAMPLING``);
-    a kind not configured starts from the default's step or the library's."""
-    conf = Sampling.parse(s.search.sampling)
+    a kind not configured starts from the default's step, else the widget's own."""
     base = Sampling.parse(DEFAULT_SAMPLING)
+    try:
+        conf = Sampling.parse(s.search.sampling)
+    except MedirError as exc:  # a typo in the settings: say so, start from the default
+        st.warning(f"MEDIR_SEARCH__SAMPLING: {exc}", icon=":material/warning:")
+        conf = base
 
     def start(kind: str, fallback: float) -> float:
         if conf.kind == kind:
@@ -107,7 +111,7 @@ def _sampling_input(s: Settings, c1: Any, c2: Any) -> str:
         n = min(max(int(start("every-n", 2)), 1), 100)
         return f"every-n:{c2.number_input('every n slices', 1, 100, n, key='n')}"
     if kind == "every-mm":
-        mm = min(max(float(start("every-mm", 7.0)), 0.5), 100.0)
+        mm = min(max(float(start("every-mm", 5.0)), 0.5), 100.0)
         return f"every-mm:{c2.number_input('every x mm', 0.5, 100.0, mm, key='mm')}"
     if kind == "random":
         k = min(max(int(start("random", 20)), 1), 2000)
@@ -118,7 +122,11 @@ def _sampling_input(s: Settings, c1: Any, c2: Any) -> str:
 
 def _weighting_input(s: Settings, c1: Any, c2: Any) -> str:
     """The weighting widgets, from the configured weighting and σ (``MEDIR_SEARCH__SIGMA``)."""
-    conf = Weighting.parse(s.search.weighting, default_sigma=s.search.sigma)
+    try:
+        conf = Weighting.parse(s.search.weighting, default_sigma=s.search.sigma)
+    except MedirError as exc:
+        st.warning(f"MEDIR_SEARCH__WEIGHTING: {exc}", icon=":material/warning:")
+        conf = Weighting("gaussian", s.search.sigma)
     gauss = c1.selectbox("Weighting", ["gaussian", "none"],
                          index=0 if conf.kind == "gaussian" else 1, key="weighting",
                          help="Gaussian: slices near the query's centre count more.")
