@@ -1,7 +1,7 @@
 """Embedder throughput: slices per second through ``Embedder.embed`` (resize, normalise, forward,
 L2 normalise), on synthetic 256×256 slices, recorded as JSON with the machine and git revision.
 
-    python -m benchmarks.embedder_speed --threads 2 --batch 32 --out results/embedder_speed.json
+    medir bench speed --threads 2 --batch 32 --out results/embedder_speed.json
 
 Each model is loaded, warmed up on one batch, then timed ``--repeats`` times over ``--slices``
 slices; the best and median rates are reported (the best is the least disturbed by other load
@@ -10,14 +10,12 @@ on the machine, whose 1-minute load average is recorded before each model).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -116,44 +114,20 @@ def bench_model(name: str, *, device: str, batch: int, slices: int, repeats: int
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch (and onnxruntime) threads")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--slices", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
+def run_speed(models: Iterable[str], *, device: str, batch: int, slices: int, repeats: int,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every model through :func:`bench_model`, as one document with the machine and git
+    revision; ``on_row`` sees each model's row as it is measured."""
     results = []
-    for name in args.models:
-        row = bench_model(
-            name, device=args.device, batch=args.batch, slices=args.slices, repeats=args.repeats
-        )
-        print(
-            f"{name:30s} {row['slices_per_s_best']:8.2f} slices/s best, "
-            f"{row['slices_per_s_median']:8.2f} median ({row['slices']} slices)",
-            file=sys.stderr,
-        )
+    for name in models:
+        row = bench_model(name, device=device, batch=batch, slices=slices, repeats=repeats)
+        if on_row is not None:
+            on_row(row)
         results.append(row)
-    report = {
+    return {
         "benchmark": "embedder_speed",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(args.device),
+        "machine": machine(device),
         "git": git_revision(),
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    if args.out is None:
-        print(text)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

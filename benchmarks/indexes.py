@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from medir.config import HnswSettings, StoreSettings
 from medir.errors import ConfigError
@@ -40,8 +41,9 @@ _NS = uuid.UUID("0b6c1f0e-5d0e-4b8e-9a57-62656e636821")
 
 
 @dataclass
-class SearchResult:
-    """``scores`` (nq, k) cosine similarities and ``ids`` (nq, k) row positions, −1 = none."""
+class Neighbours:
+    """The k nearest rows of each query: ``scores`` (nq, k) cosine similarities and ``ids``
+    (nq, k) row positions, −1 = none."""
 
     scores: F32
     ids: I64
@@ -84,11 +86,11 @@ class VectorIndex(ABC):
         self.ntotal = int(x.shape[0])
         return self
 
-    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+    def search(self, queries: np.ndarray, k: int) -> Neighbours:
         """The ``k`` nearest rows of each query, best first."""
         q = as_unit(queries)
         if q.shape[0] == 0 or k <= 0:
-            return SearchResult(np.zeros((q.shape[0], max(k, 0)), np.float32),
+            return Neighbours(np.zeros((q.shape[0], max(k, 0)), np.float32),
                                 np.full((q.shape[0], max(k, 0)), -1, np.int64))
         return self._search(q, k)
 
@@ -106,15 +108,15 @@ class VectorIndex(ABC):
     def _build(self, x: F32) -> None: ...
 
     @abstractmethod
-    def _search(self, q: F32, k: int) -> SearchResult: ...
+    def _search(self, q: F32, k: int) -> Neighbours: ...
 
 
 class _FaissIndex(VectorIndex):
     _index: Any = None
 
-    def _search(self, q: F32, k: int) -> SearchResult:
+    def _search(self, q: F32, k: int) -> Neighbours:
         d, i = self._index.search(q, k)
-        return SearchResult(np.asarray(d, np.float32), np.asarray(i, np.int64))
+        return Neighbours(np.asarray(d, np.float32), np.asarray(i, np.int64))
 
     def stored_bytes(self) -> int | None:
         import faiss
@@ -167,14 +169,14 @@ class LSHIndex(_FaissIndex):
         self._index.add(x)
         self._x = x
 
-    def _search(self, q: F32, k: int) -> SearchResult:
+    def _search(self, q: F32, k: int) -> Neighbours:
         assert self._x is not None
         _, ids = self._index.search(q, k)
         ids = np.asarray(ids, np.int64)
         safe = np.where(ids >= 0, ids, 0)
         scores = np.einsum("qd,qkd->qk", q, self._x[safe]).astype(np.float32)
         scores[ids < 0] = -np.inf
-        return SearchResult(scores, ids)
+        return Neighbours(scores, ids)
 
     def close(self) -> None:
         super().close()
@@ -275,7 +277,7 @@ class StoreIndex(VectorIndex):
         if self._store is not None and hasattr(self._store, "hnsw"):
             self._store.hnsw = self.hnsw
 
-    def _search(self, q: F32, k: int) -> SearchResult:
+    def _search(self, q: F32, k: int) -> Neighbours:
         assert self._store is not None, "build() first"
         rows = self._store.search_batch(self._name, q, k, exact=self.exact, payload_keys=["row"])
         ids = np.full((q.shape[0], k), -1, np.int64)
@@ -284,7 +286,7 @@ class StoreIndex(VectorIndex):
             for j, h in enumerate(hits[:k]):
                 ids[i, j] = int(h.payload["row"])
                 scores[i, j] = h.score
-        return SearchResult(scores, ids)
+        return Neighbours(scores, ids)
 
     def stored_bytes(self) -> int | None:
         if self._tmp is None:
@@ -314,6 +316,32 @@ def _params(spec: str, text: str) -> dict[str, str]:
     return out
 
 
+def _storage(p: dict[str, str]) -> StoreSettings:
+    return StoreSettings(
+        quantization=p.get("q", "none"),  # type: ignore[arg-type]
+        oversampling=float(p.get("os", 2.0)),
+        datatype=p.get("dt", "float32"),  # type: ignore[arg-type]
+    )
+
+
+def parse_storage(text: str) -> StoreSettings:
+    """``q=int8,os=2,dt=float16`` (the store part of a ``qdrant:`` spec) → store settings;
+    :class:`ConfigError` on a bad one."""
+    try:
+        p = _params(text, text)
+        _only(text, p, {"q", "os", "dt"})
+        return _storage(p)
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        why = str(exc).splitlines()[0]
+        if isinstance(exc, ValidationError):
+            e = exc.errors()[0]
+            why = f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+        raise ConfigError(f"bad storage {text!r} ({why}); use e.g. q=int8,os=2,dt=float16"
+                          ) from None
+
+
 def make_index(spec: str, dim: int) -> VectorIndex:
     """An (empty) index from a spec string; :class:`ConfigError` on a bad spec."""
     kind, _, rest = spec.strip().partition(":")
@@ -332,11 +360,7 @@ def make_index(spec: str, dim: int) -> VectorIndex:
         if kind in ("qdrant", "qdrant-edge"):
             _only(spec, p, {"m", "efc", "ef", "exact", "q", "os", "dt"})
             base = HnswSettings()
-            storage = StoreSettings(
-                quantization=p.get("q", "none"),  # type: ignore[arg-type]
-                oversampling=float(p.get("os", 2.0)),
-                datatype=p.get("dt", "float32"),  # type: ignore[arg-type]
-            )
+            storage = _storage(p)
             hnsw = HnswSettings(m=int(p.get("m", base.m)),
                                 ef_construct=int(p.get("efc", base.ef_construct)),
                                 ef=int(p.get("ef", base.ef)),
@@ -360,7 +384,7 @@ def _only(spec: str, params: dict[str, str], allowed: set[str]) -> None:
                           f"(allowed: {', '.join(sorted(allowed))})")
 
 
-def exact_search(db: np.ndarray, queries: np.ndarray, k: int) -> SearchResult:
+def exact_search(db: np.ndarray, queries: np.ndarray, k: int) -> Neighbours:
     """Brute-force cosine k-NN in numpy (the reference of the congruence tests)."""
     x, q = as_unit(db), as_unit(queries)
     sims = q @ x.T
@@ -371,7 +395,7 @@ def exact_search(db: np.ndarray, queries: np.ndarray, k: int) -> SearchResult:
         pad = k - k_eff
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return SearchResult(scores, ids)
+    return Neighbours(scores, ids)
 
 
 def tie_aware_recall(found: I64, queries: np.ndarray, db: np.ndarray, truth_scores: F32,

@@ -62,8 +62,9 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``SW``, each optionally ``+maxsim`` or
-    ``+zorder`` (e.g. ``W+zorder``)."""
+    """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``W:<sampling>`` (Gaussian weights over
+    a sampling, e.g. ``W:every-mm:7``), ``SW``, each optionally ``+maxsim`` or ``+zorder``
+    (e.g. ``W+zorder``)."""
     text = spec.strip()
     base, plus, rr = text.partition("+")
     rerank = check_rerank(rr) if plus else "none"
@@ -75,6 +76,8 @@ def parse_method(spec: str) -> Method:
         return Method("SW", Sampling("all"), Weighting("none"), slice_wise=True)
     if low == "w":
         return Method(text, Sampling("all"), Weighting("gaussian"), rerank)
+    if low.startswith("w:"):  # Gaussian weights over a sampling, e.g. W:every-mm:7 (medir's query)
+        return Method(text, Sampling.parse(low[2:]), Weighting("gaussian"), rerank)
     return Method(text, Sampling.parse(low), Weighting("none"), rerank)
 
 
@@ -235,11 +238,14 @@ class MethodResult:
     method: str
     loco: Tally = field(default_factory=Tally)
     loco_seconds: list[float] = field(default_factory=list)
+    #: query volume id → the top volume's id (vote methods), to compare methods query by query
+    loco_top: dict[str, str] = field(default_factory=dict)
     perturb: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         secs = np.asarray(self.loco_seconds) if self.loco_seconds else np.zeros(1)
         return {"prep": self.prep, "method": self.method, "loco": self.loco.to_dict(),
+                "loco_top": dict(self.loco_top),
                 "query_ms": {"mean": round(float(secs.mean()) * 1e3, 3),
                              "p95": round(float(np.percentile(secs, 95)) * 1e3, 3)},
                 "perturb": {p: {**v, "self_at_1": v["self"] / v["n"] if v["n"] else None,
@@ -267,6 +273,8 @@ def loco(db: Database, methods: Sequence[Method], results: dict[str, MethodResul
             for pred in _prediction(db, out, m):
                 results[m.name].loco.add(v.labels, pred)
             results[m.name].loco_seconds.append(out.seconds)
+            if not m.slice_wise and out.ranking:
+                results[m.name].loco_top[v.volume_id] = db.volumes[out.ranking[0]].volume_id
 
 
 def perturbations(db: Database, volumes: Sequence[tuple[Volume, str, dict[str, str]]],

@@ -84,7 +84,7 @@ def embed_slices(volume: Volume, slices: NDArray[np.int64], embedder: SliceEmbed
                             embedder.embedder_id)
 
     def compute() -> NDArray[np.float32]:
-        norm = normalize_intensity(volume.data, mode)[np.asarray(slices)]
+        norm = normalize_intensity(volume.data, mode, slices=slices)
         if prep.fov_mm:
             size = int(getattr(getattr(embedder, "info", None), "input_size", 224))
             norm = physical_scale(norm, (volume.spacing[0], volume.spacing[1]), prep.fov_mm,

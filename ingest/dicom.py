@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from ingest.digest import file_sha256
 from ingest.reader import VolumeFile, _read_proxy, _to_canonical
 from ingest.volume import Volume
 from medir.errors import VolumeError
@@ -601,14 +602,10 @@ def _files_digest(files: Sequence[Path]) -> str:
     """sha256 over the sorted per-file digests: stable whatever the file order or names."""
     digests = []
     for p in files:
-        h = hashlib.sha256()
         try:
-            with open(p, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
+            digests.append(file_sha256(p))
         except OSError as exc:
             raise VolumeError(p, f"unreadable ({_reason(exc)})") from None
-        digests.append(h.hexdigest())
     total = hashlib.sha256()
     for d in sorted(digests):
         total.update(d.encode())

@@ -12,11 +12,11 @@ medir read another file.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from ingest.digest import files_sha256
 from medir.errors import VolumeError
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -113,17 +113,8 @@ def read_metaimage_header(p: Path) -> tuple[str, tuple[int, ...], np.ndarray, _S
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeError(p, "degenerate orientation (TransformMatrix)")
-    sha = _sha256([p] + ([data_file] if data_file else []))
+    sha = files_sha256([p] + ([data_file] if data_file else []))
     return sha, size, affine, _SitkPixels(p)
-
-
-def _sha256(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

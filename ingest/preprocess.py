@@ -85,12 +85,22 @@ def normalize_intensity(
     *,
     percentiles: tuple[float, float] = (0.5, 99.5),
     hu_window: tuple[float, float] = CT_WINDOW_HU,
+    slices: np.ndarray | list[int] | None = None,
 ) -> np.ndarray:
     """Map a volume's voxel values to float32 in [0, 1].
 
     (Z, Y, X) in, (Z, Y, X) out; ``ct-windows`` gives (Z, 3, Y, X), one HU window per channel.
+    ``slices`` (indices along Z) returns only those slices, equal to
+    ``normalize_intensity(data, ...)[slices]``: the window still comes from the whole volume,
+    only the per-voxel mapping is restricted (a query embeds 43 of a 300-slice CT's slices).
     """
     concrete = resolve_intensity(data, mode)
+    if concrete == "ct":
+        lo, hi = hu_window
+    elif concrete == "percentile":
+        lo, hi = (float(v) for v in np.percentile(_subsample(data), percentiles))
+    if slices is not None:
+        data = data[np.asarray(slices, dtype=np.int64)]
     if concrete == "ct-windows":
         src = data.astype(np.float32, copy=False)
         chans = np.empty((src.shape[0], len(CT_WINDOWS_HU), *src.shape[1:]), np.float32)
@@ -99,10 +109,6 @@ def normalize_intensity(
             chans[:, c] /= hi - lo
         np.clip(chans, 0.0, 1.0, out=chans)
         return chans
-    if concrete == "ct":
-        lo, hi = hu_window
-    else:
-        lo, hi = (float(v) for v in np.percentile(_subsample(data), percentiles))
     out = data.astype(np.float32, copy=True)
     if hi <= lo:  # a constant volume
         out[:] = 0.0

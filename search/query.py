@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ingest.embedders.base import Embedder
-from ingest.preprocess import normalize_intensity
+from ingest.preprocess import normalize_intensity, resolve_intensity
 from ingest.reader import Limits, open_volume
 from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
@@ -42,7 +42,7 @@ from search.store import (
     collection_name,
     content_id,
 )
-from search.vote import SliceMatch, VolumeResult, vote
+from search.vote import SliceMatch, VolumeResult, VoteResult, vote
 
 MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
 MAX_TOP = 10_000  # volumes in the ranking
@@ -144,18 +144,33 @@ class SearchResult:
     ranking: list[VolumeResult]
     slice_predictions: list[SliceMatch]
     timings: dict[str, float]
+    #: "embedded" (the model ran on the query) or "stored" (the query's content is indexed and
+    #: its stored slice vectors were used).
+    vectors: str = "embedded"
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
         return {
             "query": {"volume_id": self.query_id, "source": self.query_source,
                       "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
-                      "weights": self.weights},
+                      "weights": self.weights, "vectors": self.vectors},
             "model": self.model,
             "options": self.options,
             "ranking": [r.to_dict(with_matches) for r in self.ranking],
             "slice_predictions": [m.__dict__ for m in self.slice_predictions],
             "timings": self.timings,
         }
+
+
+@dataclass(frozen=True)
+class VectorSearch:
+    """What :func:`search_vectors` found: the query slices it chose, their weights, the vote
+    (its ranking cut to the options' ``top``) and the seconds of the k-NN request, the vote
+    and any re-ranking (``knn_s``, ``vote_s``, ``rerank_s``)."""
+
+    chosen_slices: list[int]
+    weights: list[float]
+    vote: VoteResult
+    timings: dict[str, float]
 
 
 def check_collection(store: SliceStore, embedder: Embedder) -> str:
@@ -221,7 +236,7 @@ def search_vectors(
     exclude_volume: str | None = None,
     slice_indices: np.ndarray | None = None,
     embedder_id: str | None = None,
-) -> tuple[list[int], list[float], Any, dict[str, float]]:
+) -> VectorSearch:
     """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
@@ -251,7 +266,7 @@ def search_vectors(
                                  result.ranking, options, embedder_id)
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
-    return chosen_list, weights.tolist(), result, timings
+    return VectorSearch(chosen_list, weights.tolist(), result, timings)
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -301,18 +316,49 @@ def search_volume(
     coll = check_collection(store, embedder)
     sampling, _ = options.parsed()
     chosen = sampling.select(volume.n_slices, volume.spacing[2])
-    t0 = time.perf_counter()
-    norm = normalize_intensity(volume.data, options.intensity)
-    vectors = embedder.embed(norm[chosen])
-    t_embed = time.perf_counter() - t0
     exclude = content_id(volume.sha256, volume.index_4d)
-    chosen_list, weights, result, timings = search_vectors(
+    t0 = time.perf_counter()
+    stored = stored_vectors(store, coll, exclude, embedder.embedder_id,
+                            resolve_intensity(volume.data, options.intensity), chosen)
+    t_lookup = time.perf_counter() - t0
+    if stored is None:
+        vectors = embedder.embed(normalize_intensity(volume.data, options.intensity,
+                                                     slices=chosen))
+    else:
+        vectors = stored
+    t_embed = time.perf_counter() - t0 - t_lookup
+    found = search_vectors(
         store, coll, vectors, volume.n_slices, volume.spacing[2], options,
         exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
-                        chosen_list, weights, _opts(options), result.ranking,
-                        result.slice_predictions, {"embed_s": t_embed, **timings})
+                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
+                        found.vote.slice_predictions,
+                        {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
+                        "embedded" if stored is None else "stored")
+
+
+def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
+                   intensity: str, slices: np.ndarray) -> np.ndarray | None:
+    """The stored embeddings of ``slices`` of an indexed volume with this exact content
+    (file sha256 and 4D index), embedder version and concrete intensity mode, or None.
+
+    A query with a file that is already indexed then costs a k-NN and a vote, not a model
+    pass: the vectors are the ones ingest computed from the same voxels with the same model
+    and window. Any mismatch (another model version, another window, a slice missing) means
+    None, and the caller embeds as for a new volume.
+    """
+    flt = Filter({"content_id": content, "embedder": embedder_id, "intensity": intensity,
+                  **READY.must})
+    by_volume: dict[str, list[Record]] = {}
+    for r in store.scroll(coll, flt, with_vectors=True):
+        by_volume.setdefault(str(r.payload.get("volume_id", "")), []).append(r)
+    for vid in sorted(by_volume):
+        vec_of = {int(r.payload["slice"]): r.vector for r in live_records(by_volume[vid])}
+        rows = [vec_of.get(int(i)) for i in slices]
+        if rows and all(v is not None for v in rows):
+            return np.stack([np.asarray(v, dtype=np.float32) for v in rows])
+    return None
 
 
 def search_file(
@@ -357,14 +403,15 @@ def search_indexed(
     spacing = [float(s) for s in first["spacing"]]
     vectors = np.stack([r.vector for r in records if r.vector is not None])
     slices = np.asarray([int(r.payload["slice"]) for r in records])
-    chosen_list, weights, result, timings = search_vectors(
+    found = search_vectors(
         store, coll, vectors, n, spacing[2], options,
         exclude_volume=volume_id, slice_indices=slices,
         embedder_id=embedder.embedder_id,
     )
-    return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n, chosen_list,
-                        weights, _opts(options), result.ranking, result.slice_predictions,
-                        {"embed_s": 0.0, **timings})
+    return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
+                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
+                        found.vote.slice_predictions, {"embed_s": 0.0, **found.timings},
+                        "stored")
 
 
 def _opts(options: QueryOptions) -> dict[str, Any]:

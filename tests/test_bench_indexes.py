@@ -1,4 +1,5 @@
-"""Congruence: every index answers the same call, and agrees with exact search (STYLE item 5)."""
+"""Congruence: every index answers the same call, and agrees with exact search: the same
+vectors go to each engine and the ids and scores are compared with numpy's."""
 
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def test_engines_bench_rows(tmp_path: Path) -> None:
 def test_engines_cli_writes_json(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from benchmarks.cli import app
+    from medir.cli.bench import app
 
     res = CliRunner().invoke(app, ["engines", "--sizes", "800", "--dim", "16", "--engines",
                                    "flat", "--engines", "hnsw:M=8,efC=32", "--ef", "32",

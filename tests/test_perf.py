@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
-from benchmarks.perf.cli import app
 from ingest.embedders import get_embedder
 from ingest.pipeline import PipelineStats, index_volume, ingest_paths
 from ingest.reader import open_volume
+from medir.cli.bench_perf import app
 from search.store import SliceStore, collection_name
 from search.store_edge import EdgeStore
 

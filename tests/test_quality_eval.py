@@ -356,3 +356,12 @@ def test_fetch_eval_collection_gzips_nii_members_and_writes_the_case(tmp_path: P
     assert vol.data.shape == (4, 3, 2)  # (Z, Y, X) of a (2, 3, 4) RAS array
     with pytest.raises(Exception, match="unknown collection"):
         fetch_samples(tmp_path / "x", tmp_path / "cache", progress=False, collection="nope")
+
+
+def test_gaussian_over_a_sampling_is_medirs_query_method() -> None:
+    from benchmarks.quality import parse_method
+
+    m = parse_method("W:every-mm:7")
+    assert (m.sampling.kind, m.sampling.value, m.weighting.kind) == ("every-mm", 7.0, "gaussian")
+    assert parse_method("every-mm:7").weighting.kind == "none"
+    assert parse_method("W:every-mm:7+maxsim").rerank == "maxsim"

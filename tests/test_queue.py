@@ -115,7 +115,7 @@ def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
 
 def test_a_sample_collection_through_the_queue(
         sample_run: SampleRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.queue.jobs_cli import app as jobs_app
+    from medir.cli.jobs import app as jobs_app
     from runner.queue.submit import submit_stats
 
     run = sample_run
@@ -262,9 +262,9 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
         unfiltered = st.search_batch(coll, vectors, 1, Filter({"embedder": emb.embedder_id}),
                                      exact=True, payload_keys=["volume_id"])
         assert {h.payload["volume_id"] for row in unfiltered for h in row} == {target_id}
-        _, _, result, _ = search_vectors(st, coll, vectors, n_target, 1.0,
-                                         QueryOptions(weighting="none", exact=True),
-                                         slice_indices=slices, embedder_id=emb.embedder_id)
+        result = search_vectors(st, coll, vectors, n_target, 1.0,
+                                QueryOptions(weighting="none", exact=True),
+                                slice_indices=slices, embedder_id=emb.embedder_id).vote
         assert [r.volume_id for r in result.ranking] == [other_id]
 
     # a new worker (threads pool: it answers queries while it ingests) resumes the volume
@@ -340,8 +340,8 @@ def test_e_poison_volume_fails_after_max_deliveries(
 def test_c_corrupt_file_fails_alone(
         worker: StartWorker, queue_env: str, samples_dir: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
+    from medir.cli.jobs import app as jobs_app
     from runner.queue.app import get_app
-    from runner.queue.jobs_cli import app as jobs_app
     from runner.queue.submit import submit_ingest, submit_stats
 
     good = [samples_dir / "mr_abdomen_totalseg.nii.gz",

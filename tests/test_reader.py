@@ -180,3 +180,26 @@ def test_index_out_of_range(make_nifti) -> None:
     vf = open_volume(make_nifti(np.zeros((2, 2, 2, 2), np.float32)))
     with pytest.raises(VolumeError, match="out of range"):
         vf.read(5)
+
+
+@pytest.mark.parametrize("slope", [1.0, 0.5])
+def test_gzip_read_equals_nibabel(tmp_path: Path, slope: float) -> None:
+    """The zlib-ng read of a .nii.gz gives nibabel's own voxels, scaling and 4D indexing, for
+    a file written as several gzip members too."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1024, 3000, size=(20, 17, 9, 3)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(slope, -7.0)
+    one = tmp_path / "one.nii.gz"
+    nib.save(img, one)
+    raw = gzip.decompress(one.read_bytes())
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    ref = nib.load(one)
+    for path in (one, multi):
+        vf = open_volume(path)
+        for k in range(3):
+            expected = np.asanyarray(ref.dataobj[..., k])
+            got = np.asarray(vf._proxy[..., k])  # type: ignore[index]
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)

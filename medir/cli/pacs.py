@@ -1,4 +1,4 @@
-"""What ``medir ingest dicomweb+http://...`` and ``medir follow`` run (called by medir/cli.py)."""
+"""What ``medir ingest dicomweb+http://...`` and ``medir follow`` run (for medir/cli/root.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""``medir bench``: the paper's grid (``paper``) and the engine comparison (``engines``).
+"""``medir bench``: the paper's grid (``paper``), the quality evaluation (``quality``), the
+engine comparison (``engines``), embedder throughput (``speed``); ``perf`` is mounted from
+``medir.cli.bench_perf``.
 
 The grid's defaults live in ``benchmarks/configs/paper.json``; options override them. Results
 go to a folder (JSON, CSV, Markdown, PNG) with the machine and git commit recorded.
@@ -6,13 +8,15 @@ go to a folder (JSON, CSV, Markdown, PNG) with the machine and git commit record
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from medir.cli_common import user_errors
+from medir.cli.bench_perf import app as perf_app
+from medir.cli.common import user_errors
 from medir.config import get_settings
 from medir.errors import ConfigError
 
@@ -20,8 +24,6 @@ app = typer.Typer(help="Benchmarks: the paper's Table III grid, FAISS vs Qdrant 
                   no_args_is_help=True)
 
 # `medir bench perf ...`: ingest throughput, query latency, store at scale, memory.
-from benchmarks.perf.cli import app as perf_app  # noqa: E402
-
 app.add_typer(perf_app, name="perf", help="Performance: ingest, query, store scale, memory.")
 
 _errors = user_errors
@@ -245,6 +247,40 @@ def engines(
     files = write_engines(rows, out, config)
     typer.echo(files["markdown"].read_text(), nl=False)
     print(f"→ {files['json']}", file=sys.stderr)
+
+
+@app.command("speed")
+@_errors
+def speed(
+    models: Annotated[list[str] | None, typer.Option(
+        help="Embedding models (repeat or comma-separate); default: mobilenetv2-imagenet, "
+             "efficientnet-lite0-imagenet, dinov2-s-onnx, litemedsam-encoder.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch (and onnxruntime) threads.")] = 2,
+    batch: Annotated[int, typer.Option(help="Slices per model batch.")] = 32,
+    slices: Annotated[int, typer.Option(help="Synthetic slices timed per pass.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed passes (best and median reported).")] = 3,
+    out: Annotated[Path | None, typer.Option(help="JSON file (default: stdout).")] = None,
+) -> None:
+    """Embedder throughput: slices/s through Embedder.embed on synthetic 256×256 slices."""
+    import torch
+
+    from benchmarks.embedder_speed import DEFAULT_MODELS, run_speed
+
+    def say(row: dict[str, Any]) -> None:
+        print(f"{row['model']:30s} {row['slices_per_s_best']:8.2f} slices/s best, "
+              f"{row['slices_per_s_median']:8.2f} median ({row['slices']} slices)",
+              file=sys.stderr)
+
+    torch.set_num_threads(threads)
+    report = run_speed(_split(models) or list(DEFAULT_MODELS), device=device, batch=batch,
+                       slices=slices, repeats=repeats, on_row=say)
+    text = json.dumps(report, indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 def _sample_vectors(dataset: Path | None, model: str | None, cache: Path | None,

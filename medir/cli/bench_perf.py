@@ -1,7 +1,7 @@
 """``medir bench perf``: ingest, query, store and memory benchmarks, each writing JSON.
 
-    python -m benchmarks.perf.cli all --out results/perf          # what docs/perf.md reports
-    python -m benchmarks.perf.cli store --points 100000 --points 440000 --out results/perf
+    medir bench perf all --out results/perf          # what docs/perf.md reports
+    medir bench perf store --points 100000 --points 440000 --out results/perf
 
 Every document carries the machine, library versions, load average and git commit.
 """
@@ -23,7 +23,8 @@ from benchmarks.perf.common import (
     write_result,
     write_synthetic_set,
 )
-from medir.config import DEFAULT_MODEL, DEFAULT_SAMPLING
+from medir.cli.common import user_errors
+from medir.config import DEFAULT_MODEL, DEFAULT_SAMPLING, get_settings
 
 app = typer.Typer(help="Performance: ingest by stage vs forward-only, query latency, store at "
                        "scale, ingest memory.", no_args_is_help=True)
@@ -34,13 +35,8 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 BatchOpt = Annotated[int, typer.Option(help="Embedder batch size.")]
 
 
-def _scaled(scale: float) -> list[tuple[int, tuple[int, int, int]]]:
-    from benchmarks.perf.ingest_bench import SYNTHETIC_SPECS
-
-    return [(max(1, round(c * scale)), s) for c, s in SYNTHETIC_SPECS]
-
-
 @app.command("ingest")
+@user_errors
 def ingest_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,
@@ -55,7 +51,7 @@ def ingest_cmd(
 ) -> dict[str, Any]:
     """End-to-end ingest slices/s by stage vs the forward-only ceiling."""
     from benchmarks.perf.ceiling import forward_only
-    from benchmarks.perf.ingest_bench import bench_collection
+    from benchmarks.perf.ingest_bench import bench_collection, scaled_specs
 
     emb = make_embedder(model, device, batch_size)
     params = {"model": model, "device": str(emb.device), "batch_size": batch_size,
@@ -70,7 +66,7 @@ def ingest_cmd(
             "samples", files, emb, ceiling["slices_per_s"], sequential)
     if synthetic_scale > 0:
         with tempfile.TemporaryDirectory(prefix="medir-perf-syn-") as tmp:
-            syn = write_synthetic_set(Path(tmp), _scaled(synthetic_scale))
+            syn = write_synthetic_set(Path(tmp), scaled_specs(synthetic_scale))
             results["collections"]["synthetic"] = bench_collection(
                 "synthetic", syn, emb, ceiling["slices_per_s"], sequential)
     # the ceiling again at the end: the load on a shared machine drifts during a run
@@ -80,6 +76,7 @@ def ingest_cmd(
 
 
 @app.command("query")
+@user_errors
 def query_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,
@@ -106,6 +103,7 @@ def query_cmd(
 
 
 @app.command("query-latency")
+@user_errors
 def query_latency_cmd(
     out: OutOpt = Path("results/perf"),
     models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
@@ -132,6 +130,7 @@ def query_latency_cmd(
 
 
 @app.command("store")
+@user_errors
 def store_cmd(
     out: OutOpt = Path("results/perf"),
     points: Annotated[list[int] | None, typer.Option(
@@ -142,25 +141,32 @@ def store_cmd(
     ef: Annotated[list[int] | None, typer.Option(help="hnsw_ef at query time (repeatable).")]
         = None,
     repeats: Annotated[int, typer.Option(help="Queries per ef.")] = 20,
+    storage: Annotated[str, typer.Option(
+        help="Vector storage: q=none|int8 (scalar quantization), os=oversampling, "
+             "dt=float32|float16, e.g. q=int8,os=2,dt=float16.")] = "",
 ) -> dict[str, Any]:
     """The embedded store at scale: upsert rate, build time, 100-slice query p50, memory."""
+    from benchmarks.indexes import parse_storage
     from benchmarks.perf.store_scale import bench_store
 
     sizes = points or [100_000, 440_000]
     efs = tuple(ef or [64, 128, 256])
+    store_settings = parse_storage(storage)
     params = {"points": sizes, "dim": dim, "m": m, "ef_construct": ef_construct,
-              "ef": list(efs), "load_average_start": load_average()}
+              "ef": list(efs), "storage": store_settings.model_dump(),
+              "load_average_start": load_average()}
     results: dict[str, Any] = {}
     for n in sizes:
         log(f"store: {n} points")
         results[str(n)] = bench_store(n, dim=dim, m=m, ef_construct=ef_construct, efs=efs,
-                                      repeats=repeats)
+                                      repeats=repeats, storage=store_settings)
         results[str(n)]["load_average"] = load_average()
     write_result(out, "store", params, results)
     return results
 
 
 @app.command("memory")
+@user_errors
 def memory_cmd(
     out: OutOpt = Path("results/perf"),
     size_gb: Annotated[float, typer.Option(help="Size of the 4D file.")] = 2.0,
@@ -186,6 +192,7 @@ def memory_cmd(
 
 
 @app.command("peak")
+@user_errors
 def peak_cmd(
     out: OutOpt = Path("results/perf"),
     batch_size: BatchOpt = 16,
@@ -194,67 +201,17 @@ def peak_cmd(
 ) -> dict[str, Any]:
     """Matrix-multiply peak vs the default model's forward pass (float, int8, torch, ORT
     options), interleaved in one run; fraction of peak = slices/s × FLOPs/slice ÷ peak."""
-    import numpy as np
-
-    from benchmarks.perf.peak import (
-        compare_forward,
-        matmul_peak,
-        onnx_session_variants,
-        vit_s14_flops,
-    )
-    from ingest.embedders import packaged as pk
+    from benchmarks.perf.peak import bench_peak
 
     params = {"batch_size": batch_size, "rounds": rounds, "load_average_start": load_average()}
-    flops = vit_s14_flops(224)
-    peak_start = matmul_peak()
-    embs = {name: make_embedder(name, "cpu", batch_size)
-            for name in (DEFAULT_MODEL, "dinov2-s-onnx-int8", "dinov2-s-torch")}
-    x = _real_batch(samples, embs[DEFAULT_MODEL], batch_size)
-    runners: dict[str, Any] = {
-        name: (lambda xx, e=e: e.forward(xx)) for name, e in embs.items()}
-    cache = embs[DEFAULT_MODEL].cache_dir / "onnx"  # where the embedder put its graph
-    float_path = embs[DEFAULT_MODEL]._model_path(cache)  # type: ignore[attr-defined]
-    for label, path in (("float", float_path), ("int8", pk.quantized_onnx_path(float_path, cache))):
-        for variant, sess in onnx_session_variants(str(path)).items():
-            runners[f"ort-{label}-{variant}"] = (
-                lambda xx, s=sess: s.run([pk.DINOV2_CUT], {pk.DINOV2_INPUT: xx.numpy()}))
-    forward = compare_forward(runners, x, rounds=rounds)
-    peak_end = matmul_peak()
-    peak = max(peak_start["peak_gflops"], peak_end["peak_gflops"])
-    for row in forward.values():
-        row["gflops_per_s"] = row["slices_per_s"] * flops["gflops"]
-        row["fraction_of_fp32_peak"] = row["gflops_per_s"] / peak
-    results = {"flops_per_slice": flops, "matmul_start": peak_start, "matmul_end": peak_end,
-               "peak_gflops": peak, "forward": forward,
-               "input": {"slices": int(x.shape[0]), "from": "sample volumes"},
-               "note": "int8 rows are compared with the float32 GEMM peak"}
-    _ = np
+    results = bench_peak(samples, batch_size=batch_size, rounds=rounds,
+                         onnx_cache=get_settings().cache_dir / "onnx")
     write_result(out, "peak", params, results)
     return results
 
 
-def _real_batch(samples: Path, emb: Any, n: int) -> Any:
-    """``n`` prepared slices from the sample volumes (evenly spaced), else random ones."""
-    import numpy as np
-    import torch
-
-    from ingest.preprocess import normalize_intensity, resolve_intensity
-    from ingest.reader import open_volume
-
-    files = sample_files(samples)
-    chunks = []
-    for path in files[: max(1, min(len(files), 4))]:
-        vf = open_volume(path)
-        vol = vf.read(0 if vf.is_4d else None)
-        norm = normalize_intensity(vol.data, resolve_intensity(vol.data, "auto"))
-        idx = np.linspace(0, vol.n_slices - 1, max(1, n // 4)).astype(int)
-        chunks.append(emb.prepare(np.ascontiguousarray(norm[idx])))
-    if not chunks:
-        return emb.prepare(torch.rand(n, 256, 256))
-    return torch.cat(chunks)[:n].contiguous()
-
-
 @app.command("all")
+@user_errors
 def all_cmd(
     out: OutOpt = Path("results/perf"),
     model: ModelOpt = DEFAULT_MODEL,
@@ -274,6 +231,3 @@ def all_cmd(
     memory_cmd(out=out, size_gb=size_gb, model=model, device=device, batch_size=batch_size,
                shape=memory_shape)
 
-
-if __name__ == "__main__":
-    app()

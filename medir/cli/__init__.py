@@ -1,0 +1,16 @@
+"""The ``medir`` command line, one tree in one package; it imports the library, never the reverse.
+
+- ``root``: the app and the top-level commands (ingest, search, info, volumes, prune, migrate,
+  demo, follow, worker); it mounts the groups below;
+- ``samples``: ``medir samples fetch``;
+- ``models``: ``medir models [list|prepare]``;
+- ``jobs``: ``medir jobs``, the queue's job records;
+- ``bench`` and ``bench_perf``: ``medir bench paper|quality|engines|speed`` and
+  ``medir bench perf ...``;
+- ``pacs``: what ``medir ingest dicomweb+http://...`` and ``medir follow`` run;
+- ``common``: what every command shares (a user error is one line and exit status 2).
+"""
+
+from medir.cli.root import app, main
+
+__all__ = ["app", "main"]

