@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ingest import dicom
 from ingest.dicom import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, DicomSeries, Skipped
-from ingest.reader import VolumeFile, case_id_of, is_volume_file, open_volume
+from ingest.reader import Limits, VolumeFile, case_id_of, is_volume_file, open_volume
 
 LabelMap = Mapping[str, Mapping[str, str]]
 
@@ -40,9 +40,10 @@ class VolumeSource:
     series: DicomSeries | None = None
     keys: tuple[str, ...] = ()  # further names a labels table may use for it
 
-    def open(self) -> VolumeFile:
-        """Open (headers only) as a :class:`VolumeFile` whose volume ids use ``volume_id``."""
-        vf = self.series.open() if self.series is not None else open_volume(self.path)
+    def open(self, limits: Limits | None = None) -> VolumeFile:
+        """Open (headers only) as a :class:`VolumeFile` whose volume ids use ``volume_id``;
+        ``limits``: what a volume file may declare (:func:`ingest.reader.open_volume`)."""
+        vf = self.series.open() if self.series is not None else open_volume(self.path, limits)
         return dataclasses.replace(vf, case_id=self.volume_id)
 
     @property

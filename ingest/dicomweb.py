@@ -32,7 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from ingest.dicom import series_from_datasets
 from ingest.reader import VolumeFile
-from medir.config import PacsSettings, Settings, get_settings
+from medir.config import PacsSettings, Settings
 from medir.errors import ConfigError, MedirError, VolumeError
 
 SCHEME_PREFIX = "dicomweb+"
@@ -109,9 +109,10 @@ def mask(text: str, secrets: Sequence[str]) -> str:
     return re.sub(r"(https?://)[^/@\s]+@", r"\1***@", text)
 
 
-def parse_source(source: str, settings: Settings | None = None) -> SourceSpec:
-    """``dicomweb+http://...[/studies/S][/series/X]`` or ``pacs[/studies/S][/series/X]``."""
-    pacs = (settings or get_settings()).pacs
+def parse_source(source: str, settings: Settings | PacsSettings) -> SourceSpec:
+    """``dicomweb+http://...[/studies/S][/series/X]`` or ``pacs[/studies/S][/series/X]``
+    (``pacs``: the server of the settings, whose credentials go only to that server)."""
+    pacs = settings.pacs if isinstance(settings, Settings) else settings
     text = normalise_source(source.strip())
     if text == SETTINGS_SOURCE or text.startswith(SETTINGS_SOURCE + "/"):
         if not pacs.url:
@@ -368,7 +369,7 @@ def list_series(spec: SourceSpec, filters: QidoFilters) -> list[PacsSeries]:
     return [PacsSeries(spec.target, r) for r in refs]
 
 
-def open_pacs_source(source: str, settings: Settings | None = None) -> VolumeFile:
+def open_pacs_source(source: str, settings: Settings | PacsSettings) -> VolumeFile:
     """A volume file for a PACS series source (``.../series/<uid>``), e.g. as a query."""
     spec = parse_source(source, settings)
     if not spec.series_uid:
@@ -401,4 +402,4 @@ def already_indexed(store: Any, collection: str, series: PacsSeries, embedder_id
 def settings_target(pacs: PacsSettings) -> Target:
     if not pacs.url:
         raise ConfigError("no PACS configured: set MEDIR_PACS__URL")
-    return parse_source(SETTINGS_SOURCE).target
+    return parse_source(SETTINGS_SOURCE, pacs).target

@@ -42,7 +42,7 @@ from ingest import versions
 from ingest.collection import VolumeSource, file_source, labels_for
 from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
-from ingest.reader import VolumeFile
+from ingest.reader import Limits, VolumeFile
 from ingest.volume import Volume
 from medir.errors import MedirError, VolumeError
 from search.store import (
@@ -301,6 +301,7 @@ def _reader(
     labels: LabelMap | None,
     intensity: str,
     stats: PipelineStats,
+    limits: Limits | None = None,
 ) -> None:
     """Producer role: files → volumes → windowed (and on CPU resized) chunks, in order."""
     step = max(embedder.batch_size, 1)
@@ -324,7 +325,7 @@ def _reader(
             path = src.path
             t0 = time.perf_counter()
             try:
-                vf = _sequential(src.open())
+                vf = _sequential(src.open(limits))
             except VolumeError as exc:
                 stats.read_s += time.perf_counter() - t0
                 if not put(_Failed(IngestReport(src.source, src.volume_id, "failed",
@@ -391,12 +392,14 @@ def ingest_paths(
     flush_every: float = 1.0,
     stats: PipelineStats | None = None,
     force: bool = False,
+    limits: Limits | None = None,
 ) -> list[IngestReport]:
     """Index every volume of every file or source. A bad file is reported, the others go on.
 
     A path given as such is a file given directly (its volume id is its name without the
     suffix); folders are expanded by :func:`ingest.collection.scan_paths` into sources.
-    ``force`` re-embeds volumes that are already indexed and unchanged.
+    ``force`` re-embeds volumes that are already indexed and unchanged. ``limits``: what a
+    volume file may declare (the settings', :meth:`ingest.reader.Limits.of`).
 
     Reading and windowing of the next volumes overlap the embedding of the current ones;
     small volumes share batches (see the module docstring). Written volumes are flushed
@@ -416,7 +419,7 @@ def ingest_paths(
     q: queue.Queue[_Item] = queue.Queue(maxsize=st.prefetch)
     stop = threading.Event()
     reader = threading.Thread(
-        target=_reader, args=(paths, q, stop, embedder, labels, intensity, st),
+        target=_reader, args=(paths, q, stop, embedder, labels, intensity, st, limits),
         name="medir-ingest-reader", daemon=True,
     )
     order: deque[_Open | IngestReport] = deque()  # reports leave in input order

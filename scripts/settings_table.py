@@ -26,14 +26,13 @@ where a command, the UI or a worker starts, and passed down. This page is genera
 
 
 FOOTER = """
-Two more are read from the environment where they act, not through the settings class yet:
-`MEDIR_PLUGINS` (comma-separated modules that register your own embedders) and
-`MEDIR_ALLOW_DOWNLOADS=1` (lets the paper models' loaders download from Hugging Face).
+Besides these, the Hugging Face libraries read their own variables (`HF_HOME`, `HF_HUB_CACHE`,
+`HF_HUB_OFFLINE`; `HF_HUB_OFFLINE` also turns `MEDIR_ALLOW_DOWNLOADS` off).
 """
 
 
 def _default(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return "unset"
     if isinstance(value, SecretStr):
         return "unset"

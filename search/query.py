@@ -18,9 +18,17 @@ import numpy as np
 
 from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
-from ingest.reader import open_volume
+from ingest.reader import Limits, open_volume
 from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
+from medir.config import (
+    DEFAULT_K,
+    DEFAULT_SIGMA,
+    DEFAULT_TOP,
+    DEFAULT_WEIGHTING,
+    PacsSettings,
+    SearchSettings,
+)
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
@@ -42,12 +50,18 @@ MAX_TOP = 10_000  # volumes in the ranking
 
 @dataclass
 class QueryOptions:
-    """A query's options, validated on construction (before any file is read or embedded)."""
+    """A query's options, validated on construction (before any file is read or embedded).
+
+    The sampling and weighting specs are strings (they travel through the CLI, the queue and
+    JSON), parsed once here: :meth:`parsed` hands the parsed objects to every step of the query.
+    The defaults are the library's (all slices); the configured ones (``MEDIR_SEARCH__*``) are
+    applied by :func:`configured_options`.
+    """
 
     sampling: str = "all"
-    weighting: str = "gaussian"
-    k: int = 1
-    top: int = 10
+    weighting: str = DEFAULT_WEIGHTING
+    k: int = DEFAULT_K
+    top: int = DEFAULT_TOP
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
     intensity: str = "auto"
@@ -90,7 +104,32 @@ class QueryOptions:
                 raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
 
     def parsed(self) -> tuple[Sampling, Weighting]:
-        return Sampling.parse(self.sampling), Weighting.parse(self.weighting)
+        """The parsed sampling and weighting (parsed on construction; again only if a spec
+        was changed since)."""
+        specs = (self.sampling, self.weighting)
+        cached = self.__dict__.get("_parsed")
+        if cached is None or cached[0] != specs:
+            cached = (specs, (Sampling.parse(self.sampling), Weighting.parse(self.weighting)))
+            self.__dict__["_parsed"] = cached
+        return cached[1]
+
+
+def configured_options(search: SearchSettings, *, intensity: str, sampling: str | None = None,
+                       weighting: str | None = None, k: int | None = None,
+                       top: int | None = None, **rest: Any) -> QueryOptions:
+    """Query options from the settings' query defaults (``search``, ``MEDIR_SEARCH__*``) with
+    what the user gave (None: the setting). A ``gaussian`` weighting without ``:SIGMA`` takes
+    the settings' ``sigma``."""
+    return QueryOptions(sampling=sampling or search.sampling,
+                        weighting=weighting or default_weighting(search),
+                        k=search.k if k is None else k, top=search.top if top is None else top,
+                        intensity=intensity, **rest)
+
+
+def default_weighting(search: SearchSettings) -> str:
+    """The configured weighting spec, its σ from ``search.sigma`` when the spec has none."""
+    w = Weighting.parse(search.weighting, default_sigma=search.sigma)
+    return search.weighting if w.kind == "none" or w.sigma == DEFAULT_SIGMA else str(w)
 
 
 @dataclass
@@ -324,23 +363,25 @@ def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
 
 def search_file(
     path: str | Path, store: SliceStore, embedder: Embedder, options: QueryOptions,
-    index_4d: int | None = None,
+    index_4d: int | None = None, *, limits: Limits | None = None,
+    pacs: PacsSettings | None = None,
 ) -> SearchResult:
     """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume).
 
     A PACS series (``dicomweb+http://.../series/<uid>`` or ``pacs/series/<uid>``) is retrieved
-    over DICOMweb (in memory) and used like a file.
+    over DICOMweb (in memory, from the ``pacs`` settings) and used like a file. ``limits``:
+    what the file may declare (the settings', :meth:`ingest.reader.Limits.of`).
     """
     from ingest.dicomweb import is_dicomweb_source, open_pacs_source
 
     if is_dicomweb_source(str(path)):
-        vf = open_pacs_source(str(path))
+        vf = open_pacs_source(str(path), pacs or PacsSettings())
     elif Path(path).is_dir():  # the folder of one DICOM series
         from ingest.dicom import open_dicom_folder
 
         vf = open_dicom_folder(Path(path))
     else:
-        vf = open_volume(path)
+        vf = open_volume(path, limits)
     vol = vf.read((index_4d or 0) if vf.is_4d else None)
     return search_volume(vol, store, embedder, options)
 

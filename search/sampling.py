@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medir.config import DEFAULT_SIGMA
 from medir.errors import ConfigError
 
 DEFAULT_SEED = 0
-DEFAULT_SIGMA = 0.25
 # every-mm below this step would ask for more target positions than any volume has slices
 # (CT/MR slices are >= 0.1 mm apart); it is a typo, not a sampling.
 MIN_STEP_MM = 0.01
@@ -100,13 +100,14 @@ class Weighting:
     sigma: float = DEFAULT_SIGMA
 
     @classmethod
-    def parse(cls, spec: str) -> Weighting:
+    def parse(cls, spec: str, default_sigma: float = DEFAULT_SIGMA) -> Weighting:
+        """``none`` or ``gaussian[:SIGMA]`` (``default_sigma`` where the spec gives none)."""
         parts = spec.strip().lower().split(":")
         try:
             if parts[0] in ("none", "count", "uniform") and len(parts) == 1:
                 return cls("none")
             if parts[0] in ("gaussian", "w") and len(parts) in (1, 2):
-                sigma = float(parts[1]) if len(parts) == 2 else DEFAULT_SIGMA
+                sigma = float(parts[1]) if len(parts) == 2 else default_sigma
                 if not (math.isfinite(sigma) and 0 < sigma <= MAX_SIGMA):
                     raise ValueError
                 return cls("gaussian", sigma)

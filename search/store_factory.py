@@ -3,12 +3,12 @@ otherwise the embedded Qdrant Edge store at ``MEDIR_STORE_PATH``."""
 
 from __future__ import annotations
 
-from medir.config import Settings, get_settings
+from medir.config import Settings
 from search.store import SliceStore
 
 
-def open_store(settings: Settings | None = None) -> SliceStore:
-    s = settings or get_settings()
+def open_store(s: Settings) -> SliceStore:
+    """The store of the settings ``s`` (read by the caller, the runner)."""
     if s.qdrant_url:
         from search.store_qdrant import QdrantStore
 

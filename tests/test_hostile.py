@@ -17,7 +17,7 @@ import pytest
 import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
 from ingest.embedders import get_embedder
 from ingest.pipeline import ingest_paths
-from ingest.reader import open_volume
+from ingest.reader import Limits, open_volume
 from medir.config import Settings, get_settings
 from medir.errors import ConfigError, StoreUnavailable, VolumeError
 from medir.secrets import SecretFilter, mask_secrets, safe_url
@@ -40,9 +40,9 @@ def _nhdr(folder: Path, data_file: str, sizes: str = "4 4 4", encoding: str = "r
     return p
 
 
-def _err(path: Path) -> str:
+def _err(path: Path, limits: Limits | None = None) -> str:
     with pytest.raises(VolumeError) as info:
-        open_volume(path).read()
+        open_volume(path, limits).read()
     return str(info.value)
 
 
@@ -101,11 +101,12 @@ def test_limit_is_a_setting(make_nifti, monkeypatch: pytest.MonkeyPatch) -> None
     p = make_nifti(np.ones((10, 10, 11), np.float32))
     monkeypatch.setenv("MEDIR_LIMITS__MAX_VOXELS", "1000")
     get_settings.cache_clear()
-    assert "= 1100 voxels per volume, the limit is 1000" in _err(p)
+    assert "= 1100 voxels per volume, the limit is 1000" in _err(p, Limits.of(
+        get_settings().limits))
     monkeypatch.setenv("MEDIR_LIMITS__MAX_VOXELS", "1100")
     monkeypatch.setenv("MEDIR_LIMITS__MAX_BYTES", "100")
     get_settings.cache_clear()
-    assert "4400 bytes of data, the limit is 100" in _err(p)
+    assert "4400 bytes of data, the limit is 100" in _err(p, Limits.of(get_settings().limits))
 
 
 def test_gzip_nrrd_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
@@ -361,7 +362,8 @@ def test_ui_pages_never_show_the_broker_password(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MEDIR_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
     for page in ("search_page", "ingest_page", "collection_page"):
-        at = AppTest.from_string(f"from ui.{page} import render\nrender()\n",
+        at = AppTest.from_string("from medir.config import get_settings\n"
+                                 f"from ui.{page} import render\nrender(get_settings())\n",
                                  default_timeout=180).run()
         assert not at.exception, page
         shown = "\n".join(str(e.value) for kind in ("error", "warning", "info", "success",

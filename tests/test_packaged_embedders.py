@@ -98,7 +98,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def run(request: pytest.FixtureRequest, onnx_cache: Path) -> Run:
     name: str = request.param
     slices = make_slices(SLOW_MODELS.get(name, 8))
-    emb = get_embedder(name, device="cpu", batch_size=8)
+    emb = get_embedder(name, device="cpu", batch_size=8, cache_dir=onnx_cache)
     first = emb.embed(slices)
     again = emb.embed(slices)
     emb.batch_size = 1
@@ -145,7 +145,7 @@ def test_different_images_differ(run: Run) -> None:
 
 
 def test_accepts_torch_tensor_and_other_sizes(onnx_cache: Path) -> None:
-    emb = get_embedder("mobilenetv2-imagenet", device="cpu")
+    emb = get_embedder("mobilenetv2-imagenet", device="cpu", cache_dir=onnx_cache)
     x = make_slices(2, size=64)
     a = emb.embed(torch.from_numpy(x))
     b = emb.embed(x)
@@ -160,7 +160,7 @@ def test_missing_package_is_model_unavailable(
         with monkeypatch.context() as m:
             # A None entry in sys.modules makes both import and find_spec report "not there".
             m.setitem(sys.modules, module, None)
-            emb = get_embedder(name, device="cpu")
+            emb = get_embedder(name, device="cpu", cache_dir=onnx_cache)
             with pytest.raises(ModelUnavailable, match="pip install") as err:
                 emb.load()
             if module != "onnxruntime":
@@ -228,7 +228,7 @@ def test_litemedsam_leaves_timm_alone() -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cuda_matches_cpu(name: str, onnx_cache: Path) -> None:
     x = make_slices(SLOW_MODELS.get(name, 8))
-    cpu = get_embedder(name, device="cpu").embed(x)
-    gpu = get_embedder(name, device="cuda").embed(x)  # half precision for the torch models
+    cpu = get_embedder(name, device="cpu", cache_dir=onnx_cache).embed(x)
+    gpu = get_embedder(name, device="cuda", cache_dir=onnx_cache).embed(x)  # half: torch models
     cos = np.sum(cpu * gpu, axis=1)
     assert cos.min() > 0.99

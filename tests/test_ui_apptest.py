@@ -18,8 +18,10 @@ CT_CHEST = "ct_chest_lung1_pyradiomics"
 
 
 def _page(module: str) -> AppTest:
-    """An AppTest running one page's ``render()`` (the pages are functions of st.navigation)."""
-    return AppTest.from_string(f"from ui.{module} import render\nrender()\n",
+    """An AppTest running one page's ``render(settings)`` (the pages are functions of
+    st.navigation; ``ui/app.py`` reads the settings and hands them over, as here)."""
+    return AppTest.from_string("from medir.config import get_settings\n"
+                               f"from ui.{module} import render\nrender(get_settings())\n",
                                default_timeout=TIMEOUT)
 
 
@@ -94,6 +96,32 @@ def test_search_page_shows_queue_unavailable(monkeypatch: pytest.MonkeyPatch) ->
     assert any("Worker not running or queue unavailable" in e.value for e in at.error)
 
 
+@pytest.mark.parametrize(("configured", "kind", "widget", "shown"), [
+    (None, "every-mm", "mm", 7.0),  # the default sampling, every-mm:7
+    ("every-mm:10", "every-mm", "mm", 10.0),
+    ("every-n:3", "every-n", "n", 3),
+    ("random:40:2", "random", "kr", 40),
+])
+def test_search_page_options_start_from_the_settings(
+    sample_store: Path, monkeypatch: pytest.MonkeyPatch, configured: str | None, kind: str,
+    widget: str, shown: float,
+) -> None:
+    """The sampling widgets show the configured sampling (MEDIR_SEARCH__SAMPLING), the σ
+    widget the configured sigma (MEDIR_SEARCH__SIGMA), k and top theirs."""
+    if configured is not None:
+        monkeypatch.setenv("MEDIR_SEARCH__SAMPLING", configured)
+    monkeypatch.setenv("MEDIR_SEARCH__SIGMA", "0.4")
+    monkeypatch.setenv("MEDIR_SEARCH__K", "3")
+    monkeypatch.setenv("MEDIR_SEARCH__TOP", "7")
+    get_settings.cache_clear()
+    at = _page("search_page").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sampling").value == kind
+    assert at.number_input(key=widget).value == shown
+    assert at.number_input(key="sigma").value == 0.4
+    assert (at.number_input(key="k").value, at.number_input(key="top").value) == (3, 7)
+
+
 def test_search_page_bad_upload(sample_store: Path) -> None:
     at = _page("search_page").run()
     at.file_uploader(key="upload").set_value(("scan.nii.gz", b"not a volume", "application/gzip"))
@@ -116,7 +144,11 @@ def test_search_page_model_mismatch(sample_store: Path, samples_dir: Path) -> No
                for e in at.error)
 
 
-def test_search_page_real_search_by_indexed_volume(sample_store: Path) -> None:
+def test_search_page_real_search_by_indexed_volume(sample_store: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # every 5 mm: every slice of the 5 mm CT (the widget starts from the configured sampling)
+    monkeypatch.setenv("MEDIR_SEARCH__SAMPLING", "every-mm:5")
+    get_settings.cache_clear()
     at = _page("search_page").run()
     at.radio(key="source").set_value("An indexed volume").run()
     at.selectbox(key="volume_id").set_value(CT_CHEST).run()

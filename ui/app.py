@@ -1,12 +1,14 @@
 """medir's web UI: ``streamlit run ui/app.py``.
 
 Three pages: Search (the default), Ingest and Collection. Settings come from the ``MEDIR_``
-environment (see ``medir/config.py``); the upload limit is ``MEDIR_UI__UPLOAD_LIMIT_MB``.
+environment or ``.env`` (see ``medir/config.py``), read here once per run and handed to each
+page's ``render(settings)``; the upload limit is ``MEDIR_UI__UPLOAD_LIMIT_MB``.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 _REPO = str(Path(__file__).resolve().parents[1])
@@ -22,19 +24,21 @@ def main() -> None:
     """Configure the page and run the selected one."""
     st.set_page_config(page_title="medir · volume search", page_icon=":material/radiology:",
                        layout="wide")
-    pages = [
-        st.Page(search_page.render, title="Search", icon=":material/search:",
-                url_path="search", default=True),
-        st.Page(ingest_page.render, title="Ingest", icon=":material/upload:", url_path="ingest"),
-        st.Page(collection_page.render, title="Collection", icon=":material/dataset:",
-                url_path="collection"),
-    ]
     from medir.config import get_settings
     from medir.errors import ConfigError
     from medir.secrets import check_secrets
 
+    settings = get_settings()  # the UI's one read of the settings; the pages get them
+    pages = [
+        st.Page(partial(search_page.render, settings), title="Search", icon=":material/search:",
+                url_path="search", default=True),
+        st.Page(partial(ingest_page.render, settings), title="Ingest", icon=":material/upload:",
+                url_path="ingest"),
+        st.Page(partial(collection_page.render, settings), title="Collection",
+                icon=":material/dataset:", url_path="collection"),
+    ]
     try:
-        check_secrets(get_settings())
+        check_secrets(settings)
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()

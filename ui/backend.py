@@ -103,8 +103,8 @@ def search(
     *,
     by_id: bool = False,
 ) -> dict[str, Any]:
-    """One volume query (a file path, or an indexed volume id with ``by_id``) → result dict."""
-    options.parsed()  # a bad option fails here, before the queue or the model
+    """One volume query (a file path, or an indexed volume id with ``by_id``) → result dict
+    (``options`` were validated, and their specs parsed, when they were built)."""
     with queue_calls(settings):
         return get_runner(settings).search(query, options, model=model, by_id=by_id)
 

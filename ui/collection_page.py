@@ -8,16 +8,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from medir.config import Settings
 from ui.common import forget_stats, header, model_of, show_error, store_stats
 
 
-def render() -> None:
-    """Draw the collection page."""
-    header("Collection", "What the store holds: one collection per embedding model.")
+def render(s: Settings) -> None:
+    """Draw the collection page (``s``: the settings, read where the UI starts)."""
+    header("Collection", "What the store holds: one collection per embedding model.", s)
     if st.button("Refresh", icon=":material/refresh:", key="refresh"):
         forget_stats()
     try:
-        stats = store_stats()
+        stats = store_stats(s)
     except Exception as exc:
         show_error(exc)
         return
@@ -31,14 +32,14 @@ def render() -> None:
         st.info("**The store is empty.** Index volumes on the **Ingest** page or with "
                 "`medir ingest PATH`.", icon=":material/inbox:")
         return
-    st.dataframe(_summary(stats), hide_index=True, key="collections_table")
+    st.dataframe(_summary(stats, s), hide_index=True, key="collections_table")
     for col in stats["collections"]:
-        _collection(col)
+        _collection(col, s)
 
 
-def _summary(stats: dict[str, Any]) -> pd.DataFrame:
+def _summary(stats: dict[str, Any], s: Settings) -> pd.DataFrame:
     return pd.DataFrame([
-        {"model": model_of(c), "collection": c["name"],
+        {"model": model_of(c, s), "collection": c["name"],
          "volumes": c["volumes"], "points (slices)": c["points"],
          "searchable points": c["ready_points"], "dim": c["dim"],
          "embedder versions": ", ".join(c.get("embedders", []))}
@@ -46,8 +47,8 @@ def _summary(stats: dict[str, Any]) -> pd.DataFrame:
     ])
 
 
-def _collection(col: dict[str, Any]) -> None:
-    st.subheader(model_of(col))
+def _collection(col: dict[str, Any], s: Settings) -> None:
+    st.subheader(model_of(col, s))
     pending = int(col["points"]) - int(col["ready_points"])
     st.caption(f"{col['volumes']} volumes · {col['points']} points · {col['dim']}-d"
                + (f" · {pending} points of volumes still being ingested" if pending else ""))

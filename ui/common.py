@@ -1,4 +1,8 @@
-"""Pieces shared by the pages: settings, cached store statistics, models, error messages."""
+"""Pieces shared by the pages: cached store statistics, models, error messages.
+
+The settings are read once per run where the UI starts (``ui/app.py``) and handed to each
+page's ``render(settings)``; the helpers here take them as an argument.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,10 @@ from typing import Any
 
 import streamlit as st
 
-from medir.config import Settings, get_settings
+from medir.config import Settings
 from medir.errors import EmptyStore, MedirError, ModelMismatch, StoreUnavailable
 from search.store import collection_name
 from ui import backend
-
-
-def settings() -> Settings:
-    return get_settings()
 
 
 def _key(s: Settings) -> str:
@@ -21,13 +21,13 @@ def _key(s: Settings) -> str:
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def _stats(key: str) -> dict[str, Any]:
-    return backend.stats(get_settings())
+def _stats(key: str, _settings: Settings) -> dict[str, Any]:
+    return backend.stats(_settings)
 
 
-def store_stats() -> dict[str, Any]:
+def store_stats(s: Settings) -> dict[str, Any]:
     """Collection statistics, cached for a few seconds (cleared after searches and ingests)."""
-    return _stats(_key(settings()))
+    return _stats(_key(s), s)
 
 
 def forget_stats() -> None:
@@ -35,37 +35,44 @@ def forget_stats() -> None:
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def _volumes(key: str, model: str) -> list[str] | None:
-    return backend.indexed_volumes(get_settings(), model)
+def _volumes(key: str, model: str, _settings: Settings) -> list[str] | None:
+    return backend.indexed_volumes(_settings, model)
 
 
-def indexed_volumes(model: str) -> list[str] | None:
-    return _volumes(_key(settings()), model)
+def indexed_volumes(s: Settings, model: str) -> list[str] | None:
+    return _volumes(_key(s), model, s)
 
 
 @st.cache_data(show_spinner=False)
-def model_names() -> list[str]:
+def _model_names(plugins: tuple[str, ...]) -> list[str]:
     from ingest.embedders import model_names as names
+    from ingest.embedders import use_plugins
 
+    use_plugins(plugins)
     return names()
 
 
-def model_of(collection: dict[str, Any]) -> str:
+def model_names(s: Settings) -> list[str]:
+    """The registered models, with the settings' plugins."""
+    return _model_names(s.plugin_modules)
+
+
+def model_of(collection: dict[str, Any], s: Settings) -> str:
     """The model a collection was built with: from its embedder ids (``name@version``), else
     the registered model whose collection name it is, else the collection's name."""
     for emb in collection.get("embedders", []):
         return str(emb).rsplit("@", 1)[0]
-    by_name = {collection_name(m): m for m in model_names()}
+    by_name = {collection_name(m): m for m in model_names(s)}
     return by_name.get(collection["name"], collection["name"])
 
 
-def collection_models(stats: dict[str, Any]) -> list[str]:
+def collection_models(stats: dict[str, Any], s: Settings) -> list[str]:
     """Models that have a collection in the store."""
-    return [model_of(c) for c in stats.get("collections", [])]
+    return [model_of(c, s) for c in stats.get("collections", [])]
 
 
-def collection_of(stats: dict[str, Any], model: str) -> dict[str, Any] | None:
-    return next((c for c in stats.get("collections", []) if model_of(c) == model), None)
+def collection_of(stats: dict[str, Any], model: str, s: Settings) -> dict[str, Any] | None:
+    return next((c for c in stats.get("collections", []) if model_of(c, s) == model), None)
 
 
 def show_error(exc: BaseException) -> None:
@@ -89,6 +96,6 @@ def show_error(exc: BaseException) -> None:
         st.error(f"Unexpected error: {type(exc).__name__}: {text}", icon=":material/error:")
 
 
-def header(title: str, caption: str) -> None:
+def header(title: str, caption: str, s: Settings) -> None:
     st.title(title)
-    st.caption(f"{caption}  \n{backend.mode_text(settings())}")
+    st.caption(f"{caption}  \n{backend.mode_text(s)}")

@@ -16,9 +16,10 @@ import streamlit as st
 
 from ingest.collection import VolumeSource, scan_paths
 from ingest.pipeline import IngestReport
+from medir.config import Settings
 from medir.errors import MedirError
 from ui import backend, jobs
-from ui.common import forget_stats, header, model_names, settings, show_error
+from ui.common import forget_stats, header, model_names, show_error
 from ui.paths import resolve_in_roots, resolved_roots
 from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir, upload_source
 
@@ -26,12 +27,11 @@ JOBS_KEY = "ingest_jobs"
 REPORTS_KEY = "ingest_reports"
 
 
-def render() -> None:
-    """Draw the ingest page."""
-    s = settings()
+def render(s: Settings) -> None:
+    """Draw the ingest page (``s``: the settings, read where the UI starts)."""
     header("Ingest volumes", "Each axial slice of each volume is embedded once and stored; a "
-                             "volume becomes searchable when all its slices are in.")
-    names = model_names()
+                             "volume becomes searchable when all its slices are in.", s)
+    names = model_names(s)
     c1, c2 = st.columns([2, 3])
     model = c1.selectbox("Model", names, index=names.index(s.model) if s.model in names else 0,
                          key="ingest_model")
@@ -50,7 +50,7 @@ def render() -> None:
             max_upload_size=s.ui.upload_limit_mb, key="ingest_uploads")
         if st.button("Ingest uploaded files", type="primary", disabled=not uploads,
                      key="ingest_upload_go"):
-            files = _save_uploads(uploads or [], s.data_dir, s.ui.upload_limit_mb)
+            files = _save_uploads(uploads or [], s)
     with folder_tab:
         roots = resolved_roots(s.ui.ingest_roots)
         st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots)
@@ -63,21 +63,24 @@ def render() -> None:
     if files:
         label_map = {f.volume_id: labels for f in files} if labels else None
         if backend.queue_mode(s):
-            _submit(files, model, label_map)
+            _submit(s, files, model, label_map)
         else:
-            _ingest_here(files, model, label_map)
+            _ingest_here(s, files, model, label_map)
     if backend.queue_mode(s) and st.session_state.get(JOBS_KEY):
-        _follow_jobs()
+        _follow_jobs(s)
     elif st.session_state.get(REPORTS_KEY):
         _report_table(st.session_state[REPORTS_KEY])
 
 
-def _save_uploads(uploads: list[Any], data_dir: Path, limit_mb: int) -> list[VolumeSource]:
+def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
+    from ingest.reader import Limits
+
     saved: list[VolumeSource] = []
     for up in uploads:
         try:
             saved.append(upload_source(save_upload(up.name, up.getvalue(),
-                                                   upload_dir(data_dir), limit_mb)))
+                                                   upload_dir(s.data_dir), s.ui.upload_limit_mb,
+                                                   Limits.of(s.limits))))
         except MedirError as exc:
             st.error(f"**Bad upload.** {exc}", icon=":material/block:")
     return saved
@@ -100,9 +103,8 @@ def _folder_files(raw: str, roots: list[Path]) -> list[VolumeSource]:
     return scan.sources
 
 
-def _ingest_here(files: list[VolumeSource], model: str, labels: dict[str, dict[str, str]] | None
-                 ) -> None:
-    s = settings()
+def _ingest_here(s: Settings, files: list[VolumeSource], model: str,
+                 labels: dict[str, dict[str, str]] | None) -> None:
     st.session_state.pop(REPORTS_KEY, None)
     st.markdown(f"##### Ingesting {len(files)} file(s) with {model}")
     overall = st.progress(0.0, text=f"0 / {len(files)} files")
@@ -156,9 +158,8 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
                  column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})
 
 
-def _submit(files: list[VolumeSource], model: str,
+def _submit(s: Settings, files: list[VolumeSource], model: str,
             labels: dict[str, dict[str, str]] | None) -> None:
-    s = settings()
     try:
         ids = jobs.submit(s, files, model, labels)
     except Exception as exc:
@@ -169,8 +170,7 @@ def _submit(files: list[VolumeSource], model: str,
 
 
 @st.fragment(run_every=2.0)
-def _follow_jobs() -> None:
-    s = settings()
+def _follow_jobs(s: Settings) -> None:
     ids: list[str] = st.session_state.get(JOBS_KEY, [])
     try:
         states = jobs.states(s, ids)

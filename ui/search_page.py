@@ -14,8 +14,11 @@ import numpy as np
 import streamlit as st
 from numpy.typing import NDArray
 
+from ingest.reader import Limits
+from medir.config import DEFAULT_SAMPLING, Settings
 from medir.errors import MedirError
-from search.query import QueryOptions
+from search.query import QueryOptions, configured_options
+from search.sampling import Sampling, Weighting
 from search.store import LABEL_KEYS
 from ui import backend, views
 from ui.common import (
@@ -25,7 +28,6 @@ from ui.common import (
     header,
     indexed_volumes,
     model_names,
-    settings,
     show_error,
     store_stats,
 )
@@ -37,56 +39,109 @@ FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "da
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
-def _display_volume(source: str, index_4d: int | None, mtime: float) -> NDArray[np.uint8]:
-    return views.display_volume(source, index_4d)
+def _display_volume(source: str, index_4d: int | None, mtime: float,
+                    limits: tuple[int, int]) -> NDArray[np.uint8]:
+    return views.display_volume(source, index_4d, Limits(*limits))
 
 
-def display_volume(source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
+def display_volume(s: Settings, source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
     """8-bit slices of a volume file, or None when the file is not readable from here."""
     path = Path(source)
     try:
         mtime = path.stat().st_mtime
-        return _display_volume(str(path), views.index_4d_of(volume_id), mtime)
+        lim = Limits.of(s.limits)
+        return _display_volume(str(path), views.index_4d_of(volume_id), mtime,
+                               (lim.max_voxels, lim.max_bytes))
     except (OSError, MedirError):
         return None
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _thumbnail(source: str, volume_id: str) -> str | None:
-    vol = display_volume(source, volume_id)
+def _thumbnail(source: str, volume_id: str, _settings: Settings) -> str | None:
+    vol = display_volume(_settings, source, volume_id)
     if vol is None:
         return None
     return views.png_data_uri(views.slice_image(vol, views.mid_slice(vol), size=96))
 
 
-def render() -> None:
-    """Draw the search page."""
+def render(s: Settings) -> None:
+    """Draw the search page (``s``: the settings, read where the UI starts)."""
     header("Search similar volumes",
            "Every chosen axial slice of the query votes for the volumes of its nearest "
-           "database slices; the most-voted volumes are the answer.")
+           "database slices; the most-voted volumes are the answer.", s)
     try:
-        stats = store_stats()
+        stats = store_stats(s)
     except Exception as exc:
         show_error(exc)
         return
-    stored = collection_models(stats)
+    stored = collection_models(stats, s)
     if not stored:
         st.info("**The store is empty.** Index volumes on the **Ingest** page (or with "
                 "`medir ingest PATH`) before searching.", icon=":material/inbox:")
         return
-    query = _query_inputs(stats, stored)
+    query = _query_inputs(s, stats, stored)
     if query is not None:
-        _run(*query)
+        _run(s, *query)
     result = st.session_state.get(RESULT_KEY)
     if result is not None:
-        _results(result)
+        _results(s, result)
 
 
-def _query_inputs(stats: dict[str, Any], stored: list[str]
+SAMPLING_KINDS = ["all", "every-n", "every-mm", "random"]
+
+
+def _sampling_input(s: Settings, c1: Any, c2: Any) -> str:
+    """The sampling widgets, starting from the configured sampling (``MEDIR_SEARCH__SAMPLING``);
+    a kind not configured starts from the default's step, else the widget's own."""
+    base = Sampling.parse(DEFAULT_SAMPLING)
+    try:
+        conf = Sampling.parse(s.search.sampling)
+    except MedirError as exc:  # a typo in the settings: say so, start from the default
+        st.warning(f"MEDIR_SEARCH__SAMPLING: {exc}", icon=":material/warning:")
+        conf = base
+
+    def start(kind: str, fallback: float) -> float:
+        if conf.kind == kind:
+            return conf.value
+        return base.value if base.kind == kind else fallback
+
+    kind = c1.selectbox("Slice sampling", SAMPLING_KINDS, index=SAMPLING_KINDS.index(conf.kind),
+                        key="sampling")
+    if kind == "every-n":
+        n = min(max(int(start("every-n", 2)), 1), 100)
+        return f"every-n:{c2.number_input('every n slices', 1, 100, n, key='n')}"
+    if kind == "every-mm":
+        mm = min(max(float(start("every-mm", 5.0)), 0.5), 100.0)
+        return f"every-mm:{c2.number_input('every x mm', 0.5, 100.0, mm, key='mm')}"
+    if kind == "random":
+        k = min(max(int(start("random", 20)), 1), 2000)
+        seed = f":{conf.seed}" if conf.kind == "random" and conf.seed else ""
+        return f"random:{c2.number_input('k random slices', 1, 2000, k, key='kr')}{seed}"
+    return "all"
+
+
+def _weighting_input(s: Settings, c1: Any, c2: Any) -> str:
+    """The weighting widgets, from the configured weighting and σ (``MEDIR_SEARCH__SIGMA``)."""
+    try:
+        conf = Weighting.parse(s.search.weighting, default_sigma=s.search.sigma)
+    except MedirError as exc:
+        st.warning(f"MEDIR_SEARCH__WEIGHTING: {exc}", icon=":material/warning:")
+        conf = Weighting("gaussian", s.search.sigma)
+    gauss = c1.selectbox("Weighting", ["gaussian", "none"],
+                         index=0 if conf.kind == "gaussian" else 1, key="weighting",
+                         help="Gaussian: slices near the query's centre count more.")
+    if gauss != "gaussian":
+        return "none"
+    start = conf.sigma if conf.kind == "gaussian" else s.search.sigma
+    sigma = c2.number_input("σ (fraction of depth)", 0.05, 2.0, min(max(start, 0.05), 2.0),
+                            step=0.05, key="sigma")
+    return f"gaussian:{sigma:g}"
+
+
+def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
                   ) -> tuple[str, str, QueryOptions, bool] | None:
     """The query form; returns (query, model, options, by_id) when Search is pressed."""
-    s = settings()
-    names = model_names()
+    names = model_names(s)
     choices = stored + [m for m in names if m not in stored]
     default = s.model if s.model in stored else stored[0]
     left, right = st.columns([3, 2], gap="large")
@@ -99,33 +154,13 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
             st.warning(f"No volumes are indexed with **{model}**; the store holds "
                        f"{', '.join(stored)}.", icon=":material/explore_off:")
         c1, c2 = st.columns(2)
-        kind = c1.selectbox("Slice sampling", ["all", "every-n", "every-mm", "random"],
-                            index=["all", "every-n", "every-mm", "random"].index(
-                                s.search.sampling.split(":")[0])
-                            if s.search.sampling.split(":")[0] in
-                            ("all", "every-n", "every-mm", "random") else 0,
-                            key="sampling")
-        sampling = "all"
-        if kind == "every-n":
-            sampling = f"every-n:{c2.number_input('every n slices', 1, 100, 2, key='n')}"
-        elif kind == "every-mm":
-            sampling = f"every-mm:{c2.number_input('every x mm', 0.5, 100.0, 5.0, key='mm')}"
-        elif kind == "random":
-            sampling = f"random:{c2.number_input('k random slices', 1, 2000, 20, key='kr')}"
+        sampling = _sampling_input(s, c1, c2)
         c1, c2 = st.columns(2)
-        gauss = c1.selectbox("Weighting", ["gaussian", "none"],
-                             index=0 if s.search.weighting.startswith("gaussian") else 1,
-                             key="weighting",
-                             help="Gaussian: slices near the query's centre count more.")
-        weighting = "none"
-        if gauss == "gaussian":
-            sigma = c2.number_input("σ (fraction of depth)", 0.05, 2.0, s.search.sigma,
-                                    step=0.05, key="sigma")
-            weighting = f"gaussian:{sigma:g}"
+        weighting = _weighting_input(s, c1, c2)
         c1, c2 = st.columns(2)
         k = int(c1.number_input("k neighbours per slice", 1, 100, s.search.k, key="k"))
         top = int(c2.number_input("Top-N volumes", 1, 100, s.search.top, key="top"))
-        filters = _filter_inputs(collection_of(stats, model))
+        filters = _filter_inputs(collection_of(stats, model, s))
     with left:
         st.subheader("Query volume")
         choices = ["Upload a volume", "An indexed volume"] + (["A PACS series"]
@@ -135,7 +170,7 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
         query: str | None = None
         by_id = source == "An indexed volume"
         if by_id:
-            query = _indexed_input(model)
+            query = _indexed_input(s, model)
         elif source == "A PACS series":
             uid = st.text_input("SeriesInstanceUID", key="pacs_series",
                                 help="Retrieved from the PACS over DICOMweb (WADO-RS).")
@@ -148,7 +183,8 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
             if upload is not None:
                 try:
                     path = save_upload(upload.name, upload.getvalue(),
-                                       upload_dir(s.data_dir), s.ui.upload_limit_mb)
+                                       upload_dir(s.data_dir), s.ui.upload_limit_mb,
+                                       Limits.of(s.limits))
                 except MedirError as exc:
                     st.error(f"**Bad upload.** {exc}", icon=":material/block:")
                 else:
@@ -159,8 +195,8 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
                             disabled=query is None, key="go")
     if pressed and query is not None:
         try:
-            opts = QueryOptions(sampling=sampling, weighting=weighting, k=k, top=top,
-                                filters=filters, intensity=s.intensity)
+            opts = configured_options(s.search, sampling=sampling, weighting=weighting, k=k,
+                                      top=top, filters=filters, intensity=s.intensity)
         except MedirError as exc:  # e.g. a sampling spec typed wrong: one line, no query
             show_error(exc)
             return None
@@ -168,9 +204,9 @@ def _query_inputs(stats: dict[str, Any], stored: list[str]
     return None
 
 
-def _indexed_input(model: str) -> str | None:
+def _indexed_input(s: Settings, model: str) -> str | None:
     try:
-        ids = indexed_volumes(model)
+        ids = indexed_volumes(s, model)
     except Exception as exc:
         show_error(exc)
         return None
@@ -204,11 +240,11 @@ def _filter_inputs(coll: dict[str, Any] | None) -> dict[str, list[str]]:
     return out
 
 
-def _run(query: str, model: str, options: QueryOptions, by_id: bool) -> None:
+def _run(s: Settings, query: str, model: str, options: QueryOptions, by_id: bool) -> None:
     st.session_state.pop(RESULT_KEY, None)
     try:
         with st.spinner("Embedding the query's slices and voting…"):
-            result = backend.search(settings(), query, model, options, by_id=by_id)
+            result = backend.search(s, query, model, options, by_id=by_id)
     except Exception as exc:
         show_error(exc)
         return
@@ -218,7 +254,7 @@ def _run(query: str, model: str, options: QueryOptions, by_id: bool) -> None:
     st.session_state[RESULT_KEY] = result
 
 
-def _results(result: dict[str, Any]) -> None:
+def _results(s: Settings, result: dict[str, Any]) -> None:
     ranking = result["ranking"]
     q = result["query"]
     st.divider()
@@ -238,9 +274,9 @@ def _results(result: dict[str, Any]) -> None:
     c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",
                 help=f"embedding {t.get('embed_s', 0):.2f} s · k-NN {t.get('knn_s', 0):.3f} s "
                      f"· vote {t.get('vote_s', 0):.4f} s")
-    thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"]) for r in ranking}
+    thumbs = {r["volume_id"]: _thumbnail(r.get("source", ""), r["volume_id"], s) for r in ranking}
     frame = views.results_frame(result, thumbs)
-    frame["viewer"] = [viewer_url(settings().pacs.viewer_url_template, r.get("dicom", {}))
+    frame["viewer"] = [viewer_url(s.pacs.viewer_url_template, r.get("dicom", {}))
                        for r in ranking]
     st.dataframe(
         frame, hide_index=True, key="results_table",
@@ -260,10 +296,10 @@ def _results(result: dict[str, Any]) -> None:
     order = [r["volume_id"] for r in ranking[:5]]
     st.altair_chart(views.vote_chart(views.vote_frame(result), int(q["n_slices"]), order),
                     width="stretch")
-    _pair_viewer(result)
+    _pair_viewer(s, result)
 
 
-def _pair_viewer(result: dict[str, Any]) -> None:
+def _pair_viewer(s: Settings, result: dict[str, Any]) -> None:
     q = result["query"]
     chosen = [int(c) for c in q["chosen_slices"]]
     if not chosen:
@@ -278,7 +314,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
     qs = int(c2.select_slider("Query slice", chosen, value=centre, key="pair_slice"))
     in_volume, best = views.match_for(result, target, qs)
     match = in_volume or best
-    query_vol = display_volume(q.get("file") or q.get("source", ""), q["volume_id"])
+    query_vol = display_volume(s, q.get("file") or q.get("source", ""), q["volume_id"])
     left, right = st.columns(2)
     with left:
         if query_vol is not None:
@@ -294,7 +330,7 @@ def _pair_viewer(result: dict[str, Any]) -> None:
         rank = next((r for r in result["ranking"] if r["volume_id"] == match["volume_id"]),
                     None)
         source = rank.get("source", "") if rank else ""
-        db_vol = display_volume(source, match["volume_id"]) if source else None
+        db_vol = display_volume(s, source, match["volume_id"]) if source else None
         note = "" if in_volume else f" (no hit in {target}; this slice's best match)"
         caption = (f"{match['volume_id']} · slice {match['db_slice']} · cos "
                    f"{float(match['similarity']):.3f}{note}")

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ingest.collection import VolumeSource, file_source
-from ingest.reader import VOLUME_SUFFIXES, case_id_of, open_volume
+from ingest.reader import VOLUME_SUFFIXES, Limits, case_id_of, open_volume
 from medir.errors import MedirError, VolumeError
 
 UPLOAD_TYPES = ("nii", "nii.gz", "gz", "nrrd")  # st.file_uploader matches the last suffix
@@ -62,8 +62,10 @@ def check_upload(name: str, size: int, limit_mb: int) -> None:
         )
 
 
-def save_upload(name: str, data: bytes, dest_dir: Path, limit_mb: int) -> Path:
-    """Check, save and validate an uploaded volume; returns the saved path.
+def save_upload(name: str, data: bytes, dest_dir: Path, limit_mb: int,
+                limits: Limits | None = None) -> Path:
+    """Check, save and validate an uploaded volume; returns the saved path (``limits``: what
+    the file may declare, the settings').
 
     Raises :class:`UploadError` with a one-line reason; a file that fails validation is removed.
     """
@@ -78,7 +80,7 @@ def save_upload(name: str, data: bytes, dest_dir: Path, limit_mb: int) -> Path:
         tmp.replace(path)
     try:
         _check_self_contained(path)
-        open_volume(path)
+        open_volume(path, limits)
     except VolumeError as exc:
         path.unlink(missing_ok=True)
         try:

@@ -3,11 +3,13 @@
 from ingest.embedders.base import Embedder, ModelInfo, choose_device
 from ingest.embedders.registry import (
     all_models,
+    configured_embedder,
     get_embedder,
     model_class,
     model_info,
     model_names,
     register,
+    use_plugins,
 )
 
 __all__ = [
@@ -15,9 +17,11 @@ __all__ = [
     "ModelInfo",
     "all_models",
     "choose_device",
+    "configured_embedder",
     "get_embedder",
     "model_class",
     "model_info",
     "model_names",
     "register",
+    "use_plugins",
 ]

@@ -78,12 +78,22 @@ class Embedder(ABC):
         batch_size: int | None = None,
         half: bool | None = None,
         weights_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        allow_downloads: bool = False,
     ) -> None:
+        """``weights_dir``: the parent of the paper models' ``<name>/`` folders; ``cache_dir``:
+        where derived files (extracted ONNX graphs) go; ``allow_downloads``: the user opted in
+        to Hub downloads. The settings' values, passed down by the runner; None: the defaults
+        of :mod:`medir.config`."""
+        from medir.config import DEFAULT_CACHE_DIR, DEFAULT_WEIGHTS_DIR
+
         self._device_name = device
         self._device: torch.device | None = None
         self.batch_size = batch_size or 32
         self._half_requested = half
-        self.weights_dir = weights_dir
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+        self.allow_downloads = allow_downloads
         self._loaded = False
         self._lock = threading.Lock()
 

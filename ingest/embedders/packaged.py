@@ -561,17 +561,15 @@ class DinoV2SmallOnnx(_PackagedEmbedder):
         return super().half if self._uses_torch else False
 
     def _load(self) -> None:
-        from medir.config import get_settings
-
         if self._uses_torch:
             from ingest.embedders.dinov2_torch import build_from_onnx
 
-            path = DinoV2SmallOnnx._model_path(self, get_settings().cache_dir / "onnx")
+            path = DinoV2SmallOnnx._model_path(self, self.cache_dir / "onnx")
             net = build_from_onnx(path)
             self._torch_net = net.to(self.device, torch.float16 if self.half else torch.float32)
             return
         ort = _import(self.name, "onnxruntime", "pip install onnxruntime")
-        model_path = self._model_path(get_settings().cache_dir / "onnx")
+        model_path = self._model_path(self.cache_dir / "onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -631,11 +629,9 @@ class DinoV2SmallTorch(_TorchPackaged):
 
     def _build(self) -> nn.Module:
         from ingest.embedders.dinov2_torch import build_from_onnx
-        from medir.config import get_settings
 
         source = self._weight_path(_DINOV2)
-        path = extracted_onnx_path(source, _verified_sha256(source),
-                                   get_settings().cache_dir / "onnx")
+        path = extracted_onnx_path(source, _verified_sha256(source), self.cache_dir / "onnx")
         return _ClsToken(build_from_onnx(path))
 
 

@@ -88,8 +88,11 @@ class PaperEmbedder(Embedder):
         batch_size: int | None = None,
         half: bool | None = None,
         weights_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        allow_downloads: bool = False,
     ) -> None:
-        super().__init__(device=device, batch_size=batch_size, half=half, weights_dir=weights_dir)
+        super().__init__(device=device, batch_size=batch_size, half=half, weights_dir=weights_dir,
+                         cache_dir=cache_dir, allow_downloads=allow_downloads)
         self._batch_requested = batch_size is not None
         self.module: nn.Module | None = None
 
@@ -102,7 +105,7 @@ class PaperEmbedder(Embedder):
         return self.locate(download=False) is not None
 
     def _load(self) -> None:
-        path = self.locate(download=downloads_allowed())
+        path = self.locate(download=downloads_allowed(self.allow_downloads))
         if path is None:
             raise unavailable(self.name, self.local_dir, self.expected_files, self.missing_hint())
         self._install(self._build(path))

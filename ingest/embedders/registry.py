@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ingest.embedders.base import Embedder, ModelInfo
 from medir.errors import UnknownModel
+
+if TYPE_CHECKING:
+    from medir.config import Settings
 
 _REGISTRY: dict[str, type[Embedder]] = {}
 # Modules whose import registers models. Importing them must not load weights.
 _MODULES = ("ingest.embedders.packaged", "ingest.embedders.paper")
 _imported = False
+_plugins: tuple[str, ...] = ()
 
 E = TypeVar("E", bound=type[Embedder])
 
@@ -29,17 +32,22 @@ def register(cls: E) -> E:
     return cls
 
 
-def _plugin_modules() -> tuple[str, ...]:
-    """Extra modules that register a team's own embedders: ``MEDIR_PLUGINS=pkg.mod,other``."""
-    raw = os.environ.get("MEDIR_PLUGINS", "")
-    return tuple(m.strip() for m in raw.split(",") if m.strip())
+def use_plugins(modules: Iterable[str]) -> None:
+    """Extra modules that register a team's own embedders (the settings' ``plugins``,
+    ``MEDIR_PLUGINS=pkg.mod,other``), imported at the next lookup of a model. The edge that
+    read the settings (the runner, the CLI, the UI) passes them; they add up, never drop."""
+    global _plugins, _imported
+    new = tuple(m for m in modules if m and m not in _plugins)
+    if new:
+        _plugins += new
+        _imported = False
 
 
 def _ensure_imported() -> None:
     global _imported
     if _imported:
         return
-    for mod in _plugin_modules():
+    for mod in _plugins:
         importlib.import_module(mod)
     for mod in _MODULES:
         try:
@@ -82,10 +90,27 @@ def get_embedder(
     batch_size: int | None = None,
     half: bool | None = None,
     weights_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    allow_downloads: bool = False,
 ) -> Embedder:
-    """An (unloaded) embedder instance. Weights load on first use."""
+    """An (unloaded) embedder instance. Weights load on first use.
+
+    ``weights_dir``, ``cache_dir`` and ``allow_downloads`` are the settings' (the runner passes
+    them); left out, the defaults of :mod:`medir.config` apply."""
     cls = model_class(name)
-    return cls(device=device, batch_size=batch_size, half=half, weights_dir=weights_dir)
+    return cls(device=device, batch_size=batch_size, half=half, weights_dir=weights_dir,
+               cache_dir=cache_dir, allow_downloads=allow_downloads)
+
+
+def configured_embedder(name: str, settings: Settings, *, device: str | None = None,
+                        batch_size: int | None = None) -> Embedder:
+    """An (unloaded) embedder with the settings' device, batch size, weights and cache folders
+    and download opt-in (``device`` and ``batch_size`` override them)."""
+    use_plugins(settings.plugin_modules)
+    return get_embedder(name, device=device or settings.device,
+                        batch_size=batch_size or settings.batch_size,
+                        weights_dir=settings.weights_dir, cache_dir=settings.cache_dir,
+                        allow_downloads=settings.allow_downloads)
 
 
 Factory = Callable[..., Embedder]

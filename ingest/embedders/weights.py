@@ -6,8 +6,8 @@ Lookup order for a model ``NAME`` (never a download at import, never a silent do
    the upstream release (see each model's ``expected_files``);
 2. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), for models published on the Hub,
    read with ``local_files_only=True``;
-3. a Hub download, only when the user opts in with ``MEDIR_ALLOW_DOWNLOADS=1`` and
-   ``HF_HUB_OFFLINE`` is not set.
+3. a Hub download, only when the user opts in with ``MEDIR_ALLOW_DOWNLOADS=1`` (settings
+   ``allow_downloads``, passed to the embedder) and ``HF_HUB_OFFLINE`` is not set.
 
 Otherwise :func:`unavailable` builds the :class:`~medir.errors.ModelUnavailable` naming the files,
 the directory and the ``medir models prepare`` command.
@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
-from medir.config import get_settings
+from medir.config import DEFAULT_WEIGHTS_DIR
 from medir.errors import MedirError, ModelUnavailable
 
-ALLOW_DOWNLOADS_ENV = "MEDIR_ALLOW_DOWNLOADS"
 _TRUE = {"1", "true", "yes", "on"}
 
 HF_CONFIG = "config.json"
@@ -38,8 +37,9 @@ HF_WEIGHT_FILES = (
 
 
 def weights_root(weights_dir: Path | None = None) -> Path:
-    """The directory holding one sub-directory per model (``MEDIR_WEIGHTS_DIR``)."""
-    return Path(weights_dir) if weights_dir is not None else Path(get_settings().weights_dir)
+    """The directory holding one sub-directory per model (the settings' ``weights_dir``,
+    ``MEDIR_WEIGHTS_DIR``, given by the caller; None: the default ``./models``)."""
+    return Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
 
 
 def model_dir(name: str, weights_dir: Path | None = None) -> Path:
@@ -52,9 +52,10 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def downloads_allowed() -> bool:
-    """The user opted in to Hub downloads (``MEDIR_ALLOW_DOWNLOADS=1``) and is not offline."""
-    return os.environ.get(ALLOW_DOWNLOADS_ENV, "").strip().lower() in _TRUE and not hf_offline()
+def downloads_allowed(opted_in: bool) -> bool:
+    """The user opted in to Hub downloads (the settings' ``allow_downloads``,
+    ``MEDIR_ALLOW_DOWNLOADS=1``) and is not offline."""
+    return opted_in and not hf_offline()
 
 
 def is_hf_folder(path: Path) -> bool:

@@ -78,7 +78,7 @@ def paper(
     from benchmarks.datasets import load_dataset
     from benchmarks.grid import GridConfig, run_grid
     from benchmarks.report import write_report
-    from ingest.embedders import get_embedder
+    from ingest.embedders import configured_embedder
 
     settings = get_settings()
     cfg = GridConfig.load(config)
@@ -101,7 +101,7 @@ def paper(
     bs = batch_size or settings.batch_size
 
     def factory(name: str) -> Any:
-        return get_embedder(name, device=dev, batch_size=bs)
+        return configured_embedder(name, settings, device=dev, batch_size=bs)
 
     run = run_grid(ds, model_list, cfg, cache or settings.cache_dir / "embeddings", factory,
                    progress=progress)
@@ -151,7 +151,7 @@ def quality(
     from benchmarks.quality import DEFAULT_METHODS, QualityConfig, parse_method, run_quality
     from benchmarks.quality_embed import Prep
     from benchmarks.quality_report import write_quality
-    from ingest.embedders import get_embedder
+    from ingest.embedders import configured_embedder
 
     settings = get_settings()
     cfg = QualityConfig(methods=_split(methods) or list(DEFAULT_METHODS),
@@ -169,7 +169,7 @@ def quality(
     bs = batch_size or settings.batch_size
 
     def factory(name: str) -> Any:
-        return get_embedder(name, device=dev, batch_size=bs)
+        return configured_embedder(name, settings, device=dev, batch_size=bs)
 
     run = run_quality(ds, _split(models) or [settings.model], cfg,
                       cache or settings.cache_dir / "quality", factory, suite,
@@ -290,13 +290,13 @@ def _sample_vectors(dataset: Path | None, model: str | None, cache: Path | None,
 
     from benchmarks.cache import EmbeddingCache, build_cache
     from benchmarks.datasets import load_dataset
-    from ingest.embedders import get_embedder
+    from ingest.embedders import configured_embedder
 
     settings = get_settings()
     ds = load_dataset(dataset or settings.samples_dir)
     name = model or settings.model
     c = EmbeddingCache(cache or settings.cache_dir / "embeddings", name, settings.intensity)
-    emb = get_embedder(name, device=device or settings.device, batch_size=settings.batch_size)
+    emb = configured_embedder(name, settings, device=device)
     entries = build_cache(c, sorted({x.path for x in ds.cases}), emb, progress=True)
     blocks, vol = [], []
     for i, e in enumerate(e for es in entries.values() for e in es):

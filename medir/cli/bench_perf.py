@@ -24,7 +24,7 @@ from benchmarks.perf.common import (
     write_synthetic_set,
 )
 from medir.cli.common import user_errors
-from medir.config import DEFAULT_MODEL, get_settings
+from medir.config import DEFAULT_MODEL, DEFAULT_SAMPLING, get_settings
 
 app = typer.Typer(help="Performance: ingest by stage vs forward-only, query latency, store at "
                        "scale, ingest memory.", no_args_is_help=True)
@@ -119,7 +119,7 @@ def query_latency_cmd(
     from benchmarks.perf.query_bench import bench_latency
 
     model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
-    samplings = sampling or ["every-mm:7"]
+    samplings = sampling or [DEFAULT_SAMPLING]
     files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
     params = {"models": model_list, "sampling": samplings, "query": query,
               "index": [f.name for f in files], "load_average_start": load_average()}

@@ -33,13 +33,14 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
 ) -> None:
     """List recent jobs: id, file, volume, state, progress, error and times."""
+    from medir.config import get_settings
     from runner.queue.jobs import job_store
 
     try:
         import redis
 
         try:
-            found = job_store().recent(limit, state=state, kind=kind)
+            found = job_store(get_settings()).recent(limit, state=state, kind=kind)
         except redis.RedisError as exc:
             raise MedirError(f"cannot read job records from the broker ({exc})") from None
     except MedirError as exc:

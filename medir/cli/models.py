@@ -66,7 +66,15 @@ def model_rows(weights_dir: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def _weights_dir(given: Path | None) -> Path:
+    """``--weights-dir``, else the settings' (``MEDIR_WEIGHTS_DIR``)."""
+    from medir.config import get_settings
+
+    return given if given is not None else get_settings().weights_dir
+
+
 def _print_table(weights_dir: Path | None, as_json: bool) -> None:
+    weights_dir = _weights_dir(weights_dir)
     rows = model_rows(weights_dir)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -124,7 +132,7 @@ def prepare(
     from ingest.embedders.paper import prepare_model
 
     try:
-        report = prepare_model(name, src, weights_dir=weights_dir, device=device)
+        report = prepare_model(name, src, weights_dir=_weights_dir(weights_dir), device=device)
     except MedirError as exc:
         raise _fail(exc) from None
     for f in report.files:

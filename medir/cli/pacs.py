@@ -49,11 +49,11 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
         if queue:
             from runner.queue.submit import _app, follow, submit_series
 
-            jobs = submit_series(series, model, intensity or settings.intensity)
+            jobs = submit_series(series, model, intensity or settings.intensity, settings)
             console.print(f"submitted {len(jobs)} series to the ingest queue (model {model})",
                           highlight=False)
             if wait:
-                ok = follow(_app(), jobs, console) and ok
+                ok = follow(_app(settings), jobs, console) and ok
             continue
         from ingest.pacs_ingest import ingest_series
 
@@ -104,7 +104,7 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
         from runner.queue.submit import submit_series
 
         def enqueue(s: PacsSeries) -> None:
-            submit_series([s], model, settings.intensity)
+            submit_series([s], model, settings.intensity, settings)
             say(f"queued   {s.volume_id} {s.source}")
 
         run(enqueue)

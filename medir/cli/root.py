@@ -219,20 +219,20 @@ def search(
     elif not volume:
         raise MedirError("give a volume file, an indexed id with --id, or --pacs-series UID")
     from runner import get_runner
-    from search.query import QueryOptions
+    from search.query import configured_options
 
-    opts = QueryOptions(
-        sampling=sampling or settings.search.sampling,
-        weighting=weighting or settings.search.weighting,
-        k=settings.search.k if k is None else k,
-        top=settings.search.top if top is None else top,
+    opts = configured_options(  # validated (and parsed, once) before loading anything
+        settings.search,
+        sampling=sampling,
+        weighting=weighting,
+        k=k,
+        top=top,
         filters=_parse_filters(filter),
         exact=exact,
         intensity=settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
     )
-    opts.parsed()  # validate before loading anything
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
                                index_4d=index_4d)
@@ -371,7 +371,7 @@ def demo(
     from ingest.samples import fetch_samples, read_manifest
 
     settings = get_settings()
-    manifest = fetch_samples(None)
+    manifest = fetch_samples(None, settings=settings)
     rows = read_manifest(manifest)
     held = [r for r in rows if r["case_id"] == query]
     if not held:
@@ -434,6 +434,19 @@ app.add_typer(bench.app, name="bench", help="Benchmarks: the paper's grid, engin
 app.add_typer(jobs.app, name="jobs", help="Background jobs on the Celery queue.")
 
 
-def main() -> None:  # pragma: no cover - console entry
+def _start() -> None:
+    """Process start: mask credentials in logs; the settings' embedder plugins (imported at
+    the first model lookup)."""
+    from ingest.embedders import use_plugins
+
     install_log_filter()
+    try:
+        settings = get_settings()
+    except Exception:  # a bad setting: the command that reads them says which, in one line
+        return
+    use_plugins(settings.plugin_modules)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    _start()
     app()

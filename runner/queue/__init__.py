@@ -9,11 +9,12 @@ the client side (``medir ingest --queue``, queries through the queue), :mod:`.jo
 records in Redis for ``medir jobs``, :mod:`.recovery` resumes dead workers' volumes.
 
 Importing this package imports neither Celery nor torch; the client side never loads a model.
+Every function here takes the settings from its caller (the runner, the CLI); the worker
+process reads them once, in :func:`runner.queue.tasks.worker_settings`.
 """
 
 from __future__ import annotations
 
-from medir.config import QueueSettings, Settings
 from medir.errors import MedirError
 
 INGEST_QUEUE = "ingest"
@@ -21,11 +22,6 @@ SEARCH_QUEUE = "search"
 INGEST_TASK = "medir.ingest_volume"
 SEARCH_TASK = "medir.search_volume"
 STATS_TASK = "medir.store_stats"
-
-
-def queue_settings() -> QueueSettings:
-    """The queue group of the settings, read now (cheap; tests change the environment)."""
-    return Settings().queue
 
 
 class TaskFailed(MedirError):
@@ -45,5 +41,4 @@ __all__ = [
     "SEARCH_TASK",
     "STATS_TASK",
     "TaskFailed",
-    "queue_settings",
 ]

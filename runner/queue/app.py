@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from medir.config import QueueSettings, get_settings
+from medir.config import QueueSettings, Settings
 from medir.errors import ConfigError
 from runner.queue import (
     INGEST_QUEUE,
@@ -31,7 +31,6 @@ from runner.queue import (
     SEARCH_QUEUE,
     SEARCH_TASK,
     STATS_TASK,
-    queue_settings,
 )
 
 
@@ -83,17 +82,20 @@ def _build(redis_url: str, qs_json: str) -> Celery:
     return app
 
 
-def get_app() -> Celery:
-    """The Celery app for the current settings (one per broker URL and queue settings)."""
-    url = get_settings().redis_url
+def get_app(settings: Settings) -> Celery:
+    """The Celery app of the settings (one per broker URL and queue settings)."""
+    url = settings.redis_url
     if not url:
         raise ConfigError("no broker configured: set MEDIR_REDIS_URL (e.g. "
                           "redis://localhost:6379/0) to use the queue, or run without --queue")
-    return _build(url, queue_settings().model_dump_json())
+    return _build(url, settings.queue.model_dump_json())
 
 
 def __getattr__(name: str) -> Any:
-    """``runner.queue.app:app`` for ``celery -A runner.queue.app``, built on first access."""
+    """``runner.queue.app:app`` for ``celery -A runner.queue.app``, built on first access: a
+    process entry point, so it reads the settings itself (the worker's, as its tasks do)."""
     if name in ("app", "celery"):
-        return get_app()
+        from runner.queue.tasks import worker_settings
+
+        return get_app(worker_settings())
     raise AttributeError(name)

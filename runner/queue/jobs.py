@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from medir.config import Settings
 from medir.secrets import mask_secrets
 
 INDEX_KEY = "medir:jobs"
@@ -160,13 +161,11 @@ class JobStore:
         return out
 
 
-def job_store(redis_url: str | None = None) -> JobStore:
-    """The job records of the configured broker."""
-    from medir.config import get_settings
+def job_store(settings: Settings) -> JobStore:
+    """The job records on the broker of the settings (``MEDIR_REDIS_URL``)."""
     from medir.errors import ConfigError
-    from runner.queue import queue_settings
 
-    url = redis_url or get_settings().redis_url
+    url = settings.redis_url
     if not url:
         raise ConfigError("no broker configured: set MEDIR_REDIS_URL to list queue jobs")
-    return JobStore.from_url(url, ttl=queue_settings().job_ttl)
+    return JobStore.from_url(url, ttl=settings.queue.job_ttl)

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from ingest.collection import VolumeSource
-from medir.config import get_settings
+from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable, VolumeError
 from runner.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from celery.result import AsyncResult
 
     from ingest.dicomweb import PacsSeries
+    from ingest.reader import Limits
     from search.query import QueryOptions
 
 POLL_S = 0.5
@@ -62,11 +63,12 @@ class VolumeJob:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def _app() -> Celery:
+def _app(settings: Settings) -> Celery:
+    """The Celery app of the settings, its broker checked."""
     from runner.queue.app import get_app
 
-    app = get_app()
-    check_broker(get_settings().redis_url or "")
+    app = get_app(settings)
+    check_broker(settings.redis_url or "")
     return app
 
 
@@ -88,8 +90,10 @@ def _safe_url(url: str) -> str:
 
 
 def expand_files(sources: Sequence[VolumeSource | Path],
-                 labels: Mapping[str, Mapping[str, str]] | None) -> list[VolumeJob]:
-    """One job per 3D volume: a 4D file gives one per index of its 4th axis."""
+                 labels: Mapping[str, Mapping[str, str]] | None,
+                 limits: Limits | None = None) -> list[VolumeJob]:
+    """One job per 3D volume: a 4D file gives one per index of its 4th axis (``limits``: what
+    a file may declare, the settings')."""
     from ingest.collection import file_source, labels_for
 
     jobs: list[VolumeJob] = []
@@ -97,7 +101,7 @@ def expand_files(sources: Sequence[VolumeSource | Path],
         src = item if isinstance(item, VolumeSource) else file_source(item)
         path = src.path.expanduser().resolve()
         try:
-            vf = src.open()
+            vf = src.open(limits)
             ids = vf.volume_ids()
             indices: list[int | None] = list(range(vf.n_volumes)) if vf.is_4d else [None]
         except VolumeError:
@@ -116,16 +120,18 @@ def submit_jobs(
     labels: Mapping[str, Mapping[str, str]] | None,
     *,
     intensity: str,
+    settings: Settings,
     force: bool = False,
-    redis_url: str | None = None,
+    limits: Limits | None = None,
 ) -> list[VolumeJob]:
-    """Submit one ``ingest_volume`` task per 3D volume of ``files``; returns the jobs (their
-    ``task_id`` is the job id ``medir jobs`` and the job records know)."""
+    """Submit one ``ingest_volume`` task per 3D volume of ``files`` to the queue of the
+    ``settings``; returns the jobs (their ``task_id`` is the job id ``medir jobs`` and the job
+    records know)."""
     from runner.queue.jobs import Job, job_store
 
-    app = _app()
-    jobs = expand_files(files, labels)
-    records = job_store(redis_url)
+    app = _app(settings)
+    jobs = expand_files(files, labels, limits)
+    records = job_store(settings)
     for j in jobs:
         records.create(Job(j.task_id, kind="ingest", file=j.path, volume=j.volume_id,
                            model=model))
@@ -144,6 +150,7 @@ def submit_ingest(
     *,
     wait: bool,
     console: Console,
+    settings: Settings,
     force: bool = False,
     intensity: str | None = None,
 ) -> bool:
@@ -151,8 +158,8 @@ def submit_ingest(
 
     Returns True when every task succeeded (or, without waiting, when all were submitted).
     """
-    jobs = submit_jobs(files, model, labels, intensity=intensity or get_settings().intensity,
-                       force=force)
+    jobs = submit_jobs(files, model, labels, intensity=intensity or settings.intensity,
+                       settings=settings, force=force)
     console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
                   f"{INGEST_QUEUE!r} (model {model})", highlight=False)
     if not wait:
@@ -160,7 +167,7 @@ def submit_ingest(
             console.print(f"  {j.task_id}  {j.volume_id}", highlight=False)
         console.print("follow them with: medir jobs", highlight=False)
         return True
-    return follow(_app(), jobs, console)
+    return follow(_app(settings), jobs, console)
 
 
 def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
@@ -274,11 +281,10 @@ def submit_search(
     *,
     by_id: bool,
     index_4d: int | None,
+    settings: Settings,
 ) -> dict[str, Any]:
-    """Run a volume query on a worker; the same dict as ``search_in_process``."""
-    from runner.queue import queue_settings
-
-    app = _app()
+    """Run a volume query on a worker; the same dict as ``LocalRunner.search``."""
+    app = _app(settings)
     target = volume if by_id else str(Path(volume).expanduser().resolve())
     if not by_id and not Path(target).exists():
         raise VolumeError(target, "no such file")
@@ -286,26 +292,25 @@ def submit_search(
         "volume": target, "model": model, "options": _option_dict(options), "by_id": by_id,
         "index_4d": index_4d,
     })
-    return _wait(res, queue_settings().search_timeout, f"query {volume}")
+    return _wait(res, settings.queue.search_timeout, f"query {volume}")
 
 
-def submit_stats(timeout: float | None = None) -> dict[str, Any]:
+def submit_stats(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
     """Collections, volumes and points of the store a worker owns."""
-    from runner.queue import queue_settings
-
-    app = _app()
+    app = _app(settings)
     res = app.send_task(STATS_TASK, queue=SEARCH_QUEUE)
-    return _wait(res, timeout or queue_settings().search_timeout, "store statistics")
+    return _wait(res, timeout or settings.queue.search_timeout, "store statistics")
 
 
-def submit_series(series: Sequence[PacsSeries], model: str, intensity: str) -> list[VolumeJob]:
+def submit_series(series: Sequence[PacsSeries], model: str, intensity: str,
+                  settings: Settings) -> list[VolumeJob]:
     """One ``ingest_volume`` task per PACS series; returns the submitted jobs. The task's
     ``path`` is the series' source URL, without credentials: the worker authenticates with
     its own settings."""
     from runner.queue.jobs import Job, job_store
 
-    app = _app()
-    records = job_store()
+    app = _app(settings)
+    records = job_store(settings)
     jobs = []
     for s in series:
         job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id)

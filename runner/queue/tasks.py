@@ -58,11 +58,13 @@ T = TypeVar("T")
 
 # ---- worker process state ------------------------------------------------------------------
 class _ProcessState:
-    """The process's runner (its models and its kept-open store), dropped after a fork."""
+    """The process's settings (read once) and runner (its models and its kept-open store);
+    the runner is dropped after a fork."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.RLock()
+        self.settings: Settings | None = None
         self.runner: LocalRunner | None = None
         self.owner_lock: IO[str] | None = None
 
@@ -77,7 +79,16 @@ class _ProcessState:
 _state = _ProcessState()
 
 
-def worker_runner(settings: Settings | None = None) -> LocalRunner:
+def worker_settings() -> Settings:
+    """The worker process's settings: the worker's edge, read once per process, here only
+    (``medir worker`` has set ``MEDIR_DEVICE`` before; a forked child inherits them)."""
+    with _state.lock:
+        if _state.settings is None:
+            _state.settings = get_settings()
+        return _state.settings
+
+
+def worker_runner() -> LocalRunner:
     """The worker process's in-process runner: every task body runs on it; the store is opened
     once and kept open across tasks, each model loads once."""
     from runner.local import LocalRunner
@@ -85,7 +96,7 @@ def worker_runner(settings: Settings | None = None) -> LocalRunner:
     _state.reset_if_forked()
     with _state.lock:
         if _state.runner is None:
-            _state.runner = LocalRunner(settings or get_settings(), keep_store_open=True)
+            _state.runner = LocalRunner(worker_settings(), keep_store_open=True)
         return _state.runner
 
 
@@ -103,10 +114,9 @@ def close_worker_state() -> None:
         EMBEDDERS.clear()
 
 
-def acquire_owner_lock(settings: Settings | None = None) -> None:
+def acquire_owner_lock(s: Settings) -> None:
     """In embedded-store mode, make this process the store's only worker (flock on a file in
     the store folder; the kernel releases it when the process dies, even by SIGKILL)."""
-    s = settings or get_settings()
     if s.qdrant_url or _state.owner_lock is not None:
         return
     s.store_path.mkdir(parents=True, exist_ok=True)
@@ -128,7 +138,7 @@ def acquire_owner_lock(settings: Settings | None = None) -> None:
 @worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     try:
-        acquire_owner_lock()
+        acquire_owner_lock(worker_settings())
     except StoreUnavailable as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from None  # Celery logs and swallows Exceptions from handlers
@@ -137,14 +147,13 @@ def _on_worker_init(**_: Any) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """Heartbeat, claims and the sweep that resumes dead workers' volumes (recovery.py)."""
-    from runner.queue import queue_settings
     from runner.queue.recovery import start_recovery
 
-    s = get_settings()
+    s = worker_settings()
     app = getattr(sender, "app", None)
     if app is None or not s.redis_url:
         return
-    qs = queue_settings()
+    qs = s.queue
     try:
         start_recovery(app, s.redis_url, qs.heartbeat_ttl, qs.restore_interval,
                        exclusive=_state.owner_lock is not None)
@@ -198,7 +207,7 @@ def _jobs() -> Any:
     from runner.queue.jobs import job_store
 
     try:
-        return job_store()
+        return job_store(worker_settings())
     except Exception as exc:  # records are a convenience; the task must not fail for them
         log.warning("job records unavailable: %s", exc)
         return None
@@ -216,15 +225,13 @@ def _refuse_poison(task: Task) -> None:
     """A message delivered more than ``MEDIR_QUEUE__MAX_DELIVERIES`` times killed the worker
     that ran it each time (OOM, SIGKILL, a crash in native code): fail it, with the reason,
     instead of redelivering it forever. A retry is a new message and starts a new count."""
-    from runner.queue import queue_settings
-
     if task.name == STATS_TASK or not task.request.id:
         return
     jobs = _jobs()
     if jobs is None:
         return
     n = jobs.count_delivery(task.request.id, task.request.retries or 0)
-    limit = queue_settings().max_deliveries
+    limit = worker_settings().queue.max_deliveries
     if n > limit:
         args = list(task.request.args or [])
         what = (task.request.kwargs or {}).get("path") or (args[0] if args else "")
@@ -236,15 +243,13 @@ def _refuse_poison(task: Task) -> None:
 
 def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
     """Run a task body with medir's failure policy and job-record bookkeeping."""
-    from runner.queue import queue_settings
-
     _refuse_poison(task)
     _record(task, state="STARTED", started=time.time(), kind=kind,
             worker=task.request.hostname or "", retries=task.request.retries, error="")
     try:
         result = body()
     except TRANSIENT as exc:
-        qs = queue_settings()
+        qs = worker_settings().queue
         n = task.request.retries
         if n >= qs.max_retries:
             msg = f"gave up after {n} retries: {exc}"
@@ -290,7 +295,7 @@ def ingest_volume_body(
     else:
         src = (source_for_job(path, volume_id, index_4d, files) if volume_id
                else file_source(path))
-        vf = src.open()
+        vf = src.open(runner.limits)
     vol = vf.read(index_4d if vf.is_4d else None)
     vol.labels = dict(labels or {})
     last = [0.0]
@@ -346,7 +351,7 @@ def register_tasks(app: Celery) -> None:
                       intensity: str | None = None, volume_id: str | None = None,
                       force: bool = False, files: list[str] | None = None) -> dict[str, Any]:
         """Index one 3D volume of a file; progress in the task state (PROGRESS)."""
-        name = model or get_settings().model
+        name = model or worker_settings().model
         _record(self, file=path, model=name)
         return _run(self, "ingest", lambda: ingest_volume_body(
             self, path, index_4d, name, labels, intensity, volume_id, force, files))
@@ -356,7 +361,7 @@ def register_tasks(app: Celery) -> None:
                       options: Mapping[str, Any] | None = None, by_id: bool = False,
                       index_4d: int | None = None) -> dict[str, Any]:
         """Rank indexed volumes against a query volume (a file the worker can read, or an id)."""
-        name = model or get_settings().model
+        name = model or worker_settings().model
         return _run(self, "search", lambda: search_volume_body(
             volume, name, options or {}, by_id, index_4d))
 

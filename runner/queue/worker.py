@@ -72,11 +72,10 @@ def run_worker(
     if not names:
         raise ConfigError("--queues is empty; use e.g. ingest,search")
 
-    from runner.queue import queue_settings
     from runner.queue.app import get_app
     from runner.queue.tasks import acquire_owner_lock
 
-    app = get_app()  # ConfigError without MEDIR_REDIS_URL
+    app = get_app(settings)  # ConfigError without MEDIR_REDIS_URL
     if embedded:
         try:
             acquire_owner_lock(settings)
@@ -86,4 +85,4 @@ def run_worker(
     log.info("medir worker: queues %s, pool %s, model %s, device %s, store %s", ",".join(names),
              chosen, settings.model, settings.device, store)
     app.worker_main(worker_argv(",".join(names), chosen, concurrency, loglevel,
-                                queue_settings().worker_name))
+                                settings.queue.worker_name))
