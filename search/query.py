@@ -318,12 +318,11 @@ def search_volume(
     chosen = sampling.select(volume.n_slices, volume.spacing[2])
     exclude = content_id(volume.sha256, volume.index_4d)
     t0 = time.perf_counter()
-    stored = stored_vectors(store, coll, exclude, embedder.embedder_id,
-                            resolve_intensity(volume.data, options.intensity), chosen)
+    mode = resolve_intensity(volume.data, options.intensity)  # concrete: decided once
+    stored = stored_vectors(store, coll, exclude, embedder.embedder_id, mode, chosen)
     t_lookup = time.perf_counter() - t0
     if stored is None:
-        vectors = embedder.embed(normalize_intensity(volume.data, options.intensity,
-                                                     slices=chosen))
+        vectors = embedder.embed(normalize_intensity(volume.data, mode, slices=chosen))
     else:
         vectors = stored
     t_embed = time.perf_counter() - t0 - t_lookup
