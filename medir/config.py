@@ -57,6 +57,10 @@ class StoreSettings(BaseModel):
         "float32", description="element type of the stored vectors")
     on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
     shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
+    min_free_mb: int = Field(
+        256, ge=0, description="embedded store: free disk (MiB) kept beyond what its "
+        "memory-mapped files may still claim; below it an ingest refuses to start or stops "
+        "with 'disk full' (a full disk under a memory map is a SIGBUS, not an error)")
     replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
 
 
@@ -88,10 +92,14 @@ class LimitsSettings(BaseModel):
     1024x1024x1024 CT; it is 4 GiB as float32 and ingest holds about 3 float32 copies at peak
     (see docs/reliability.md). ``max_bytes`` bounds the declared data of a whole file (a 4D file
     is read one volume at a time) and the decompressed size of its stream.
+    ``max_volumes_per_file`` bounds the 4th axis of a 4D file (one ingest job per volume); 64
+    holds cardiac phases and perfusion series, raise it for fMRI or diffusion.
     """
 
     max_voxels: int = Field(1 << 30, ge=1, description="voxels of one 3D volume")
     max_bytes: int = Field(16 << 30, ge=1, description="declared data bytes of one file")
+    max_volumes_per_file: int = Field(
+        64, ge=1, description="volumes of one 4D file (its 4th axis), checked from the header")
 
 
 class QueueSettings(BaseModel):

@@ -38,5 +38,9 @@ class StoreUnavailable(MedirError):
     """The vector store cannot be reached or is locked by another process (transient)."""
 
 
+class DiskFull(MedirError):
+    """Too little free disk to write safely (the message names the path and the sizes)."""
+
+
 class ConfigError(MedirError):
     """An invalid option or setting."""
