@@ -44,7 +44,7 @@ from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
 from ingest.reader import Limits, VolumeFile
 from ingest.volume import Volume
-from medir.errors import MedirError, VolumeError
+from medir.errors import DiskFull, MedirError, VolumeError
 from search.store import (
     SlicePoint,
     SliceStore,
@@ -144,6 +144,7 @@ def slice_points(volume: Volume, vectors: np.ndarray, embedder: Embedder,
 
 def _open_collection(store: SliceStore, embedder: Embedder) -> str:
     coll = collection_name(embedder.name)
+    store.check_space()  # a full disk: one line before anything is read or embedded
     store.ensure_collection(coll, embedder.dim)
     if store.collection_dim(coll) != embedder.dim:
         raise MedirError(f"collection {coll} holds {store.collection_dim(coll)}-d vectors but "
@@ -473,6 +474,8 @@ def ingest_paths(
         try:
             vol.won = _write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode,
                                     upsert_batch, flush=False, gen=vol.start.gen)
+        except DiskFull:  # every later volume would fail the same way: stop here
+            raise
         except MedirError as exc:  # e.g. the store refused it; pending points are removed
             fail(vol, exc)
             return

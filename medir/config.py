@@ -57,11 +57,11 @@ class StoreSettings(BaseModel):
         "float32", description="element type of the stored vectors")
     on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
     shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
+    replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
     min_free_mb: int = Field(
         256, ge=0, description="embedded store: free disk (MiB) kept beyond what its "
         "memory-mapped files may still claim; below it an ingest refuses to start or stops "
         "with 'disk full' (a full disk under a memory map is a SIGBUS, not an error)")
-    replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
 
 
 class SearchSettings(BaseModel):

@@ -180,6 +180,10 @@ class SliceStore(ABC):
         batch: int = 1024,
     ) -> Iterator[Record]: ...
 
+    def check_space(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~medir.errors.DiskFull` when a write could fill the disk (the
+        embedded store checks its folder; a server manages its own disk)."""
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Persist pending writes (embedded engines)."""
 

@@ -338,9 +338,10 @@ def test_ingest_refuses_to_start_below_the_free_space_margin(tmp_path: Path) -> 
     r = medir("ingest", *vols, "--model", "test-tiny",
               env={"MEDIR_STORE_PATH": str(store), "MEDIR_STORE__MIN_FREE_MB": str(free_mb + 4096)})
     assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medir: disk full:"), r.stderr
-    assert "MEDIR_STORE__MIN_FREE_MB" in lines[0] and str(store) in lines[0]
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: disk full: "), r.stderr
+    assert "MEDIR_STORE__MIN_FREE_MB" in errors[0] and str(store) in errors[0]
+    assert "Traceback" not in r.stderr
     assert not any(store.glob("*/medir.json"))  # no collection was created
 
 
@@ -349,18 +350,23 @@ def test_store_write_below_the_margin_raises_disk_full_and_keeps_nothing_pending
     vols = _volumes(tmp_path / "vols", 3)
     store = EdgeStore(tmp_path / "store", storage=StoreSettings(min_free_mb=1))
     emb = get_embedder("test-tiny", device="cpu")
-    assert [r.status for r in ingest_paths(vols[:1], store, emb)] == ["indexed"]
+    assert [r.status for r in ingest_paths(vols[:1], store, emb)] == ["indexed"]  # 12 slices
     coll = collection_name("test-tiny")
     before = store.count(coll)
     real = shutil.disk_usage
+    calls = [0]
 
-    def full(path: object) -> object:  # the disk filled up after the first volume
-        total, used, _ = real(path)  # type: ignore[arg-type]
-        return type(real(path))(total, total, 0)  # type: ignore[arg-type]
+    def filling(path: str | Path) -> object:  # the disk fills up while the volume is written
+        calls[0] += 1
+        usage = real(path)
+        if calls[0] <= 2:  # the check before the ingest and the volume's first upsert pass
+            return usage
+        return type(usage)(usage.total, usage.total, 0)
 
-    monkeypatch.setattr(shutil, "disk_usage", full)
+    monkeypatch.setattr(shutil, "disk_usage", filling)
     with pytest.raises(DiskFull) as info:
-        ingest_paths(vols[1:], store, emb)
+        ingest_paths(vols[1:], store, emb, upsert_batch=4)  # 12 slices: 3 upserts
+    assert calls[0] == 3
     assert str(info.value).startswith("disk full: ") and "\n" not in str(info.value)
     monkeypatch.setattr(shutil, "disk_usage", real)
     assert store.count(coll) == before  # nothing half-written: no pending slices left
@@ -389,12 +395,15 @@ def test_full_tmpfs_gives_one_line_not_sigbus(tmp_path: Path) -> None:
     if prefix is None:
         pytest.skip("cannot mount a tmpfs here (no mount namespace): the disk-full test needs one")
     vols = _volumes(tmp_path / "vols", 4)
-    script = (f"mount -t tmpfs -o size=4m tmpfs {mnt} && exec {sys.executable} -m medir.cli "
-              f"ingest {' '.join(map(str, vols))} --model test-tiny")
+    script = (f"mount -t tmpfs -o size=4m tmpfs {mnt} || exit 99; {sys.executable} -m "
+              f"medir.cli ingest {' '.join(map(str, vols))} --model test-tiny; rc=$?; "
+              f"echo \"left: [$(ls -A {mnt}/store)]\"; exit $rc")
     env = {**os.environ, "MEDIR_PLUGINS": "tests.plugin_embedder", "PYTHONPATH": str(REPO),
            "MEDIR_STORE_PATH": str(mnt / "store"), "MEDIR_STORE__MIN_FREE_MB": "1"}
     r = subprocess.run([*prefix, "sh", "-c", script], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert "disk full: " in r.stderr and str(mnt / "store") in r.stderr
-    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: disk full: "), r.stderr
+    assert str(mnt / "store") in errors[0] and "Traceback" not in r.stderr
+    assert "left: []" in r.stdout  # no half-made collection, marked or not
