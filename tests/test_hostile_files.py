@@ -306,6 +306,10 @@ def test_volume_cap_is_a_setting_and_checked_from_the_header(
     # only the header: the data is never decompressed, so a short stream does not matter
     msg = _err(_nifti_4d(tmp_path / "four.nii.gz", 4, full=False), lim)
     assert "4 volumes" in msg and "the limit is 3" in msg
+    nhdr = tmp_path / "four.nrrd"  # NRRD too, from its header, the data never read
+    nhdr.write_text("NRRD0004\ntype: uint8\ndimension: 4\nsizes: 2 2 2 4\nencoding: gzip\n"
+                    "space directions: (1,0,0) (0,1,0) (0,0,1) none\nspace: RAS\n\n")
+    assert "4 volumes" in _err(nhdr, lim)
 
 
 def test_ingest_of_a_file_with_too_many_volumes_fails_once(tmp_path: Path) -> None:
