@@ -69,7 +69,7 @@ def score_pairs(pairs: Sequence[DuplicatePair], volumes: Sequence[str], study: d
     found = {frozenset((p.a, p.b)) for p in pairs if p.score >= pair_min}
     positives = {frozenset((a, b)) for i, a in enumerate(volumes) for b in volumes[i + 1:]
                  if _truth(a, b, study, origin) is True}
-    judged = {p for p in found if _truth(*sorted(p), study, origin) is not None}
+    judged = {p for p in found if _truth(min(p), max(p), study, origin) is not None}
     tp = len(judged & positives)
     fp = len(judged - positives)
     fn = len(positives - found)

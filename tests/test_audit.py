@@ -105,9 +105,8 @@ def test_bench_audit_scores_known_duplicates(tmp_path: Path) -> None:
     distinct cases the known non-duplicates; its JSON says how many of each it got right."""
     import json
 
-    from typer.testing import CliRunner
-
     import nibabel as nib
+    from typer.testing import CliRunner
 
     from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
     from medir.cli import app
