@@ -29,15 +29,12 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ingest.digest import files_sha256
+from ingest.limits import Limits, check_declared_size, check_stream
 from medir.errors import VolumeError
-
-if TYPE_CHECKING:
-    from ingest.reader import Limits
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_LINE = 400  # MetaIO reads names and values into 500-byte buffers
@@ -207,8 +204,6 @@ def _int_field(path: Path, fields: dict[str, str], key: str, default: int) -> in
 def check_compressed(path: Path, header: MetaHeader, nbytes: int) -> None:
     """Compressed element data: ``CompressedDataSize`` present and within the file, and the
     stream inflating (bounded) to exactly the ``nbytes`` the dimensions declare."""
-    from ingest.reader import check_stream
-
     src = header.source
     declared = _int_field(path, header.fields, "CompressedDataSize", 0)
     if declared <= 0:
@@ -265,8 +260,6 @@ def read_metaimage_header(p: Path, limits: Limits | None = None
     header only is read here; :func:`ingest.reader.open_volume` makes the VolumeFile).
     ``limits``: what the header may declare (None: the defaults)."""
     import SimpleITK as sitk
-
-    from ingest.reader import check_declared_size
 
     header = parse_header(p)
     reader = sitk.ImageFileReader()
