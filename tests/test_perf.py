@@ -132,14 +132,16 @@ def test_perf_cli_writes_json(tmp_path: Path, make_nifti) -> None:
         make_nifti(_volume((24, 20, 12), k), name=f"samples/v{k}.nii.gz")
     out = tmp_path / "out"
     run = CliRunner().invoke
-    common = ["--model", "test-tiny", "--device", "cpu", "--batch-size", "8", "--out", str(out)]
+    # --allow-busy: this checks the JSON, not figures; tests run beside other jobs
+    common = ["--model", "test-tiny", "--device", "cpu", "--batch-size", "8", "--out", str(out),
+              "--allow-busy"]
     res = run(app, ["ingest", *common, "--samples", str(samples), "--synthetic-scale", "0.05",
                     "--ceiling-batches", "1"])
     assert res.exit_code == 0, res.output
     res = run(app, ["query", *common, "--samples", str(samples), "--query", "v1.nii.gz",
                     "--repeats", "1"])
     assert res.exit_code == 0, res.output
-    res = run(app, ["store", "--out", str(out), "--points", "1500", "--ef", "32",
+    res = run(app, ["store", "--out", str(out), "--allow-busy", "--points", "1500", "--ef", "32",
                     "--repeats", "2"])
     assert res.exit_code == 0, res.output
     res = run(app, ["memory", *common, "--size-gb", "0.002", "--shape", "32x32x8"])
