@@ -33,14 +33,16 @@ _errors = user_errors
 
 def _split(values: list[str] | None) -> list[str]:
     """Repeated options and comma lists alike: ``--models a,b --models c`` → [a, b, c].
-    Index specs carry commas inside (``hnsw:M=32,efC=128``): a piece with '=' but no ':' is
-    glued back to the previous one."""
+    Index specs carry commas inside (``hnsw:M=32,efC=128``), and so do capped samplings
+    (``W:every-mm:7,max=12``, ``all,max=20``): a piece with '=' but no ':' is glued back to
+    the previous one (a ``max=N`` piece always)."""
     out: list[str] = []
     for v in values or []:
         for piece in (p.strip() for p in v.split(",")):
             if not piece:
                 continue
-            if out and "=" in piece and ":" not in piece and ":" in out[-1]:
+            glue = "=" in piece and ":" not in piece and (":" in out[-1] if out else False)
+            if out and (glue or piece.lower().startswith("max=")):
                 out[-1] += "," + piece
             else:
                 out.append(piece)
