@@ -285,3 +285,31 @@ def test_large_or_4d_gz_not_kept_after_opening(tmp_path: Path, make_nifti,
     vf = open_volume(big)
     assert vf.sha256 == file_sha256(big) and gz_counts["hashed"] == 0
     assert vf.read().n_slices == 4 and gz_counts["reopened"] == 2
+
+
+def test_query_latency_bench_interleaves_variants(tmp_path: Path, make_nifti) -> None:
+    """``bench perf query-latency`` (issue 24's one command for the query levers): a resampled
+    query, variants (model × capped sampling) interleaved over rounds, medians, spread and
+    per-round ratios to the first variant, and the load. No figure is checked, only shape."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    make_nifti(_volume((24, 20, 12), 0), name="samples/db.nii.gz")
+    make_nifti(_volume((24, 20, 10), 1), np.diag([1.0, 1.0, 3.0, 1.0]), name="samples/q.nii.gz")
+    out = tmp_path / "ql.json"
+    res = CliRunner().invoke(app, [
+        "query-latency", "--out", str(out), "--models", "test-tiny", "--samples", str(samples),
+        "--index", "db.nii.gz", "--query", "q.nii.gz", "--resample-query", "24x20x30",
+        "--resample-z-mm", "1", "--sampling", "every-mm:2", "--sampling", "every-mm:2,max=4",
+        "--repeats", "3", "--warmup", "1", "--batch-size", "8", "--allow-busy"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    r = doc["results"]
+    base, capped = "test-tiny|every-mm:2", "test-tiny|every-mm:2,max=4"
+    assert r["baseline"] == base and set(r["rows"]) == {base, capped}
+    assert r["rows"][base]["query_slices"] == 30 and r["rows"][base]["slices"] == 15
+    assert r["rows"][capped]["slices"] == 4
+    assert len(r["rounds"]) == 3 and r["rounds"][0]["order"] != r["rounds"][1]["order"]
+    assert r["vs_baseline"][base]["total_s_ratio"] == [1.0, 1.0, 1.0]
+    assert len(r["spread"][capped]["total_s"]["rounds"]) == 3
+    assert {"read_s", "embed_s", "knn_s", "vote_s", "knn_vote_fraction"} <= r["rows"][capped].keys()
+    assert "busy" in doc and doc["load"]["start"]["load_1min"] is not None

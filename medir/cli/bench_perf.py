@@ -116,29 +116,65 @@ def query_cmd(
 @user_errors
 def query_latency_cmd(
     out: OutOpt = Path("results/perf"),
-    models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
-    sampling: Annotated[list[str] | None, typer.Option(help="Samplings (repeatable).")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        help="Models (repeatable): e.g. dinov2-s-onnx, dinov2-s-onnx-int8, the smaller inputs "
+             "dinov2-s-onnx[-int8]-168 / -112.")] = None,
+    sampling: Annotated[list[str] | None, typer.Option(
+        help="Samplings (repeatable), with an optional cap: every-mm:7, every-mm:7,max=20.")
+    ] = None,
     samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
     index: Annotated[list[str] | None, typer.Option(help="File names to index.")] = None,
-    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
+    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES (or a path).")] =
         "ct_head_atlas_totalseg.nii.gz",
-    repeats: Annotated[int, typer.Option(help="Interleaved rounds.")] = 1,
+    resample_query: Annotated[str | None, typer.Option(
+        help="Query with QUERY resampled to XxYxZ voxels (int16 .nii.gz, written to a "
+             "temporary folder first), e.g. 512x512x300.")] = None,
+    resample_z_mm: Annotated[float | None, typer.Option(
+        help="Slice spacing of the resampled query in mm (default: the same field of view).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Interleaved rounds (medians reported).")] = 1,
+    warmup: Annotated[int, typer.Option(help="Unrecorded rounds before them.")] = 1,
     batch_size: BatchOpt = 32,
     allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
-    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling."""
+    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling,
+    interleaved round by round: medians, spread and per-round ratios to the first variant."""
     guard = check_machine(allow_busy)
-    from benchmarks.perf.query_bench import bench_latency
+    from benchmarks.perf.query_bench import bench_latency, resampled_query
+    from search.sampling import Sampling
 
     model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
     samplings = sampling or [DEFAULT_SAMPLING]
+    for s in samplings:
+        Sampling.parse(s)  # a typo is one line now, not after the indexing
     files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
     params = {"models": model_list, "sampling": samplings, "query": query,
-              "index": [f.name for f in files], "load_average_start": load_average()}
-    results = bench_latency(files, samples / query, model_list, samplings,
-                            lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats)
+              "resample_query": resample_query, "resample_z_mm": resample_z_mm,
+              "index": [f.name for f in files], "repeats": repeats, "warmup": warmup,
+              "batch_size": batch_size, "load_average_start": load_average()}
+    with tempfile.TemporaryDirectory(prefix="medir-perf-q300-") as tmp:
+        qfile = samples / query
+        if resample_query:
+            shape = _shape(resample_query)
+            qfile = resampled_query(qfile, Path(tmp) / f"{qfile.name.split('.')[0]}_"
+                                    f"{resample_query}.nii.gz", shape, resample_z_mm)
+            log(f"query resampled to {resample_query}: {qfile}")
+        results = bench_latency(files, qfile, model_list, samplings,
+                                lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats,
+                                warmup=warmup)
     write_result(out, "query_latency", params, results, guard)
     return results
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    """``XxYxZ`` → (X, Y, Z), or one clear error."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise typer.BadParameter(f"shape {text!r}: expected XxYxZ, e.g. 512x512x300")
+    return dims[0], dims[1], dims[2]
 
 
 @app.command("store")
@@ -196,12 +232,10 @@ def memory_cmd(
     guard = check_machine(allow_busy)
     from benchmarks.perf.memory import bench_memory
 
-    dims = tuple(int(v) for v in shape.lower().split("x"))
-    if len(dims) != 3:
-        raise typer.BadParameter(f"shape {shape!r}: expected XxYxZ")
+    dims = _shape(shape)
     params = {"size_gb": size_gb, "model": model, "device": device, "batch_size": batch_size,
               "shape": list(dims), "gz": gz, "load_average_start": load_average()}
-    results = bench_memory(size_gb, model, device, batch_size, (dims[0], dims[1], dims[2]),
+    results = bench_memory(size_gb, model, device, batch_size, dims,
                            gz=gz, workdir=workdir)
     write_result(out, "memory", params, results, guard)
     return results
