@@ -16,6 +16,7 @@ from ingest.embedders import Embedder
 from ingest.pipeline import ingest_paths
 from ingest.reader import open_volume
 from search.query import QueryOptions, search_volume
+from search.store import SliceStore
 from search.store_edge import EdgeStore
 
 SIZES: tuple[str, ...] = ("10", "100", "all")
@@ -59,7 +60,7 @@ def resampled_query(source: Path, dest: Path, shape: tuple[int, int, int],
     img = nib.load(str(source))
     data = np.asarray(img.dataobj, dtype=np.float32)  # type: ignore[attr-defined]
     data = data.reshape(data.shape[:3])
-    factors = [n / d for n, d in zip(shape, data.shape[:3], strict=True)]
+    factors = [shape[i] / data.shape[i] for i in range(3)]
     out = ndimage.zoom(data, factors, order=1, grid_mode=True, mode="nearest")
     affine = np.array(img.affine, dtype=np.float64)  # type: ignore[attr-defined]
     affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
@@ -71,7 +72,7 @@ def resampled_query(source: Path, dest: Path, shape: tuple[int, int, int],
     return dest
 
 
-def _one_query(query_file: Path, store: EdgeStore, emb: Embedder, sampling: str
+def _one_query(query_file: Path, store: SliceStore, emb: Embedder, sampling: str
                ) -> dict[str, float]:
     """One volume query end to end: read (open, one pass over the file), then
     :func:`search_volume` (window + embed = ``embed_s``, lookup, k-NN, vote)."""
