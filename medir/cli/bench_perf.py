@@ -135,6 +135,7 @@ def query_latency_cmd(
     repeats: Annotated[int, typer.Option(help="Interleaved rounds (medians reported).")] = 1,
     warmup: Annotated[int, typer.Option(help="Unrecorded rounds before them.")] = 1,
     batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
     allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling,
@@ -151,7 +152,8 @@ def query_latency_cmd(
     params = {"models": model_list, "sampling": samplings, "query": query,
               "resample_query": resample_query, "resample_z_mm": resample_z_mm,
               "index": [f.name for f in files], "repeats": repeats, "warmup": warmup,
-              "batch_size": batch_size, "load_average_start": load_average()}
+              "batch_size": batch_size, "device": device,
+              "load_average_start": load_average()}
     with tempfile.TemporaryDirectory(prefix="medir-perf-q300-") as tmp:
         qfile = samples / query
         if resample_query:
@@ -160,7 +162,7 @@ def query_latency_cmd(
                                     f"{resample_query}.nii.gz", shape, resample_z_mm)
             log(f"query resampled to {resample_query}: {qfile}")
         results = bench_latency(files, qfile, model_list, samplings,
-                                lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats,
+                                lambda m: make_embedder(m, device, batch_size), repeats=repeats,
                                 warmup=warmup)
     write_result(out, "query_latency", params, results, guard)
     return results
