@@ -188,7 +188,7 @@ def search(
                                           "--id.")] = "",
     model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
     sampling: Annotated[str | None, typer.Option(
-        help="all | every-n:N | every-mm:X | random:K[:SEED]")] = None,
+        help="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")] = None,
     weighting: Annotated[str | None, typer.Option(help="none | gaussian[:SIGMA]")] = None,
     max_slices: Annotated[int | None, typer.Option(
         help="At most N query slices, evenly spaced among the sampling's (0: no cap; default "
