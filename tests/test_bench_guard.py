@@ -70,7 +70,8 @@ def test_check_machine_decides_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 BENCHES = [
-    ["bench", "paper"], ["bench", "quality"], ["bench", "engines"], ["bench", "speed"],
+    ["bench", "paper"], ["bench", "quality"], ["bench", "audit"], ["bench", "engines"],
+    ["bench", "speed"],
     ["bench", "perf", "ingest"], ["bench", "perf", "query"], ["bench", "perf", "query-latency"],
     ["bench", "perf", "store"], ["bench", "perf", "memory"], ["bench", "perf", "peak"],
     ["bench", "perf", "all"],

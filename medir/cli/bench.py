@@ -206,9 +206,11 @@ def audit(
         help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
     """Precision and recall of `medir audit duplicates` on known duplicates (perturbed copies)
     and known non-duplicates (distinct cases), over a grid of thresholds."""
+    guard = check_machine(allow_busy)
     from benchmarks.audit_eval import AUDIT_PERTURBATIONS, run_audit_eval
     from benchmarks.cache import ArrayCache
     from benchmarks.datasets import load_dataset
@@ -226,7 +228,7 @@ def audit(
                                                       name),
                             suite, prep=prep, k=k, stride_mm=db_stride,
                             max_slices=db_max_slices, progress=progress)
-    result = {**stamp(), "model": name, **result}
+    result = {**stamp(guard), "model": name, **result}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "audit.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
