@@ -205,20 +205,27 @@ def _single_file(path: Path, rows: int, cols: int, frames: int = 1) -> Path:
     (65535, 65535, 1, "65535x65535x1 = 4294836225 voxels"),
     (64, 64, 1000, "64x64x1000 = 4096000 voxels"),
 ])
-def test_one_file_declaring_too_much_is_refused_at_open(tmp_path: Path, rows: int, cols: int,
-                                                        frames: int, declared: str) -> None:
+def test_one_file_declaring_too_much_is_refused(tmp_path: Path, rows: int, cols: int,
+                                                frames: int, declared: str) -> None:
+    """A file's own Rows x Columns x NumberOfFrames against the limits: while scanning (before
+    its frames are listed) and when a series is opened without a scan."""
     p = _single_file(tmp_path / "big.dcm", rows, cols, frames)
-    series, skipped = dicom.scan_dicom([p])
-    assert skipped == [] and len(series) == 1
+    limits = Limits.of(LimitsSettings(max_voxels=1_000_000))
+    series, skipped = dicom.scan_dicom([p], limits)
+    assert series == [] and [s.kind for s in skipped] == [dicom.TOO_LARGE]
+    assert str(tmp_path) in skipped[0].path and declared in skipped[0].reason
     with pytest.raises(VolumeError) as info:
-        series[0].open(Limits.of(LimitsSettings(max_voxels=1_000_000)))
-    assert str(tmp_path) in str(info.value) and declared in str(info.value)
+        dicom.DicomSeries("1.2.3", [p]).open(limits)
+    assert str(p) in str(info.value) and declared in str(info.value)
 
 
 def test_the_default_limits_apply_to_dicom_too(tmp_path: Path) -> None:
-    series, _ = dicom.scan_dicom([_single_file(tmp_path / "big.dcm", 65535, 65535)])
-    with pytest.raises(VolumeError, match=f"the limit is {1 << 30}"):
-        series[0].open()
+    series, skipped = dicom.scan_dicom([_single_file(tmp_path / "big.dcm", 65535, 65535)])
+    assert series == [] and f"the limit is {1 << 30}" in skipped[0].reason
+    series, skipped = dicom.scan_dicom([_single_file(tmp_path / "many.dcm", 64, 64, 1000)])
+    assert skipped == [] and len(series) == 1  # 4 M voxels: within the default limits
+    with pytest.raises(VolumeError, match="the limit is 1000000"):
+        series[0].open(Limits.of(LimitsSettings(max_voxels=1_000_000)))
 
 
 def test_a_file_replaced_after_the_scan_is_checked_before_its_decode(tmp_path: Path) -> None:
@@ -230,7 +237,7 @@ def test_a_file_replaced_after_the_scan_is_checked_before_its_decode(tmp_path: P
     assert vf.read().data.shape == (4, 16, 16)  # (and the decoders are loaded)
     victim = files[1]
     ds = pydicom.dcmread(victim)
-    big = _ct((2048, 2048, 1))[0]
+    big = volume_to_datasets(np.zeros((2048, 2048, 1)), np.eye(4))[0]
     big.compress(RLELossless)
     for key in ("Rows", "Columns", "PixelData"):
         setattr(ds, key, big[key].value)
