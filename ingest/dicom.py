@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
@@ -46,6 +47,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from ingest.digest import file_sha256
 from ingest.reader import (
+    MAX_VOXELS,
     Limits,
     VolumeFile,
     _read_proxy,
@@ -88,8 +90,15 @@ HEADER_MAX_BYTES = 64 << 20
 #: While scanning, values longer than this are not read (pydicom ``defer_size``); grouping needs
 #: none of them (UIDs, Rows/Columns, positions and orientations are short).
 DEFER_BYTES = 256 << 10
+#: Reads pydicom may make to parse one header (about two per element or sequence item): bounds
+#: the Python objects a small file of tiny sequence items makes (each costs about 300 bytes and
+#: 15 us; a 5,000-frame enhanced MR header needs under a million).
+MAX_HEADER_READS = 1 << 20
 _INFLATE_CHUNK = 1 << 20  # bytes inflated per step
 _INFLATE_KEEP = 1 << 20  # inflated bytes kept behind the read position (pydicom seeks back a few)
+#: What a scan allows a file to declare when it is given no limits: the absolute ceiling (the
+#: settings' limits, which may be raised up to it, are checked when a series is opened).
+SCAN_LIMITS = Limits(MAX_VOXELS, MAX_VOXELS * 8)
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # (Double)Float/PixelData
 
 
@@ -211,7 +220,7 @@ def scan_dicom(files: Sequence[Path], limits: Limits | None = None
     """Group DICOM files into image series; everything left out is reported with a reason.
 
     One header is read at a time and only its :class:`_Instance` is kept; a file declaring more
-    voxels or bytes than ``limits`` (None: the defaults) leaves its series out."""
+    voxels or bytes than ``limits`` (None: :data:`SCAN_LIMITS`) leaves its series out."""
     skipped: list[Skipped] = []
     instances: list[_Instance] = []
     for path in files:
@@ -220,7 +229,7 @@ def scan_dicom(files: Sequence[Path], limits: Limits | None = None
         except VolumeError as exc:
             skipped.append(Skipped(str(path), BAD_FILE, exc.reason))
             continue
-        instances.append(_instance(str(path), ds, limits))
+        instances.append(_instance(str(path), ds, limits or SCAN_LIMITS))
         del ds
     series, more = _group(instances, is_file=True)
     return series, skipped + more
@@ -242,6 +251,7 @@ def _read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MA
         deflated = _deflated_start(path)
     except _READ_ERRORS:
         deflated = None  # not a Part 10 file meta: the reads below say what it is
+    ds: Dataset
     if deflated is not None:
         try:
             ds = _read_deflated(path, *deflated, pixels, max_inflated, why)
@@ -250,9 +260,8 @@ def _read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MA
         if "SOPClassUID" not in ds:
             raise VolumeError(path, "not a DICOM object (no SOP Class UID)")
         return ds
-    defer = None if pixels else DEFER_BYTES
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size=defer)
+        ds = _dcmread(path, pixels, force=False)
         if "SOPClassUID" not in ds:
             raise VolumeError(path, "not a DICOM object (no SOP Class UID)")
         return ds
@@ -261,13 +270,47 @@ def _read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MA
     except _READ_ERRORS as exc:
         raise VolumeError(path, f"not a readable DICOM file ({_reason(exc)})") from None
     try:  # old files without the 128-byte preamble and "DICM"
-        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size=defer,
-                             force=True)
+        ds = _dcmread(path, pixels, force=True)
         if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
             return ds
     except _READ_ERRORS:
         pass
     raise VolumeError(path, "not a DICOM file (no DICM header and no SOP Class UID)")
+
+
+def _dcmread(path: Path, pixels: bool, force: bool) -> Dataset:
+    """pydicom's read of a file (not deflated), its reads counted (:data:`MAX_HEADER_READS`);
+    without ``pixels`` it stops before them and defers long values (read from the file if
+    ever used)."""
+    with _CountedFile(path) as fh:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=not pixels, force=force,
+                                   defer_size=None if pixels else DEFER_BYTES)
+        except Exception:
+            if fh.refused is not None:  # pydicom rewraps some read errors as OSError
+                raise fh.refused from None
+            raise
+
+
+def _too_many_reads(name: str) -> VolumeError:
+    return VolumeError(name, f"the header needs more than {MAX_HEADER_READS} reads to parse "
+                             "(elements and sequence items); refused")
+
+
+class _CountedFile(io.BufferedReader):
+    """A file whose reads are counted: one header may take :data:`MAX_HEADER_READS`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(str(path), "rb"))
+        self.reads = 0
+        self.refused: VolumeError | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS:
+            self.refused = _too_many_reads(str(self.name))
+            raise self.refused
+        return super().read(size)
 
 
 def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -301,7 +344,8 @@ def _read_deflated(path: Path, preamble: bytes | None, meta: FileMetaDataset, of
         stream = _BoundedInflate(fh, path, max_inflated,
                                  why or ("" if pixels else " before its pixel data"))
         try:
-            dataset = read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
+            dataset = read_dataset(cast(BinaryIO, stream), is_implicit_VR=False,
+                                   is_little_endian=True,
                                    stop_when=None if pixels else _at_pixels,
                                    defer_size=None if pixels else DEFER_BYTES)
         except Exception:
@@ -333,6 +377,7 @@ class _BoundedInflate:
         self.limit = limit
         self.name = str(path)
         self._where = where
+        self.reads = 0
         self.refused: VolumeError | None = None
 
     def _refuse(self) -> VolumeError:
@@ -356,6 +401,10 @@ class _BoundedInflate:
                 raise self._refuse()
 
     def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS:
+            self.refused = _too_many_reads(self.name)
+            raise self.refused
         if size is None or size < 0:
             size = self.limit + 1 - self._pos
         if self._pos + size > self.limit:
@@ -388,7 +437,7 @@ def series_from_datasets(datasets: Iterable[Dataset], label: str = ""
     ``<label> instance <SOPInstanceUID>``.
     """
     instances = [_instance(f"{label} instance {ds.get('SOPInstanceUID', '?')}".strip(), ds,
-                           None, keep=True) for ds in datasets]
+                           SCAN_LIMITS, keep=True) for ds in datasets]
     series, skipped = _group(instances, is_file=False)
     for s in series:
         if label:

@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -66,18 +67,19 @@ def _zeros(n: int) -> Iterator[bytes]:
     yield b"\0" * (n % MIB)
 
 
-def _deflated_file(path: Path, ds: Dataset, bomb: int = 0, in_pixels: bool = False) -> Path:
+def _deflated_file(path: Path, ds: Dataset, bomb: int = 0, in_pixels: bool = False,
+                   tail: bytes = b"") -> Path:
     """A Part 10 file in the Deflated Explicit VR Little Endian transfer syntax.
 
     ``bomb`` zero bytes are added, compressed as a stream: as a private OB element before the
     pixel data (``in_pixels`` False), or as the PixelData value itself (in place of the pixels
-    the header declares)."""
+    the header declares). ``tail``: encoded elements added after the data set's own."""
     pixels = ds.get("PixelData")
     body = ds.copy()
     if "PixelData" in body:
         del body.PixelData
     comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [comp.compress(_encode(body))]
+    parts = [comp.compress(_encode(body) + tail)]
     if bomb:
         tag, vr = ((0x7FE0, 0x0010), b"OW") if in_pixels else ((0x7001, 0x1010), b"OB")
         parts.append(comp.compress(struct.pack("<HH2sHI", *tag, vr, 0, bomb)))
@@ -113,7 +115,9 @@ def test_deflate_bombs_are_refused_without_inflating_them(tmp_path: Path) -> Non
     ct_pixels = _deflated_file(tmp_path / "ct_pixels.dcm", _ct(seed=2)[0], BOMB, in_pixels=True)
     assert max(p.stat().st_size for p in (sr, ct_private, ct_pixels)) < MIB
 
-    (series, skipped), peak = _peak(lambda: dicom.scan_dicom([sr, ct_private, ct_pixels]))
+    scanned, peak = _peak(lambda: dicom.scan_dicom([sr, ct_private, ct_pixels]))
+    assert not isinstance(scanned, BaseException), scanned
+    series, skipped = scanned
     assert peak < 16 * MIB, f"scanning three bombs traced {peak / MIB:.0f} MiB"
     why = {Path(s.path).name: (s.kind, s.reason) for s in skipped}
     for name in ("sr.dcm", "ct_private.dcm"):
@@ -142,6 +146,36 @@ def test_deflated_series_still_reads_like_the_uncompressed_one(tmp_path: Path) -
     np.testing.assert_array_equal(a[0].open().read().data, b[0].open().read().data)
 
 
+def _item_bomb(path: Path, items: int, deflated: bool) -> Path:
+    """An SR whose private sequence of undefined length holds ``items`` empty items (16 bytes
+    each, a Python data set of ~650 bytes each once parsed), plain or deflated."""
+    ds = sr_dataset(generate_uid())
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    seq = (struct.pack("<HH2sHI", 0x7001, 0x1010, b"SQ", 0, 0xFFFFFFFF) + item * items
+           + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    if deflated:
+        return _deflated_file(path, ds, tail=seq)
+    ds.save_as(str(path), enforce_file_format=True)
+    with open(path, "ab") as fh:
+        fh.write(seq)
+    return path
+
+
+@pytest.mark.parametrize("deflated", [False, True])
+def test_a_header_of_countless_tiny_items_is_refused(tmp_path: Path, deflated: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing amplifies: 16 bytes of sequence item become a ~650-byte data set. The number of
+    reads a header may take is bounded (lowered here so that the test is quick)."""
+    p = _item_bomb(tmp_path / "items.dcm", 20_000, deflated)
+    monkeypatch.setattr(dicom, "MAX_HEADER_READS", 10_000)
+    series, skipped = dicom.scan_dicom([p])
+    assert series == [] and [s.kind for s in skipped] == [dicom.BAD_FILE]
+    assert skipped[0].path == str(p) and "more than 10000 reads" in skipped[0].reason
+    monkeypatch.setattr(dicom, "MAX_HEADER_READS", 100_000)
+    series, skipped = dicom.scan_dicom([p])  # within the bound it is read (an SR: skipped)
+    assert [s.kind for s in skipped] == [dicom.NON_IMAGE_DICOM]
+
+
 def test_scan_keeps_no_headers_of_the_files_it_walks(tmp_path: Path) -> None:
     """Thirty files with a 1 MiB private element each: the scan holds one header at a time (and
     never loads large values), not every data set of the folder."""
@@ -153,7 +187,9 @@ def test_scan_keeps_no_headers_of_the_files_it_walks(tmp_path: Path) -> None:
         p = tmp_path / f"f{k:02d}.dcm"
         ds.save_as(str(p), enforce_file_format=True)
         files.append(p)
-    (series, skipped), peak = _peak(lambda: dicom.scan_dicom(files))
+    scanned, peak = _peak(lambda: dicom.scan_dicom(files))
+    assert not isinstance(scanned, BaseException), scanned
+    series, skipped = scanned
     assert len(skipped) == 15 and {s.kind for s in skipped} == {dicom.NON_IMAGE_DICOM}
     assert len(series) == 15  # one single-slice series per CT file
     assert peak < 8 * MIB, f"scanning 30 files traced {peak / MIB:.0f} MiB"
@@ -220,12 +256,27 @@ def test_one_file_declaring_too_much_is_refused(tmp_path: Path, rows: int, cols:
 
 
 def test_the_default_limits_apply_to_dicom_too(tmp_path: Path) -> None:
+    """A scan without limits allows up to the absolute ceiling (the settings may raise the
+    limits that far); opening the series applies the limits, the defaults when none are given."""
     series, skipped = dicom.scan_dicom([_single_file(tmp_path / "big.dcm", 65535, 65535)])
-    assert series == [] and f"the limit is {1 << 30}" in skipped[0].reason
-    series, skipped = dicom.scan_dicom([_single_file(tmp_path / "many.dcm", 64, 64, 1000)])
-    assert skipped == [] and len(series) == 1  # 4 M voxels: within the default limits
-    with pytest.raises(VolumeError, match="the limit is 1000000"):
-        series[0].open(Limits.of(LimitsSettings(max_voxels=1_000_000)))
+    assert skipped == [] and len(series) == 1
+    with pytest.raises(VolumeError, match=f"4294836225 voxels per volume, the limit is {1 << 30}"):
+        series[0].open()
+    big = Limits.of(LimitsSettings(max_voxels=1 << 33, max_bytes=1 << 34))
+    assert series[0].open(big).shape == (65535, 65535, 1)  # headers only: nothing decoded
+
+
+def test_pydicoms_deflated_file_reads_as_pydicom_reads_it() -> None:
+    """The bounded inflation gives the same data set and pixels as pydicom's own reader."""
+    path = Path(str(get_testdata_file("image_dfl.dcm")))
+    ref = pydicom.dcmread(path)
+    assert ref.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    mine = dicom._read_header(path, pixels=True)
+    assert set(mine.keys()) == set(ref.keys())
+    assert all(mine[k].value == ref[k].value for k in ref.keys())
+    np.testing.assert_array_equal(mine.pixel_array, ref.pixel_array)
+    head = dicom._read_header(path)
+    assert "PixelData" not in head and head.SOPInstanceUID == ref.SOPInstanceUID
 
 
 def test_a_file_replaced_after_the_scan_is_checked_before_its_decode(tmp_path: Path) -> None:
