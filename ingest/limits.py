@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,12 @@ def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int,
 
 
 def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "data",
-                 keep: bytearray | None = None) -> None:
-    """Decompress ``fobj`` (positioned at the stream) in bounded chunks: refuse a stream that
-    yields more than ``declared`` bytes + a small slack (a decompression bomb) or fewer than
-    ``declared`` (truncated). ``kind``: "gzip" (multi-member), "bz2", or "zlib" (one zlib or
-    gzip stream, as ITK inflates MetaImage data). ``keep``: the output is appended to it
-    (bounded the same way); otherwise it is discarded."""
+                 sink: Callable[[bytes], object] | None = None) -> None:
+    """Decompress ``fobj`` (positioned at the stream) in bounded chunks, handing each chunk
+    to ``sink`` (default: dropped): refuse a stream that yields more than ``declared`` bytes + a
+    small slack (a decompression bomb) or fewer than ``declared`` (truncated). ``kind``: "gzip"
+    (multi-member), "bz2", or "zlib" (one zlib or gzip stream, as ITK inflates MetaImage
+    data)."""
     dec: Any = (bz2.BZ2Decompressor() if kind == "bz2"
                 else zlib_decompressor() if kind == "zlib" else gzip_decompressor())
     bound = declared + GZIP_SLACK
@@ -77,8 +78,8 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
     read = fobj.read  # type: ignore[attr-defined]
 
     def out(data: bytes) -> int:
-        if keep is not None:
-            keep.extend(data)
+        if sink is not None:
+            sink(data)
         return len(data)
 
     try:

@@ -8,6 +8,7 @@ nibabel's array proxy, so a large 4D file is never loaded whole.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import stat
@@ -20,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from ingest.compression import open_gzip
+from ingest.compression import HashingReader, open_gzip
 from ingest.digest import file_sha256
 from ingest.limits import (
     DEFAULT_LIMITS,
@@ -29,6 +30,9 @@ from ingest.limits import (
     Limits,
     check_declared_size,
     check_stream,
+)
+from ingest.limits import (
+    MAX_VOXELS as MAX_VOXELS,  # re-exported: ingest.dicom's scan limits
 )
 from ingest.volume import Volume
 from medir.errors import VolumeError
@@ -189,37 +193,55 @@ def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape), lim)
     header_zooms = _raw_pixdim(p, img)
-    _check_size(p, img, shape, lim)
+    gz = _check_size(p, img, shape, lim)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
-    proxy = _GzipNiftiProxy(p, img.dataobj) if p.name.lower().endswith(".gz") else img.dataobj
-    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, proxy)
+    if gz is None:
+        return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+    sha, decoded = gz
+    return VolumeFile(p, case_id_of(p), sha, shape, affine,
+                      _GzipNiftiProxy(p, img.dataobj, decoded))
 
 
 class _GzipNiftiProxy:
-    """nibabel's array proxy over a zlib-ng stream of a ``.nii.gz`` (see
-    :mod:`ingest.compression`): the same voxels and scaling as ``img.dataobj``, decompressed
-    faster; the file is open only while a volume is read."""
+    """nibabel's array proxy over a ``.nii.gz`` (see :mod:`ingest.compression`): the same voxels
+    and scaling as ``img.dataobj``. The first read takes the bytes the opening pass decompressed
+    (``decoded``, then released); any other read decompresses the file again through zlib-ng,
+    the file open only while a volume is read."""
 
-    def __init__(self, path: Path, dataobj: Any) -> None:  # a nibabel ArrayProxy
+    def __init__(self, path: Path, dataobj: Any,  # a nibabel ArrayProxy
+                 decoded: io.BytesIO | None = None) -> None:
         self.path = path
         self.spec = (dataobj.shape, dataobj.dtype, dataobj.offset, dataobj.slope, dataobj.inter)
         self.order = dataobj.order
+        self._decoded = decoded
 
     def __getitem__(self, index: object) -> np.ndarray:
+        decoded, self._decoded = self._decoded, None
+        if decoded is not None:
+            with decoded:
+                proxy = nib.arrayproxy.ArrayProxy(decoded, self.spec, mmap=False,
+                                                  order=self.order)
+                return np.asarray(proxy[index])
         with open_gzip(self.path) as fh:
             proxy = nib.arrayproxy.ArrayProxy(fh, self.spec, order=self.order)
             return np.asarray(proxy[index])
 
 
+#: A 3D .nii.gz up to this many decompressed bytes keeps them from the opening pass for its
+#: read (one decompression); a larger or 4D one is decompressed again when read, so that
+#: opening never holds more than this (4D files are read one volume at a time).
+ONE_PASS_MAX_BYTES = 1 << 30
 _READ_ERRORS: tuple[type[BaseException], ...] = (*STREAM_ERRORS, gzip.BadGzipFile, OverflowError,
                                                  TypeError, IndexError)
 
 
 def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...],
-                lim: Limits) -> None:
+                lim: Limits) -> tuple[str, io.BytesIO | None] | None:
     """Reject headers whose declared data exceeds the limits or cannot be in the file (before
-    reading any data; a .nii.gz stream is decompressed once, bounded, and discarded)."""
+    reading any data). A .nii.gz stream is decompressed once, bounded, while its compressed
+    bytes are hashed: returns the file's sha256 and, for a 3D file up to
+    :data:`ONE_PASS_MAX_BYTES`, the decompressed file (else None); None for a .nii."""
     try:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
     except TypeError:
@@ -231,9 +253,12 @@ def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[in
         if needed > p.stat().st_size:
             raise VolumeError(p, f"truncated: the header declares {needed} bytes, the file has "
                                  f"{p.stat().st_size}")
-        return
+        return None
+    keep = io.BytesIO() if len(shape) == 3 and needed <= ONE_PASS_MAX_BYTES else None
     with open(p, "rb") as fh:
-        check_stream(p, fh, needed, "gzip", "file")
+        src = HashingReader(fh)
+        check_stream(p, src, needed, "gzip", "file", keep.write if keep is not None else None)
+        return src.hexdigest(), keep
 
 
 def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:
@@ -351,7 +376,7 @@ def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int,
             for _ in range(lines):
                 fh.readline(1 << 20)
             check_stream(p, fh, declared, "bz2" if encoding.startswith("bz") else "gzip",
-                         keep=out)
+                         sink=out.extend)
         return out
     if encoding in ("ascii", "text", "txt"):
         # ~ 1 to 25 characters per voxel; anything larger is not this header's data
