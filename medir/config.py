@@ -127,7 +127,16 @@ class PacsSettings(BaseModel):
     username: str | None = Field(None, description="basic auth user")
     password: SecretStr | None = Field(None, description="basic auth password (never shown)")
     token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
-    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    timeout: float = Field(30.0, gt=0, description="seconds a connect or one read may stall")
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds one HTTP exchange may take in all, body included "
+        "(a series retrieval is one exchange); a server that trickles is cut off")
+    max_response_bytes: int = Field(
+        64 << 20, ge=1024, description="bytes of one JSON answer (a QIDO-RS page, the change "
+        "feed); a series retrieval is bounded by limits.max_bytes instead")
+    max_pages: int = Field(
+        1000, ge=1, description="pages of one QIDO-RS query (1000 rows each), or of the "
+        "change feed per poll")
     viewer_url_template: str | None = Field(
         None, description="e.g. http://orthanc:8042/ui/app/#/filtered-studies?"
                           "StudyInstanceUID={StudyInstanceUID} (Orthanc Explorer 2) or "

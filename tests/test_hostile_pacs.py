@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from rich.console import Console
 
 from ingest.dicomweb import PacsError, QidoFilters, list_series, parse_source
@@ -356,11 +355,11 @@ def _serve_three(pacs: PacsServer, failing: str = "wado") -> None:
             else:
                 h.send_error(500)
         elif r == "/changes":
-            changes = [{"Seq": i + 1, "ChangeType": "StableSeries", "ID": k,
-                        "ResourceType": "Series"} for i, k in enumerate("abc")]
             since = int(q.get("since", 0))
-            h.send_json({"Changes": [c for c in changes if c["Seq"] > since]
-                         if q.get("limit") != "0" else [], "Done": True, "Last": 3})
+            changes = [{"Seq": i + 1, "ChangeType": "StableSeries", "ID": k,
+                        "ResourceType": "Series"} for i, k in enumerate("abc") if i >= since]
+            h.send_json({"Changes": changes if q.get("limit") != "0" else [], "Done": True,
+                         "Last": 3})
         elif r.startswith("/series/"):
             key = r.split("/")[2]
             if key == "b" and failing == "lookup":
