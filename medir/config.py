@@ -120,7 +120,10 @@ class PacsSettings(BaseModel):
 
     Credentials are :class:`SecretStr` (masked in every repr) and are sent only to ``url``'s
     server. ``viewer_url_template`` links results to the PACS viewer, with
-    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders.
+    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders. The server is not trusted:
+    every exchange is bounded in time (``timeout`` per read, ``request_timeout`` in all) and
+    bytes (``max_response_bytes``; a series retrieval by ``limits.max_bytes``), every query in
+    pages (``max_pages``) (docs/pacs.md).
     """
 
     url: str | None = Field(None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
