@@ -104,7 +104,7 @@ class Target:
     token: str | None = field(default=None, repr=False)
     timeout: float = 30.0  # seconds a connect or one read may stall
     request_timeout: float = 600.0  # seconds one exchange may take in all
-    max_response_bytes: int = 64 << 20  # one JSON answer
+    max_response_bytes: int = 16 << 20  # one JSON answer
     max_series_bytes: int = 16 << 30  # one series retrieval (the reader limit, limits.max_bytes)
     max_pages: int = 1000  # pages of one query / of the change feed per poll
 

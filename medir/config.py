@@ -135,7 +135,7 @@ class PacsSettings(BaseModel):
         600.0, gt=0, description="seconds one HTTP exchange may take in all, body included "
         "(a series retrieval is one exchange); a server that trickles is cut off")
     max_response_bytes: int = Field(
-        64 << 20, ge=1024, description="bytes of one JSON answer (a QIDO-RS page, the change "
+        16 << 20, ge=1024, description="bytes of one JSON answer (a QIDO-RS page, the change "
         "feed); a series retrieval is bounded by limits.max_bytes instead")
     max_pages: int = Field(
         1000, ge=1, description="pages of one QIDO-RS query (1000 rows each), or of the "
