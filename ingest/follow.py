@@ -118,7 +118,7 @@ class FollowState:
 
 
 # indexes or queues one series; returns why it failed (already reported), or None
-Handler = Callable[[PacsSeries], "str | None"]
+Handler = Callable[[PacsSeries], str | None]
 
 
 @dataclass
