@@ -225,7 +225,10 @@ def query_upload(name: str, data: bytes, s: Settings, session: str) -> Iterator[
         os.utime(folder)  # in use: not old enough for a sweep running meanwhile
     except OSError as exc:
         raise UploadError(f"cannot create the query upload folder {folder} ({exc})") from None
-    path = save_upload(name, data, folder, s.ui.upload_limit_mb, Limits.of(s.limits))
+    try:
+        path = save_upload(name, data, folder, s.ui.upload_limit_mb, Limits.of(s.limits))
+    except OSError as exc:  # a full disk, a folder swept away meanwhile
+        raise UploadError(f"{name}: cannot save the upload ({exc.strerror or exc})") from None
     try:
         yield path
     finally:
