@@ -147,3 +147,27 @@ def test_broker_password_check() -> None:
         check_broker_auth(Settings.model_validate({
             "redis_url": "redis://127.0.0.1:6379/0", "require_secrets": True,
             "queue": {"allow_insecure_broker": True}}))
+
+
+def test_queue_progress_and_jobs_show_hostile_names_literally(
+        worker: StartWorker, queue_env: str, make_nifti, tmp_path: Path,  # noqa: F811
+) -> None:
+    """Item 8 through the queue: the follow bars and lines of ``ingest --queue`` and the table
+    of ``medir jobs`` show markup and escapes in names literally."""
+    esc = "\x1b"
+    coll = tmp_path / "coll"
+    (coll / "p001[").mkdir(parents=True)
+    affine = np.diag([1, 1, 2.0, 1])
+    make_nifti(_blob_volume(0, seed=1), affine, name="coll/p001[/]ct.nii.gz")
+    make_nifti(_blob_volume(1, seed=2), affine, name=f"coll/{esc}[2Kok.nii.gz")
+    (coll / f"bad{esc}[31m[x].nii.gz").write_bytes(b"not a volume")
+    worker(store_path=tmp_path / "store", env=TINY)
+    r = medir("ingest", "--queue", coll, "--model", "test-tiny", env={"COLUMNS": "300"})
+    out = r.stdout + r.stderr
+    assert "MarkupError" not in out and "Traceback" not in out and esc not in out, out
+    assert r.returncode == 1, out  # the bad file fails alone
+    assert "p001[/]ct" in out and "\\x1b[2Kok" in out and "bad\\x1b[31m[x]" in out, out
+    r = medir("jobs", env={"COLUMNS": "300"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and esc not in out and "MarkupError" not in out, out
+    assert "p001[/]ct" in out and "\\x1b[2Kok" in out, out
