@@ -11,7 +11,9 @@ with its ``case_id``.
 Everything under a folder that is not ingested is reported as a :class:`~ingest.dicom.Skipped`
 with its kind (unknown type, non-image DICOM, bad file, duplicate, unsafe path, ...). Safety: a
 symbolic link (to a file or a folder) under a folder given to ``ingest`` is followed only when
-its target lies inside that folder; devices, FIFOs and sockets are never opened.
+its target lies inside that folder; devices, FIFOs and sockets are never opened; a folder holding
+a :data:`PRIVATE_MARKER` file (the UI's query uploads: other users' patient data) is never
+walked.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from ingest.dicom import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, DicomSe
 from ingest.reader import Limits, VolumeFile, case_id_of, is_volume_file, open_volume
 
 LabelMap = Mapping[str, Mapping[str, str]]
+#: A file that marks its folder private: never walked, never ingested (ui/uploads.py puts one in
+#: the query-upload folder).
+PRIVATE_MARKER = ".medir-private"
 
 
 @dataclass
@@ -95,6 +100,10 @@ def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str, bool]
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
             skipped.append(Skipped(str(folder), BAD_FILE, f"cannot list the folder ({exc})"))
+            continue
+        if any(e.name == PRIVATE_MARKER for e in entries):
+            skipped.append(Skipped(str(folder), UNSAFE_PATH, "a private folder (query uploads), "
+                                                             "never ingested"))
             continue
         for entry in entries:
             path = Path(entry.path)

@@ -8,6 +8,7 @@ docker-compose use are top level: ``MEDIR_QDRANT_URL``, ``MEDIR_QDRANT_API_KEY``
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -87,6 +88,13 @@ class UiSettings(BaseModel):
     ingest_roots: list[Path] = Field(
         default_factory=lambda: [Path("data")],
         description="server folders the UI may ingest from (a security boundary)")
+    query_upload_dir: Path | None = Field(
+        None, description="where the Search page keeps a query upload while it answers it, one "
+        "folder per browser session, never inside an ingest root (default: <system temp "
+        "folder>/medir-uploads); in queue mode the workers must read it too")
+    query_upload_ttl_min: float = Field(
+        30.0, gt=0, description="minutes after which a query upload left behind (a closed "
+        "browser tab, a crash) is removed")
 
 
 class LimitsSettings(BaseModel):
@@ -125,6 +133,13 @@ class QueueSettings(BaseModel):
     job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
     search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
     worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
+    roots: list[Path] = Field(
+        default_factory=list, description="folders a worker reads volume files from, besides "
+        "data_dir and ui.ingest_roots (and, for queries, ui.query_upload_dir); a task naming a "
+        "file elsewhere is refused")
+    allow_insecure_broker: bool = Field(
+        False, description="development only: let a worker start on a broker URL without a "
+        "password (never together with require_secrets)")
 
 
 class PacsSettings(BaseModel):
@@ -211,6 +226,12 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+    @property
+    def query_uploads(self) -> Path:
+        """The folder of the Search page's query uploads (``ui.query_upload_dir``, else
+        ``medir-uploads`` in the system's temporary folder)."""
+        return self.ui.query_upload_dir or Path(tempfile.gettempdir()) / "medir-uploads"
 
     @property
     def plugin_modules(self) -> tuple[str, ...]:

@@ -59,7 +59,7 @@ def render(s: Settings) -> None:
                             placeholder="samples")
         if st.button("Ingest folder", type="primary", disabled=not raw.strip(),
                      key="ingest_folder_go"):
-            files = _folder_files(raw, roots)
+            files = _folder_files(raw, roots, s)
     if files:
         label_map = {f.volume_id: labels for f in files} if labels else None
         if backend.queue_mode(s):
@@ -86,9 +86,9 @@ def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
     return saved
 
 
-def _folder_files(raw: str, roots: list[Path]) -> list[VolumeSource]:
+def _folder_files(raw: str, roots: list[Path], s: Settings) -> list[VolumeSource]:
     try:
-        target = resolve_in_roots(raw, roots)
+        target = resolve_in_roots(raw, roots, private=[s.query_uploads])
         scan = scan_paths([target])
     except MedirError as exc:
         st.error(f"**Folder not allowed.** {exc}", icon=":material/block:")

@@ -15,9 +15,12 @@ from ingest.dicomweb import PacsError, PacsSeries, QidoFilters, list_series, mas
 from ingest.pipeline import IngestReport, LabelMap
 from medir.config import Settings, get_settings
 from medir.errors import MedirError
+from medir.terminal import safe_text
 
 
 def _report_line(r: IngestReport) -> str:
+    """One report as plain text (ids, paths and errors come from the PACS: print it through
+    :func:`medir.terminal.safe_text`)."""
     if r.status == "failed":
         return f"failed   {r.error}"
     if r.error:
@@ -44,16 +47,17 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
     for source in sources:
         spec = parse_source(source, settings)
         series = list_series(spec, filters,
-                             warn=lambda text: console.print(text, highlight=False))
-        console.print(f"{spec.target.display}: {len(series)} series match", highlight=False)
+                             warn=lambda text: console.print(safe_text(text), highlight=False))
+        console.print(f"{safe_text(spec.target.display)}: {len(series)} series match",
+                      highlight=False)
         if not series:
             continue
         if queue:
             from runner.queue.submit import _app, follow, submit_series
 
             jobs = submit_series(series, model, intensity or settings.intensity, settings)
-            console.print(f"submitted {len(jobs)} series to the ingest queue (model {model})",
-                          highlight=False)
+            console.print(f"submitted {len(jobs)} series to the ingest queue (model "
+                          f"{safe_text(model)})", highlight=False)
             if wait:
                 ok = follow(_app(settings), jobs, console) and ok
             continue
@@ -63,10 +67,10 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
             reports = ingest_series(
                 series, store, embedder, target=spec.target, labels=labels,
                 intensity=intensity or settings.intensity, upsert_batch=settings.upsert_batch,
-                on_report=lambda r: console.print(_report_line(r), highlight=False))
+                on_report=lambda r: console.print(safe_text(_report_line(r)), highlight=False))
         counts = Counter(r.status for r in reports)
-        console.print(f"{spec.target.display}: " + ", ".join(
-            f"{counts[k]} {k}" for k in ("indexed", "skipped", "failed")), highlight=False)
+        console.print(safe_text(f"{spec.target.display}: " + ", ".join(
+            f"{counts[k]} {k}" for k in ("indexed", "skipped", "failed"))), highlight=False)
         ok = ok and not counts["failed"]
     return ok
 
@@ -81,8 +85,8 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
     stop = threading.Event()
     secrets = spec.target.secrets
 
-    def say(text: str) -> None:
-        console.print(mask(text, secrets), highlight=False)
+    def say(text: str) -> None:  # text from the PACS: ids, sources, errors
+        console.print(safe_text(mask(text, secrets)), highlight=False)
 
     def run(handle: Callable[[PacsSeries], str | None]) -> None:
         f = Follower(spec.target, settings.pacs.follow_state, handle, mode=mode,

@@ -34,6 +34,11 @@ class TaskFailed(MedirError):
         super().__init__(message)
 
 
+class TaskRefused(TaskFailed):
+    """A message the worker does not run: a file outside its folders, another PACS, a field
+    of the wrong type or size (runner/queue/checks.py). Nothing was read or stored."""
+
+
 __all__ = [
     "INGEST_QUEUE",
     "INGEST_TASK",
@@ -41,4 +46,5 @@ __all__ = [
     "SEARCH_TASK",
     "STATS_TASK",
     "TaskFailed",
+    "TaskRefused",
 ]
