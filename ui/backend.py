@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ingest.collection import VolumeSource
+from ingest.collection import CollectionScan, VolumeSource
+from ingest.dicom import DicomSeries, Skipped
 from ingest.pipeline import IngestReport
+from ingest.reader import Limits, VolumeFile
 from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
@@ -125,3 +127,67 @@ def ingest_here(
     options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
     return LocalRunner(settings).ingest(files, options, progress=progress,
                                         on_report=on_report).reports
+
+
+# ---- DICOM uploads: the CLI's reader and folder walker, with the settings' limits ---------------
+def dicom_query_series(folder: Path, settings: Settings) -> tuple[list[DicomSeries], list[Skipped]]:
+    """The image series of the DICOM files of a flat upload folder, grouped as the CLI groups a
+    query folder (files with the ``DICM`` magic, :func:`ingest.dicom.scan_dicom`)."""
+    from ingest.dicom import looks_like_dicom, scan_dicom
+    from ingest.reader import Limits
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and looks_like_dicom(p))
+    return scan_dicom(files, Limits.of(settings.limits))
+
+
+def check_dicom_query(folder: Path, settings: Settings) -> int:
+    """Open a folder of one DICOM series as ``medir search`` opens it (declared size against
+    the settings' limits, geometry; no pixel decoded); returns its number of slices."""
+    from ingest.dicom import open_dicom_folder
+    from ingest.reader import Limits
+
+    return int(open_dicom_folder(folder, Limits.of(settings.limits)).shape[2])
+
+
+def scan_upload_folder(folder: Path) -> CollectionScan:
+    """The volumes of a folder as ``medir ingest`` walks it (a DICOM series: one volume, its id
+    the SeriesInstanceUID), and what it leaves out."""
+    from ingest.collection import scan_paths
+
+    return scan_paths([folder])
+
+
+def open_volume_file(source: str | Path, limits: Limits | None = None) -> VolumeFile:
+    """A volume file, or the folder of one DICOM series (an uploaded DICOM query), opened with
+    ``limits`` (headers only)."""
+    from ingest.reader import open_volume
+
+    if Path(source).is_dir():
+        from ingest.dicom import open_dicom_folder
+
+        return open_dicom_folder(Path(source), limits)
+    return open_volume(source, limits)
+
+
+# ---- cohort export: the CLI's cohort table of a search result -----------------------------------
+def cohort_text(result: Mapping[str, Any] | Any, fmt: str) -> str:
+    """The ranking of a search result (the dict the runner returns) as cohort CSV (``.csv``) or
+    JSON (``.json``), as ``medir search --export`` writes it (:mod:`search.cohort`); the
+    answer's confidence when the result carries one."""
+    from search.cohort import cohort_rows
+    from search.cohort import cohort_text as text
+    from search.vote import SliceMatch, VolumeResult
+
+    ranking = [
+        VolumeResult(
+            rank=int(r["rank"]), volume_id=str(r["volume_id"]), votes=float(r["votes"]),
+            hits=int(r["hits"]), score=float(r["score"]), similarity=float(r["similarity"]),
+            labels=dict(r.get("labels") or {}), source=str(r.get("source", "")),
+            matches=[SliceMatch(**m) for m in r.get("matches") or []],
+            dicom=dict(r.get("dicom") or {}))
+        for r in result["ranking"]]
+    confidence = (result.get("confidence") if isinstance(result, Mapping)
+                  else getattr(result, "confidence", None))
+    if not isinstance(confidence, (int, float, Mapping)) or isinstance(confidence, bool):
+        confidence = None  # absent, or a shape this export does not know
+    return text(cohort_rows(ranking, confidence), fmt)
