@@ -237,10 +237,18 @@ def write_dicom_upload(uploads: Sequence[tuple[str, bytes]], dest: Path, s: Sett
     return len(writer.budget.written)
 
 
-def _contents_digest(blobs: Sequence[bytes]) -> str:
-    """sha256 over the sorted sha256 of each file: the same files in any order, the same id."""
+def _contents_digest(folder: Path) -> str:
+    """sha256 over the sorted sha256 of each file of ``folder``: the same files, whatever
+    their order or names, the same value."""
     total = hashlib.sha256()
-    for d in sorted(hashlib.sha256(b).hexdigest() for b in blobs):
+    digests = []
+    for path in folder.iterdir():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+        digests.append(h.hexdigest())
+    for d in sorted(digests):
         total.update(d.encode())
     return total.hexdigest()
 
@@ -331,26 +339,29 @@ class DicomIngest:
 
 def save_dicom_upload(uploads: Sequence[tuple[str, bytes]], s: Settings) -> DicomIngest:
     """Save a DICOM upload for ingest under ``<data_dir>/uploads/dicom-<sha256[:12]>/`` (the
-    hash of its files' contents: the same upload again is the same folder) and walk it as
-    ``medir ingest`` walks a folder: each image series is one volume, its id the
-    SeriesInstanceUID. Raises :class:`UploadError`; a refused upload leaves nothing."""
+    hash of the extracted files' contents: the same files again, zipped in any order, are the
+    same folder) and walk it as ``medir ingest`` walks a folder: each image series is one
+    volume, its id the SeriesInstanceUID. Raises :class:`UploadError`; a refused upload leaves
+    nothing."""
     label = upload_label([n for n, _ in uploads]) or "upload"
-    digest = _contents_digest([data for _, data in uploads])
     root = upload_dir(s.data_dir)
-    folder = root / f"dicom-{digest[:12]}"
-    if not folder.is_dir():
-        tmp = root / f".dicom-{digest[:12]}.part-{secrets.token_hex(4)}"
+    tmp = root / f".dicom-{secrets.token_hex(8)}.part"
+    try:
+        tmp.mkdir(mode=0o700, parents=True)
+    except OSError as exc:
+        raise UploadError(f"{label}: cannot save the upload ({exc.strerror or exc})") from None
+    try:
+        write_dicom_upload(uploads, tmp, s)
+        folder = root / f"dicom-{_contents_digest(tmp)[:12]}"
         try:
-            tmp.mkdir(mode=0o700, parents=True)
-        except OSError as exc:
-            raise UploadError(f"{label}: cannot save the upload ({exc.strerror or exc})") from None
-        try:
-            write_dicom_upload(uploads, tmp, s)
             tmp.replace(folder)
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not folder.is_dir():
+        except OSError:
+            if not folder.is_dir():  # else: the same files, saved before (or meanwhile)
                 raise
+    except OSError as exc:
+        raise UploadError(f"{label}: cannot save the upload ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # refused, or the same files saved before
     scan = backend.scan_upload_folder(folder)
     if not scan.sources:
         why = "; ".join(sorted({f"{k.kind}: {k.reason}" for k in scan.skipped}))[:300]
