@@ -48,14 +48,12 @@ class IngestOptions:
     ids: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ingest.preprocess import INTENSITY_MODES
+        from medir.config import check_intensity
         from medir.errors import MedirError
 
         if not self.model:
             raise MedirError("no model given")
-        if self.intensity not in INTENSITY_MODES:
-            raise MedirError(f"unknown intensity mode {self.intensity!r}; use one of "
-                             + ", ".join(INTENSITY_MODES))
+        check_intensity(self.intensity)
 
 
 @dataclass

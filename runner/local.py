@@ -255,7 +255,8 @@ class LocalRunner(Runner):
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
-        from search.query import search_file, search_indexed
+        from runner.query_service import search_file
+        from search.query import search_indexed
 
         emb = self.embedder(model)  # the options were validated when they were built
         with self.session() as store:

@@ -23,14 +23,14 @@ from PIL import Image
 
 from ingest.preprocess import normalize_intensity
 from ingest.reader import Limits, open_volume
+from medir.ids import split_index
 
 OTHER = "other volumes"
 
 
 def index_4d_of(volume_id: str) -> int | None:
     """The 4th-axis index of a volume id ``<case>#<k>``, or None for a 3D volume."""
-    case, sep, k = volume_id.rpartition("#")
-    return int(k) if sep and case and k.isdigit() else None
+    return split_index(volume_id)[1]
 
 
 def display_volume(source: str, index_4d: int | None = None,

@@ -25,6 +25,7 @@ from medir.cli import bench, jobs, models, samples
 from medir.cli.common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.ids import split_index
 from medir.secrets import install_log_filter, mask_secrets, safe_url
 
 app = typer.Typer(help="medir: search 3D medical volumes by weighted slice voting.",
@@ -158,7 +159,7 @@ def ingest(
                                   highlight=False)
                 for w in r.warnings:
                     bar.console.print(f"[yellow]warning[/] {r.volume_id}: {w}", highlight=False)
-            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
+            seen.add(split_index(r.volume_id)[0])
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
