@@ -12,7 +12,8 @@ import streamlit as st
 
 from medir.config import Settings
 from medir.errors import EmptyStore, MedirError, ModelMismatch, StoreUnavailable
-from search.store import collection_name
+from runner.library import collection_name
+from runner.library import model_names as registered_models
 from ui import backend
 
 
@@ -45,11 +46,7 @@ def indexed_volumes(s: Settings, model: str) -> list[str] | None:
 
 @st.cache_data(show_spinner=False)
 def _model_names(plugins: tuple[str, ...]) -> list[str]:
-    from ingest.embedders import model_names as names
-    from ingest.embedders import use_plugins
-
-    use_plugins(plugins)
-    return names()
+    return registered_models(plugins)
 
 
 def model_names(s: Settings) -> list[str]:

@@ -16,9 +16,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from ingest.collection import VolumeSource, file_source
-from ingest.reader import VOLUME_SUFFIXES, Limits, case_id_of, open_volume
 from medir.errors import MedirError, VolumeError
+from medir.ids import case_id_of
+from runner.library import VOLUME_SUFFIXES, Limits, VolumeSource, file_source, open_volume
 
 UPLOAD_TYPES = ("nii", "nii.gz", "gz", "nrrd")  # st.file_uploader matches the last suffix
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

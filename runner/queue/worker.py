@@ -19,6 +19,7 @@ import os
 
 from medir.config import get_settings
 from medir.errors import ConfigError, StoreUnavailable
+from runner.base import store_is_server
 from runner.queue import INGEST_QUEUE, SEARCH_QUEUE
 
 POOLS = ("solo", "threads", "prefork")
@@ -66,7 +67,7 @@ def run_worker(
 
     check_secrets(settings)
     chosen = pool or "solo"
-    embedded = not settings.qdrant_url
+    embedded = not store_is_server(settings)
     check_pool(chosen, concurrency, embedded)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
