@@ -83,6 +83,8 @@ class JobState:
     total: int = 0
     error: str = ""
     submitted: float = 0.0
+    #: The class of the error (a :class:`medir.errors.MedirError` subclass's name), if any.
+    error_type: str = ""
 
     @property
     def finished(self) -> bool:

@@ -124,7 +124,7 @@ class QueueRunner(Runner):
                 continue
             name = job.volume or Path(job.file).name or i
             out.append(JobState(i, name, job.state, job.done, job.total, job.error,
-                                job.submitted))
+                                job.submitted, job.error_type))
         return out
 
     def workers_alive(self) -> bool:

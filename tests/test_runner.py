@@ -104,6 +104,7 @@ def test_the_queued_runner_answers_as_the_in_process_one(
         worker: StartWorker, queue_env: str, tmp_path: Path, make_nifti: MakeNifti) -> None:
     """One suite, both runners (as qdrant-client runs its local and remote clients through the
     same tests): the same files ingested and queried give the same volumes and rankings."""
+    from medir.errors import EmptyStore
     from search.query import QueryOptions
 
     rng = np.random.default_rng(1)
@@ -111,14 +112,18 @@ def test_the_queued_runner_answers_as_the_in_process_one(
              for i in range(4)]
     options = IngestOptions(model="test-tiny", intensity="auto")
     query = QueryOptions(weighting="none", k=3, top=5)
-    local_settings = _settings(tmp_path / "here")
+    local_settings = _settings(tmp_path / "here", redis_url="")  # (queue_env sets the env)
     queued_settings = _settings(tmp_path / "queued", redis_url=queue_env)
     worker(store_path=queued_settings.store_path,
            env={"MEDIR_PLUGINS": "tests.plugin_embedder", "MEDIR_MODEL": "test-tiny"})
-    answers = []
+    answers, modes = [], []
     for settings in (local_settings, queued_settings):
         with get_runner(settings) as runner:
+            modes.append(runner.mode)
             assert runner.workers_alive()  # (a solo worker busy with a task answers no ping)
+            # a worker's error keeps its type across the queue (the UI tells them apart)
+            with pytest.raises(EmptyStore, match="is empty"):
+                runner.search("v0", query, model="test-tiny", by_id=True)
             outcome = runner.ingest(files, options)
             if outcome.queued:
                 assert runner.mode == "queue"
@@ -136,5 +141,34 @@ def test_the_queued_runner_answers_as_the_in_process_one(
             by_file["query"]["vectors"],
             [(r["volume_id"], round(r["votes"], 5)) for r in by_id["ranking"]],
         ))
+    assert modes == ["local", "queue"]
     assert answers[0] == answers[1]
     assert answers[0][0] == [("medir_test_tiny", 4, 24)]
+
+
+def test_errors_rebuilt_by_class_name_and_shown_from_one_table() -> None:
+    from medir.errors import (
+        ERROR_TABLE,
+        UNEXPECTED,
+        EmptyStore,
+        MedirError,
+        ModelMismatch,
+        QueueUnavailable,
+        VolumeError,
+        error_kind,
+        error_named,
+    )
+    from runner.queue import TaskFailed
+
+    again = error_named("VolumeError", "/data/a.nii: truncated")
+    assert isinstance(again, VolumeError) and (again.path, again.reason) == \
+        ("/data/a.nii", "truncated")
+    assert type(error_named("ModelMismatch", "m")) is ModelMismatch
+    assert type(error_named("NoSuchError", "m")) is MedirError
+    # Celery rebuilds a task's exception from its args: the class name travels with it
+    failed = TaskFailed(*TaskFailed("the store is empty", "EmptyStore").args)
+    assert (str(failed), failed.kind) == ("the store is empty", "EmptyStore")
+    assert error_kind(EmptyStore("x")).level == "warning"
+    assert error_kind(QueueUnavailable("x")) is ERROR_TABLE[QueueUnavailable]
+    assert error_kind(ValueError("bug")) is UNEXPECTED and UNEXPECTED.exit_code != 2
+    assert error_kind(MedirError("x")).exit_code == 2

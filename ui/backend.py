@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable
+from medir.errors import MedirError, QueueUnavailable, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
 from runner import IngestOptions, get_runner, queue_on, store_is_server
 from runner.library import IngestReport, QueryOptions, VolumeSource
 
-
-class QueueUnavailable(MedirError):
-    """Redis or the Celery worker cannot be reached (queue mode)."""
+__all__ = ["QueueUnavailable", "indexed_volumes", "ingest_here", "mode_text", "queue_calls",
+           "queue_error", "queue_mode", "search", "stats"]
 
 
 def queue_mode(settings: Settings) -> bool:

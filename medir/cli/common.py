@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from medir.errors import MedirError
+from medir.errors import MedirError, error_kind
 from medir.secrets import mask_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,6 +27,6 @@ def user_errors(fn: F) -> F:
         except MedirError as exc:
             err_console.print("[bold red]error:[/] " + escape(mask_secrets(exc)),
                               highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(error_kind(exc).exit_code) from None
 
     return wrapper  # type: ignore[return-value]
