@@ -72,7 +72,7 @@ def search_file(
     elif Path(path).is_dir():  # the folder of one DICOM series
         from ingest.dicom import open_dicom_folder
 
-        vf = open_dicom_folder(Path(path))
+        vf = open_dicom_folder(Path(path), limits)
     else:
         vf = open_volume(path, limits)
     vol = vf.read((index_4d or 0) if vf.is_4d else None)

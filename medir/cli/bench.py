@@ -179,6 +179,56 @@ def quality(
     print(f"→ {files['json']}", file=sys.stderr)
 
 
+@app.command("audit")
+@_errors
+def audit(
+    dataset: Annotated[Path | None, typer.Option(
+        help="A folder with manifest.csv (default: data/eval).")] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model (default: configured).")
+                     ] = None,
+    prep: Annotated[str, typer.Option(help="Preprocessing (as in bench quality).")] = "auto",
+    perturb: Annotated[list[str] | None, typer.Option(
+        help="Perturbations that make the known duplicates (default: z50, upper, crop180, "
+             "half-res, thick5, lps, noise).")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours per slice in the audit.")] = 8,
+    db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
+    db_max_slices: Annotated[int, typer.Option(help="At most this many per volume.")] = 40,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/audit"),
+    cache: Annotated[Path | None, typer.Option(
+        help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Precision and recall of `medir audit duplicates` on known duplicates (perturbed copies)
+    and known non-duplicates (distinct cases), over a grid of thresholds."""
+    from benchmarks.audit_eval import AUDIT_PERTURBATIONS, run_audit_eval
+    from benchmarks.cache import ArrayCache
+    from benchmarks.datasets import load_dataset
+    from benchmarks.machine import stamp
+    from benchmarks.perturb import get_perturbations
+    from ingest.embedders import configured_embedder
+
+    settings = get_settings()
+    name = model or settings.model
+    suite = get_perturbations(_split(perturb) or list(AUDIT_PERTURBATIONS))
+    ds = load_dataset(dataset or settings.data_dir / "eval")
+    embedder = configured_embedder(name, settings, device=settings.device,
+                                   batch_size=settings.batch_size)
+    result = run_audit_eval(ds, embedder, ArrayCache(cache or settings.cache_dir / "quality",
+                                                      name),
+                            suite, prep=prep, k=k, stride_mm=db_stride,
+                            max_slices=db_max_slices, progress=progress)
+    result = {**stamp(), "model": name, **result}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "audit.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    b = result["best"]
+    typer.echo(f"best: slice >= {b['slice_min']}, pair >= {b['pair_min']}: precision "
+               f"{b['precision']:.2f}, recall {b['recall']:.2f} ({b['tp']} found, {b['fp']} "
+               f"false, {b['fn']} missed) over {result['n_volumes']} volumes")
+    print(f"→ {path}", file=sys.stderr)
+
+
 @app.command("engines")
 @_errors
 def engines(
