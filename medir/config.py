@@ -82,7 +82,11 @@ class SearchSettings(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=1000, description="nearest slices per query slice")
     top: int = Field(DEFAULT_TOP, ge=1, description="volumes in the ranking")
     sampling: str = Field(
-        DEFAULT_SAMPLING, description="all | every-n:N | every-mm:X | random:K[:SEED]")
+        DEFAULT_SAMPLING,
+        description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")
+    max_slices: int = Field(
+        0, ge=0, description="at most this many query slices, evenly spaced among the "
+                             "sampling's (0: no cap)")
     weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
     sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
                          "depth (when the weighting is gaussian without :SIGMA)")
