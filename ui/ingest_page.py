@@ -14,10 +14,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ingest.collection import VolumeSource, scan_paths
-from ingest.pipeline import IngestReport
 from medir.config import Settings
 from medir.errors import MedirError
+from runner.library import IngestReport, Limits, VolumeSource, scan_paths
 from ui import backend, jobs
 from ui.common import forget_stats, header, model_names, show_error
 from ui.paths import resolve_in_roots, resolved_roots
@@ -73,8 +72,6 @@ def render(s: Settings) -> None:
 
 
 def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
-    from ingest.reader import Limits
-
     saved: list[VolumeSource] = []
     for up in uploads:
         try:

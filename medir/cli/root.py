@@ -25,6 +25,7 @@ from medir.cli.common import console as make_console
 from medir.cli.common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.ids import split_index
 from medir.secrets import install_log_filter, mask_secrets, safe_url
 from medir.terminal import safe_text
 
@@ -108,30 +109,27 @@ def ingest(
         raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
                          + (f" (left out: {left})" if left else ""))
     from runner import IngestOptions, get_runner
-    from runner.local import LocalRunner
-    from runner.queued import QueueRunner
 
     options = IngestOptions(model=model_name, intensity=intensity or settings.intensity,
                             force=force, labels=label_map, ids=ids)
+    # without --queue, ingest here even with a broker
+    runner = get_runner(settings, queue=queue)
     if queue:
-        qr = QueueRunner(settings)
-        outcome = qr.ingest(scan.sources, options)
+        outcome = runner.ingest(scan.sources, options)
         out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
                   f"to queue 'ingest' (model {safe_text(model_name)})", highlight=False)
         if wait:
-            ok = qr.follow(outcome.job_ids, out)
+            ok = runner.follow(outcome.job_ids, out)
         else:
             for j in outcome.job_ids:
-                out.print(f"  {j}  {safe_text(qr.volume_of(j))}", highlight=False)
+                out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",
+                          highlight=False)
             out.print("follow them with: medir jobs", highlight=False)
             ok = True
         _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
     from ingest.pipeline import IngestReport
 
-    runner = get_runner(settings)
-    if not isinstance(runner, LocalRunner):  # without --queue, ingest here even with a broker
-        runner = LocalRunner(settings)
     t0 = time.perf_counter()
     total_slices = 0
     with Progress(
@@ -161,7 +159,7 @@ def ingest(
                 for w in r.warnings:
                     bar.console.print(f"[yellow]warning[/] {safe_text(r.volume_id)}: "
                                       f"{safe_text(w)}", highlight=False)
-            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
+            seen.add(split_index(r.volume_id)[0])
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
@@ -414,10 +412,11 @@ def follow(
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
     from medir.cli.pacs import follow_pacs
+    from runner import queue_on
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
-                queue=bool(settings.redis_url), interval=interval, console=out)
+                queue=queue_on(settings), interval=interval, console=out)
 
 
 @app.command()

@@ -31,9 +31,16 @@ from rich.progress import (
 
 from ingest.collection import VolumeSource
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable, VolumeError
+from medir.errors import MedirError, StoreUnavailable, VolumeError, error_named
 from medir.terminal import safe_text
-from runner.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
+from runner.queue import (
+    INGEST_QUEUE,
+    INGEST_TASK,
+    SEARCH_QUEUE,
+    SEARCH_TASK,
+    STATS_TASK,
+    TaskFailed,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -262,6 +269,9 @@ def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
                                    f"is `medir worker` running on queue {SEARCH_QUEUE!r}?")
         time.sleep(0.05)
     if res.state != "SUCCESS":
+        info = res.info
+        if isinstance(info, TaskFailed) and info.kind:  # the worker's error, same class
+            raise error_named(info.kind, str(info))
         raise MedirError(_error_of(res))
     out = res.result
     res.forget()

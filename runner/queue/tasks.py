@@ -269,8 +269,9 @@ def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
         _record(task, state="RETRY", error=f"{exc} (retry {n + 1} in {delay:.0f} s)")
         raise task.retry(exc=exc, countdown=delay, max_retries=qs.max_retries) from None
     except MedirError as exc:
-        _record(task, state="FAILURE", error=str(exc), finished=time.time())
-        raise TaskFailed(str(exc)) from None
+        _record(task, state="FAILURE", error=str(exc), error_type=type(exc).__name__,
+                finished=time.time())
+        raise TaskFailed(str(exc), type(exc).__name__) from None
     except Exception as exc:
         _record(task, state="FAILURE", error=f"{type(exc).__name__}: {exc}",
                 finished=time.time())
