@@ -28,6 +28,7 @@ from medir.config import (
     check_intensity,
 )
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking, volume_vectors
 from search.live import check_layout, live_records
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
@@ -86,6 +87,10 @@ class QueryOptions:
     #: At most this many query slices, evenly spaced among the sampling's (0: no cap): the
     #: model's cost of a query is one forward pass per slice.
     max_slices: int = 0
+    #: Relevance feedback (search.feedback): indexed volume ids marked "more like these" and
+    #: "not like those"; their own votes re-rank the query's, and they are left out.
+    like: Sequence[str] = ()
+    unlike: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +106,10 @@ class QueryOptions:
             raise ConfigError("sampling and weighting must be strings")
         self.parsed()
         check_rerank(self.rerank)
+        for name, marks in (("like", self.like), ("unlike", self.unlike)):
+            if isinstance(marks, str) or not all(isinstance(v, str) and v for v in marks):
+                raise ConfigError(f"{name} takes a list of volume ids, got {marks!r}")
+        check_marks(self.like, self.unlike)
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or not 1 <= self.rerank_top <= MAX_TOP:
             raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
@@ -275,9 +284,17 @@ def search_vectors(
     t1 = time.perf_counter()
     method = check_rerank(options.rerank)
     n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
-    result = vote(chosen_list, weights.tolist(), hits, top=n_vote)
+    marked = [*options.like, *options.unlike]
+    result = vote(chosen_list, weights.tolist(), hits,
+                  top=max(n_vote, FEEDBACK_DEPTH) if marked else n_vote)
     t2 = time.perf_counter()
     timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    if marked:
+        liked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.like]
+        unliked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.unlike]
+        result.ranking = feedback_ranking(result, liked, unliked, marked, top=n_vote)
+        timings["feedback_s"] = time.perf_counter() - t2
+        t2 = time.perf_counter()
     if method != "none" and result.ranking:
         query_z = np.asarray(chosen_list, dtype=np.float64) * float(z_spacing)
         result.ranking = _rerank(store, coll, method, slice_vectors[rows], query_z, weights,
@@ -285,6 +302,22 @@ def search_vectors(
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
     return VectorSearch(chosen_list, weights.tolist(), result, timings)
+
+
+def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
+                 embedder_id: str | None) -> VoteResult:
+    """A marked volume's own vote: its stored slice vectors as a query (no model pass),
+    itself left out, ranked deep enough to be combined (:func:`feedback_ranking`)."""
+    found = volume_vectors(store, coll, volume_id, embedder_id)
+    if found is None:
+        raise MedirError(f"no indexed volume {volume_id!r} in collection {coll} to mark")
+    vectors, slices, n, dz = found
+    plain = QueryOptions(sampling=options.sampling, weighting=options.weighting, k=options.k,
+                         top=FEEDBACK_DEPTH, filters=options.filters, exact=options.exact,
+                         intensity=options.intensity, exclude_cases=options.exclude_cases,
+                         max_slices=options.max_slices)
+    return search_vectors(store, coll, vectors, n, dz, plain, exclude_volume=volume_id,
+                          slice_indices=slices, embedder_id=embedder_id).vote
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -385,4 +418,6 @@ def result_options(options: QueryOptions) -> dict[str, Any]:
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
             "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
             **({"max_slices": options.max_slices} if options.max_slices else {}),
+            **({"like": list(options.like)} if options.like else {}),
+            **({"unlike": list(options.unlike)} if options.unlike else {}),
             **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}
