@@ -46,6 +46,7 @@ from ingest.digest import file_sha256
 from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
+from medir.ids import split_index
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -897,10 +898,9 @@ def lookup_labels(table: Mapping[str, Mapping[str, str]], path_or_case_id: str |
     """
     text = str(path_or_case_id).strip()
     candidates = [text]
-    if "#" in text:
-        stem, _, index = text.rpartition("#")
-        if index.isdigit():
-            candidates.append(stem)
+    stem, index = split_index(text)
+    if index is not None:
+        candidates.append(stem)
     for c in list(candidates):
         base = c.replace("\\", "/").rsplit("/", 1)[-1]
         candidates += [base, _case_id_of(base)]

@@ -126,7 +126,8 @@ def test_bench_audit_scores_known_duplicates(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(app, [
         "bench", "audit", "--dataset", str(coll), "--model", "test-tiny", "--perturb",
-        "z50,lps,noise", "--cache", str(tmp_path / "c"), "--out", str(out), "--no-progress"])
+        "z50,lps,noise", "--cache", str(tmp_path / "c"), "--out", str(out), "--no-progress",
+        "--allow-busy"])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "audit.json").read_text())
     assert doc["git"]["commit"] and doc["n_originals"] == 5

