@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ingest import dicom
 from ingest.dicom import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, DicomSeries, Skipped
-from ingest.reader import Limits, VolumeFile, case_id_of, is_volume_file, open_volume
+from ingest.reader import Limits, VolumeFile, is_volume_file, open_volume
+from medir.ids import case_id_of, split_index
 
 LabelMap = Mapping[str, Mapping[str, str]]
 #: A file that marks its folder private: never walked, never ingested (ui/uploads.py puts one in
@@ -218,8 +219,8 @@ def labels_for(labels: LabelMap | None, volume_id: str,
     if not labels:
         return {}
     keys = [volume_id]
-    base, sep, k = volume_id.rpartition("#")
-    if sep and k.isdigit():
+    base, index = split_index(volume_id)
+    if index is not None:
         keys.append(base)
     if source is not None:
         keys += [source.volume_id, *source.keys]
@@ -235,8 +236,7 @@ def source_for_job(path: str | Path, volume_id: str, index_4d: int | None,
                    dicom_files: Sequence[str] | None = None) -> VolumeSource:
     """The source a queued ingest task names: a file, or the DICOM series of ``dicom_files``
     (``volume_id`` is the full id the client computed, ``#k`` included for a 4D volume)."""
-    base = volume_id.rpartition("#")[0] if index_4d is not None and "#" in volume_id \
-        else volume_id
+    base = split_index(volume_id)[0] if index_4d is not None else volume_id
     if not dicom_files:
         return file_source(path, base)
     series, left = dicom.scan_dicom([Path(f) for f in dicom_files])

@@ -36,6 +36,7 @@ from ingest.limits import (
 )
 from ingest.volume import Volume
 from medir.errors import VolumeError
+from medir.ids import case_id_of, with_index
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")  # read by ingest/metaimage.py (SimpleITK)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES
-
-
-def case_id_of(path: str | Path) -> str:
-    """File name without its volume suffix (``a/b/ct_01.nii.gz`` → ``ct_01``)."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def is_volume_file(path: str | Path) -> bool:
@@ -85,7 +77,7 @@ class VolumeFile:
     def volume_ids(self) -> list[str]:
         if not self.is_4d:
             return [self.case_id]
-        return [f"{self.case_id}#{k}" for k in range(self.n_volumes)]
+        return [with_index(self.case_id, k) for k in range(self.n_volumes)]
 
     def read(self, index: int | None = None) -> Volume:
         """Read one 3D volume (``index`` along the 4th axis for 4D files)."""
@@ -94,7 +86,7 @@ class VolumeFile:
                 raise VolumeError(self.path, f"4D volume index {index} out of range "
                                              f"0..{self.n_volumes - 1}")
             raw, warns = _read_proxy(self.path, self._proxy, (..., index))
-            vid = f"{self.case_id}#{index}"
+            vid = with_index(self.case_id, index)
         else:
             raw, warns = _read_proxy(self.path, self._proxy, ...)
             vid, index = self.case_id, None

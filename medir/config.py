@@ -27,8 +27,22 @@ DEFAULT_TOP = 10
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medir"
 DEFAULT_WEIGHTS_DIR = Path("models")
+#: How slices are windowed to model input (ingest/preprocess.py): ``auto`` and ``auto-windows``
+#: pick ``ct``/``ct-windows`` for HU data and ``percentile`` otherwise.
+INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 _TRUE = {"1", "true", "yes", "on"}
 
+
+
+def check_intensity(mode: object) -> str:
+    """``mode`` when it is an intensity mode, else one :class:`~medir.errors.ConfigError` line
+    (the one check the ingest options, the query options and the benchmarks share)."""
+    from medir.errors import ConfigError
+
+    if mode not in INTENSITY_MODES:
+        raise ConfigError(f"unknown intensity mode {mode!r}; choose one of "
+                          f"{', '.join(INTENSITY_MODES)}")
+    return str(mode)
 
 class HnswSettings(BaseModel):
     """HNSW graph parameters of the Qdrant collections (server and embedded alike)."""

@@ -16,29 +16,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ingest.collection import CollectionScan, VolumeSource
-from ingest.dicom import DicomSeries, Skipped
-from ingest.pipeline import IngestReport
-from ingest.reader import Limits, VolumeFile
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable
+from medir.errors import MedirError, QueueUnavailable, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
-from runner import IngestOptions, get_runner
-from runner.local import LocalRunner
-from search.query import QueryOptions
+from runner import IngestOptions, get_runner, queue_on, store_is_server
+from runner.library import (
+    CollectionScan,
+    DicomSeries,
+    IngestReport,
+    Limits,
+    QueryOptions,
+    Skipped,
+    VolumeSource,
+    cohort_rows,
+    dicom_folder_series,
+    open_dicom_folder,
+    scan_paths,
+)
+from runner.library import cohort_text as cohort_file_text
 
-
-class QueueUnavailable(MedirError):
-    """Redis or the Celery worker cannot be reached (queue mode)."""
+__all__ = ["QueueUnavailable", "check_dicom_query", "cohort_text", "dicom_query_series",
+           "indexed_volumes", "ingest_here", "mode_text", "queue_calls", "queue_error",
+           "queue_mode", "scan_upload_folder", "search", "stats"]
 
 
 def queue_mode(settings: Settings) -> bool:
-    return bool(settings.redis_url)
+    """Whether work goes to the queue (the runner's decision, :func:`runner.queue_on`)."""
+    return queue_on(settings)
 
 
 def mode_text(settings: Settings) -> str:
     """One line naming where searches run and which store they use."""
-    store = f"Qdrant server {safe_url(settings.qdrant_url)}" if settings.qdrant_url else (
+    store = f"Qdrant server {safe_url(settings.qdrant_url)}" if store_is_server(settings) else (
         f"embedded store {settings.store_path}")
     runner = (f"queue at {safe_url(settings.redis_url)}" if queue_mode(settings)
               else "in this process")
@@ -86,15 +95,8 @@ def stats(settings: Settings) -> dict[str, Any]:
 def indexed_volumes(settings: Settings, model: str) -> list[str] | None:
     """Ids of the complete volumes indexed with ``model``; None when this process cannot read
     the store (queue mode with the embedded store, which the worker owns)."""
-    from search.store import READY, collection_name
-
-    if queue_mode(settings) and not settings.qdrant_url:
-        return None
-    coll = collection_name(model)
-    with LocalRunner(settings).session() as store:
-        if not store.has_collection(coll):
-            return []
-        return sorted(str(v) for v in store.facet(coll, "volume_id", READY, limit=1_000_000))
+    with get_runner(settings) as runner:
+        return runner.volume_ids(model)
 
 
 def search(
@@ -125,69 +127,36 @@ def ingest_here(
 ) -> list[IngestReport]:
     """Ingest in this process (no broker): every volume of every file; bad files are reported."""
     options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
-    return LocalRunner(settings).ingest(files, options, progress=progress,
-                                        on_report=on_report).reports
+    return get_runner(settings, queue=False).ingest(files, options, progress=progress,
+                                                    on_report=on_report).reports
 
 
 # ---- DICOM uploads: the CLI's reader and folder walker, with the settings' limits ---------------
 def dicom_query_series(folder: Path, settings: Settings) -> tuple[list[DicomSeries], list[Skipped]]:
-    """The image series of the DICOM files of a flat upload folder, grouped as the CLI groups a
-    query folder (files with the ``DICM`` magic, :func:`ingest.dicom.scan_dicom`)."""
-    from ingest.dicom import looks_like_dicom, scan_dicom
-    from ingest.reader import Limits
-
-    files = sorted(p for p in folder.iterdir() if p.is_file() and looks_like_dicom(p))
-    return scan_dicom(files, Limits.of(settings.limits))
+    """The image series of a flat folder of uploaded DICOM files, grouped as ``medir search
+    FOLDER`` groups them (:func:`runner.library.dicom_folder_series`)."""
+    return dicom_folder_series(folder, Limits.of(settings.limits))
 
 
 def check_dicom_query(folder: Path, settings: Settings) -> int:
-    """Open a folder of one DICOM series as ``medir search`` opens it (declared size against
-    the settings' limits, geometry; no pixel decoded); returns its number of slices."""
-    from ingest.dicom import open_dicom_folder
-    from ingest.reader import Limits
-
+    """Open a folder of one DICOM series as ``medir search FOLDER`` opens it (declared size
+    against the settings' limits, geometry; no pixel decoded); returns its number of slices."""
     return int(open_dicom_folder(folder, Limits.of(settings.limits)).shape[2])
 
 
 def scan_upload_folder(folder: Path) -> CollectionScan:
-    """The volumes of a folder as ``medir ingest`` walks it (a DICOM series: one volume, its id
-    the SeriesInstanceUID), and what it leaves out."""
-    from ingest.collection import scan_paths
-
+    """The volumes of a folder as ``medir ingest FOLDER`` walks it (a DICOM series: one volume,
+    its id the SeriesInstanceUID), and what it leaves out."""
     return scan_paths([folder])
 
 
-def open_volume_file(source: str | Path, limits: Limits | None = None) -> VolumeFile:
-    """A volume file, or the folder of one DICOM series (an uploaded DICOM query), opened with
-    ``limits`` (headers only)."""
-    from ingest.reader import open_volume
-
-    if Path(source).is_dir():
-        from ingest.dicom import open_dicom_folder
-
-        return open_dicom_folder(Path(source), limits)
-    return open_volume(source, limits)
-
-
 # ---- cohort export: the CLI's cohort table of a search result -----------------------------------
-def cohort_text(result: Mapping[str, Any] | Any, fmt: str) -> str:
+def cohort_text(result: Mapping[str, Any], fmt: str) -> str:
     """The ranking of a search result (the dict the runner returns) as cohort CSV (``.csv``) or
-    JSON (``.json``), as ``medir search --export`` writes it (:mod:`search.cohort`); the
-    answer's confidence when the result carries one."""
-    from search.cohort import cohort_rows
-    from search.cohort import cohort_text as text
-    from search.vote import SliceMatch, VolumeResult
-
-    ranking = [
-        VolumeResult(
-            rank=int(r["rank"]), volume_id=str(r["volume_id"]), votes=float(r["votes"]),
-            hits=int(r["hits"]), score=float(r["score"]), similarity=float(r["similarity"]),
-            labels=dict(r.get("labels") or {}), source=str(r.get("source", "")),
-            matches=[SliceMatch(**m) for m in r.get("matches") or []],
-            dicom=dict(r.get("dicom") or {}))
-        for r in result["ranking"]]
+    JSON (``.json``), as ``medir search --export`` writes it; the answer's confidence when the
+    result carries one."""
     confidence = (result.get("confidence") if isinstance(result, Mapping)
                   else getattr(result, "confidence", None))
     if not isinstance(confidence, (int, float, Mapping)) or isinstance(confidence, bool):
         confidence = None  # absent, or a shape this export does not know
-    return text(cohort_rows(ranking, confidence), fmt)
+    return cohort_file_text(cohort_rows(result["ranking"], confidence), fmt)

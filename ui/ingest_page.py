@@ -18,10 +18,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ingest.collection import VolumeSource, scan_paths
-from ingest.pipeline import IngestReport
 from medir.config import Settings
 from medir.errors import MedirError
+from runner.library import IngestReport, Limits, VolumeSource, scan_paths
 from ui import backend, jobs
 from ui.common import forget_stats, header, md, model_names, show_error
 from ui.dicom_uploads import DICOM_TYPES, is_dicom_upload, save_dicom_upload
@@ -81,8 +80,6 @@ def render(s: Settings) -> None:
 def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
     """Save the uploads: each volume file on its own, the DICOM files and zips together as one
     folder whose image series are the volumes; a bad upload is one line, the others go on."""
-    from ingest.reader import Limits
-
     saved: list[VolumeSource] = []
     dicom = [up for up in uploads if is_dicom_upload(up.name)]
     for up in uploads:

@@ -25,12 +25,17 @@ import numpy as np
 import streamlit as st
 from numpy.typing import NDArray
 
-from ingest.reader import Limits
 from medir.config import DEFAULT_SAMPLING, Settings
 from medir.errors import MedirError
-from search.query import QueryOptions, configured_options
-from search.sampling import Sampling, Weighting
-from search.store import LABEL_KEYS
+from runner.library import (
+    LABEL_KEYS,
+    Limits,
+    QueryOptions,
+    Sampling,
+    Weighting,
+    configured_options,
+)
+from runner.library import display_volume as read_display_volume
 from ui import backend, views
 from ui.common import (
     collection_models,
@@ -61,7 +66,7 @@ FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "da
 @st.cache_resource(max_entries=24, show_spinner=False)
 def _display_volume(source: str, index_4d: int | None, mtime: float,
                     limits: tuple[int, int, int]) -> NDArray[np.uint8]:
-    return views.display_volume(source, index_4d, Limits(*limits))
+    return read_display_volume(source, index_4d, Limits(*limits))
 
 
 def display_volume(s: Settings, source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
@@ -289,7 +294,7 @@ def _check_upload(s: Settings, upload: Any) -> str:
 def _query_slices(s: Settings, path: Path, result: dict[str, Any]) -> dict[int, NDArray[np.uint8]]:
     """The 8-bit display slices the pair viewer shows of a query file (its chosen slices)."""
     try:
-        vol = views.display_volume(str(path), None, Limits.of(s.limits))
+        vol = read_display_volume(str(path), None, Limits.of(s.limits))
     except (OSError, MedirError):
         return {}
     return {int(k): vol[int(k)].copy() for k in result["query"]["chosen_slices"]

@@ -29,10 +29,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ingest.collection import PRIVATE_MARKER, VolumeSource, file_source
-from ingest.reader import VOLUME_SUFFIXES, Limits, case_id_of, open_volume
 from medir.config import Settings
 from medir.errors import MedirError, VolumeError
+from medir.ids import case_id_of
+from runner.library import (
+    PRIVATE_MARKER,
+    VOLUME_SUFFIXES,
+    Limits,
+    VolumeSource,
+    file_source,
+    open_volume,
+)
 
 UPLOAD_TYPES = ("nii", "nii.gz", "gz", "nrrd")  # st.file_uploader matches the last suffix
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from medir.errors import MedirError
+from medir.errors import MedirError, error_kind
 from medir.secrets import mask_secrets
 from medir.terminal import safe_text
 
@@ -41,6 +41,6 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MedirError as exc:
             error_line(exc)
-            raise typer.Exit(2) from None
+            raise typer.Exit(error_kind(exc).exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -20,11 +20,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medir.cli import bench, jobs, models, samples
+from medir.cli import audit, bench, jobs, models, samples
 from medir.cli.common import console as make_console
-from medir.cli.common import user_errors
+from medir.cli.common import err_console, user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.ids import split_index
 from medir.secrets import install_log_filter, mask_secrets, safe_url
 from medir.terminal import safe_text
 
@@ -108,30 +109,27 @@ def ingest(
         raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
                          + (f" (left out: {left})" if left else ""))
     from runner import IngestOptions, get_runner
-    from runner.local import LocalRunner
-    from runner.queued import QueueRunner
 
     options = IngestOptions(model=model_name, intensity=intensity or settings.intensity,
                             force=force, labels=label_map, ids=ids)
+    # without --queue, ingest here even with a broker
+    runner = get_runner(settings, queue=queue)
     if queue:
-        qr = QueueRunner(settings)
-        outcome = qr.ingest(scan.sources, options)
+        outcome = runner.ingest(scan.sources, options)
         out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
                   f"to queue 'ingest' (model {safe_text(model_name)})", highlight=False)
         if wait:
-            ok = qr.follow(outcome.job_ids, out)
+            ok = runner.follow(outcome.job_ids, out)
         else:
             for j in outcome.job_ids:
-                out.print(f"  {j}  {safe_text(qr.volume_of(j))}", highlight=False)
+                out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",
+                          highlight=False)
             out.print("follow them with: medir jobs", highlight=False)
             ok = True
         _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
     from ingest.pipeline import IngestReport
 
-    runner = get_runner(settings)
-    if not isinstance(runner, LocalRunner):  # without --queue, ingest here even with a broker
-        runner = LocalRunner(settings)
     t0 = time.perf_counter()
     total_slices = 0
     with Progress(
@@ -161,7 +159,7 @@ def ingest(
                 for w in r.warnings:
                     bar.console.print(f"[yellow]warning[/] {safe_text(r.volume_id)}: "
                                       f"{safe_text(w)}", highlight=False)
-            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
+            seen.add(split_index(r.volume_id)[0])
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
@@ -212,10 +210,23 @@ def search(
         help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
     ] = "none",
     rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
+    like: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find more like (repeat or comma-separate); without a "
+             "VOLUME the first one is the query.")] = None,
+    unlike: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find fewer like (repeat or comma-separate).")] = None,
+    export: Annotated[Path | None, typer.Option(
+        help="Also write the ranking as a cohort: .csv (pandas, and a labels CSV for "
+             "medir ingest --labels) or .json.")] = None,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
     settings = get_settings()
+    likes, unlikes = _ids(like), _ids(unlike)
+    if export is not None:
+        _check_export(export)
+    if not volume and not pacs_series and likes:
+        volume, by_id = likes[0], True
     from ingest.dicomweb import is_dicomweb_source, normalise_source
 
     if pacs_series:
@@ -239,14 +250,43 @@ def search(
         intensity=settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
+        like=likes,
+        unlike=unlikes,
     )
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
                                index_4d=index_4d)
+    if export is not None:
+        _write_export(export, result)
     if as_json:
         print(mask_secrets(json.dumps([r for r in result["ranking"]], indent=2)))
         return
     _print_ranking(result, explain)
+
+
+def _ids(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: ``--like a,b --like c`` → [a, b, c]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _check_export(path: Path) -> None:
+    from search.cohort import COHORT_FORMATS
+
+    if path.suffix.lower() not in COHORT_FORMATS:
+        raise MedirError(f"{path}: a cohort is written as {' or '.join(COHORT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise MedirError(f"{path}: folder {path.parent} does not exist")
+
+
+def _write_export(path: Path, result: dict[str, Any]) -> None:
+    """The ranking as a cohort file, written whole or not at all."""
+    from medir.files import atomic_write_text
+    from search.cohort import cohort_rows, cohort_text
+
+    rows = cohort_rows(result["ranking"], result.get("confidence"))
+    atomic_write_text(path, cohort_text(rows, path.suffix.lower()))
+    err_console.print(f"cohort of {len(rows)} volumes → {safe_text(str(path))}",
+                      highlight=False)
 
 
 def _print_ranking(result: dict[str, Any], explain: int) -> None:
@@ -414,10 +454,11 @@ def follow(
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
     from medir.cli.pacs import follow_pacs
+    from runner import queue_on
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
-                queue=bool(settings.redis_url), interval=interval, console=out)
+                queue=queue_on(settings), interval=interval, console=out)
 
 
 @app.command()
@@ -443,6 +484,8 @@ app.add_typer(samples.app, name="samples")
 app.add_typer(models.app, name="models", help="List models and install their weights.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: the paper's grid, engines, performance.")
 app.add_typer(jobs.app, name="jobs", help="Background jobs on the Celery queue.")
+app.add_typer(audit.app, name="audit",
+              help="Audits of a collection: near-duplicates and leakage between splits.")
 
 
 def _start() -> None:

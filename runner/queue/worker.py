@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from medir.config import Settings, get_settings
 from medir.errors import ConfigError, StoreUnavailable
+from runner.base import store_is_server
 from runner.queue import INGEST_QUEUE, SEARCH_QUEUE
 
 POOLS = ("solo", "threads", "prefork")
@@ -102,7 +103,7 @@ def run_worker(
     check_secrets(settings)
     check_broker_auth(settings)
     chosen = pool or "solo"
-    embedded = not settings.qdrant_url
+    embedded = not store_is_server(settings)
     check_pool(chosen, concurrency, embedded)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
