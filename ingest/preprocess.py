@@ -15,12 +15,20 @@ Geometry (:func:`physical_scale`, optional): every slice resampled in-plane to a
 view in mm (centred, zero padded or cropped), so a 20 cm crop and a 50 cm scan show anatomy at
 the same size; without it each slice is stretched to the model input whatever its extent.
 
+A **preprocessing spec** (:class:`Preprocessing`) names both: ``<intensity>[+fov:<mm>]``, e.g.
+``auto`` (the default) or ``auto+fov:400`` (physical scale, a 400 mm field of view). It travels
+as the ``intensity`` option of every ingest and query path (CLI ``--intensity``, the
+``MEDIR_INTENSITY`` setting used by the UI, the queue and PACS ingest). A geometry changes every
+vector, so it is part of the vector space's id (:func:`vector_space_id`): points stored under
+``dinov2-s-onnx@1+fov:400`` are never compared with points of ``dinov2-s-onnx@1``.
+
 Batch level, torch, on the model's device (:func:`to_model_input`): resize to the model's input
 size, replicate to 3 channels, normalise with the model's mean and std.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -68,8 +76,88 @@ def looks_like_hu(data: np.ndarray) -> bool:
     return float(np.mean(sample < -500.0)) >= 0.02
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a volume's slices become model input: an intensity mode (:data:`INTENSITY_MODES`)
+    and, optionally, a physical field of view in mm (:func:`physical_scale`).
+
+    Written ``<intensity>[+fov:<mm>]`` (``auto``, ``auto+fov:400``); :meth:`parse` and ``str``
+    are inverse. The bench's preprocessing (``medir bench quality --preps``) is this class.
+    """
+
+    intensity: str = "auto"
+    fov_mm: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Preprocessing:
+        """The spec's parts, or one :class:`~medir.errors.ConfigError` line saying what is
+        wrong."""
+        from medir.errors import ConfigError
+
+        if not isinstance(spec, str):
+            raise ConfigError(f"a preprocessing spec is a string, got {spec!r}")
+        text = spec.strip().lower()
+        intensity, _, geo = text.partition("+")
+        if intensity not in INTENSITY_MODES:
+            raise ConfigError(f"bad preprocessing {spec!r}: intensity must be one of "
+                              f"{', '.join(INTENSITY_MODES)} (optionally +fov:<mm>, e.g. "
+                              "auto+fov:400)")
+        if not geo:
+            return cls(intensity)
+        kind, _, value = geo.partition(":")
+        try:
+            fov = float(value)
+        except ValueError:
+            fov = -1.0
+        if kind != "fov" or not 10.0 <= fov <= 2000.0:
+            raise ConfigError(f"bad preprocessing {spec!r}: the geometry is fov:<mm> with "
+                              "10 ≤ mm ≤ 2000, e.g. auto+fov:400")
+        return cls(intensity, fov)
+
+    def __str__(self) -> str:
+        return self.intensity + (f"+fov:{self.fov_mm:g}" if self.fov_mm else "")
+
+    @property
+    def geometry(self) -> str:
+        """The geometry part of the spec (``+fov:400``), empty without one."""
+        return f"+fov:{self.fov_mm:g}" if self.fov_mm else ""
+
+
+def check_preprocessing(spec: str) -> str:
+    """``spec`` in its canonical form (``Auto+FOV:400.0`` → ``auto+fov:400``), or one
+    :class:`~medir.errors.ConfigError` line."""
+    return str(Preprocessing.parse(spec))
+
+
+def vector_space_id(embedder_id: str, spec: str) -> str:
+    """The id stored as the points' ``embedder`` (and filtered on by every query): the model
+    version, plus the geometry of ``spec`` when it has one (``dinov2-s-onnx@1+fov:400``).
+
+    The intensity mode is not part of it: ``auto`` already mixes ``ct`` and ``percentile``
+    volumes in one space, and each point records its concrete mode in ``intensity``.
+    """
+    return embedder_id + Preprocessing.parse(spec).geometry
+
+
+def preprocess_slices(data: np.ndarray, spacing: tuple[float, float, float], spec: str,
+                      size: int, slices: np.ndarray | list[int] | None = None) -> np.ndarray:
+    """The model-ready [0, 1] slices of a volume under a concrete spec (see
+    :func:`resolve_intensity`): the intensity window, then the physical field of view when the
+    spec has one (``size``: the model's input size). Without a geometry this is
+    :func:`normalize_intensity` exactly."""
+    prep = Preprocessing.parse(spec)
+    norm = normalize_intensity(data, prep.intensity, slices=slices)
+    if prep.fov_mm:
+        norm = physical_scale(norm, (float(spacing[0]), float(spacing[1])), prep.fov_mm, size)
+    return norm
+
+
 def resolve_intensity(data: np.ndarray, mode: str) -> str:
-    """The concrete mode (``percentile`` or ``ct``) for ``mode`` on this volume."""
+    """The concrete mode (``percentile`` or ``ct``) for ``mode`` on this volume; a spec with a
+    geometry keeps it (``auto+fov:400`` → ``ct+fov:400`` for CT in HU)."""
+    if "+" in mode:
+        prep = Preprocessing.parse(mode)
+        return resolve_intensity(data, prep.intensity) + prep.geometry
     if mode not in INTENSITY_MODES:
         raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
     if mode == "auto":

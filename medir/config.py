@@ -169,7 +169,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (cuda, mps, cpu) | cuda | cuda:N | cpu")
     batch_size: int = Field(32, ge=1, description="slices per forward pass")
     upsert_batch: int = Field(512, ge=1, description="points per upsert request")
-    intensity: str = Field("auto", description="auto | percentile | ct")
+    intensity: str = Field(
+        "auto", description="preprocessing of ingest and queries: auto | percentile | ct | "
+        "ct-windows | auto-windows, optionally +fov:<mm> (physical scale, e.g. auto+fov:400; "
+        "its vectors are a separate space: ingest and query with the same value)")
     hnsw: HnswSettings = HnswSettings()
     store: StoreSettings = StoreSettings()
     search: SearchSettings = SearchSettings()

@@ -35,7 +35,8 @@ FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What to ingest with: the model, the intensity mode, re-embedding, labels per volume id.
+    """What to ingest with: the model, the preprocessing spec (``intensity``:
+    ``<intensity>[+fov:<mm>]``), re-embedding, labels per volume id.
 
     ``labels`` None means "no labels table" (stored labels are kept on re-ingest); ``ids`` maps
     a file to the volume id a labels table gave it (the folder walk uses it).
@@ -48,14 +49,12 @@ class IngestOptions:
     ids: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ingest.preprocess import INTENSITY_MODES
+        from ingest.preprocess import check_preprocessing
         from medir.errors import MedirError
 
         if not self.model:
             raise MedirError("no model given")
-        if self.intensity not in INTENSITY_MODES:
-            raise MedirError(f"unknown intensity mode {self.intensity!r}; use one of "
-                             + ", ".join(INTENSITY_MODES))
+        check_preprocessing(self.intensity)  # <intensity>[+fov:<mm>], one ConfigError line
 
 
 @dataclass

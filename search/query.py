@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from ingest.embedders.base import Embedder
-from ingest.preprocess import normalize_intensity, resolve_intensity
+from ingest.intensity_domain import intensity_domain, opposite
+from ingest.preprocess import (
+    check_preprocessing,
+    preprocess_slices,
+    resolve_intensity,
+    vector_space_id,
+)
 from ingest.reader import Limits, open_volume
 from ingest.versions import check_layout, live_records
 from ingest.volume import Volume
@@ -64,6 +70,7 @@ class QueryOptions:
     top: int = DEFAULT_TOP
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
+    #: The preprocessing spec ``<intensity>[+fov:<mm>]`` (ingest.preprocess.Preprocessing).
     intensity: str = "auto"
     # Case ids whose volumes are left out of the results (leave-one-case-out evaluation).
     exclude_cases: Sequence[str] = ()
@@ -71,6 +78,9 @@ class QueryOptions:
     #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
     rerank: str = "none"
     rerank_top: int = 10
+    #: Search volumes of every intensity domain; by default a query whose voxels are CT in HU
+    #: (ingest.intensity_domain) only meets stored volumes that are not non-HU, and vice versa.
+    cross_modality: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,14 +96,12 @@ class QueryOptions:
             raise ConfigError("sampling and weighting must be strings")
         self.parsed()
         check_rerank(self.rerank)
+        if not isinstance(self.cross_modality, bool):
+            raise ConfigError(f"cross_modality must be true or false, got {self.cross_modality!r}")
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or not 1 <= self.rerank_top <= MAX_TOP:
             raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
-        from ingest.preprocess import INTENSITY_MODES
-
-        if self.intensity not in INTENSITY_MODES:
-            raise ConfigError(f"unknown intensity mode {self.intensity!r}; choose one of "
-                              f"{', '.join(INTENSITY_MODES)}")
+        check_preprocessing(self.intensity)  # <intensity>[+fov:<mm>]
         if not isinstance(self.filters, Mapping):
             raise ConfigError("filters must map a label to its values")
         for key, values in self.filters.items():
@@ -147,12 +155,16 @@ class SearchResult:
     #: "embedded" (the model ran on the query) or "stored" (the query's content is indexed and
     #: its stored slice vectors were used).
     vectors: str = "embedded"
+    #: The query's intensity domain ("hu", "non-hu"; "" unknown) and why (from its voxels).
+    domain: str = ""
+    domain_reason: str = ""
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
         return {
             "query": {"volume_id": self.query_id, "source": self.query_source,
                       "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
-                      "weights": self.weights, "vectors": self.vectors},
+                      "weights": self.weights, "vectors": self.vectors,
+                      "domain": self.domain, "domain_reason": self.domain_reason},
             "model": self.model,
             "options": self.options,
             "ranking": [r.to_dict(with_matches) for r in self.ranking],
@@ -173,8 +185,12 @@ class VectorSearch:
     timings: dict[str, float]
 
 
-def check_collection(store: SliceStore, embedder: Embedder) -> str:
-    """The collection to query, or a clear error (empty store, other model, other version)."""
+def check_collection(store: SliceStore, embedder: Embedder, space: str | None = None) -> str:
+    """The collection to query, or a clear error (empty store, other model, other version).
+
+    ``space``: the vector space queried (:func:`ingest.preprocess.vector_space_id`; default the
+    model version alone)."""
+    space = space or embedder.embedder_id
     coll = collection_name(embedder.name)
     existing = store.collections()
     if coll not in existing:
@@ -194,10 +210,12 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
     # the query is allowed when its own version is there, and search_vectors filters on it, so
     # vectors of two versions are never compared.
     versions = store.facet(coll, "embedder", READY)
-    if versions and embedder.embedder_id not in versions:
+    if versions and space not in versions:
         raise ModelMismatch(
             f"collection {coll} was built with {', '.join(map(str, versions))} but this query "
-            f"uses {embedder.embedder_id}; re-ingest the collection with this model version"
+            f"uses {space}; query with the collection's preprocessing (--intensity, "
+            "MEDIR_INTENSITY: a '+fov:<mm>' in the id is part of it) or re-ingest the "
+            "collection with this model version and preprocessing"
         )
     if store.collection_dim(coll) != embedder.dim:
         raise ModelMismatch(f"collection {coll} holds {store.collection_dim(coll)}-d vectors, "
@@ -206,7 +224,8 @@ def check_collection(store: SliceStore, embedder: Embedder) -> str:
 
 
 def _filter(options: QueryOptions, exclude_content: str | None,
-            exclude_volume: str | None = None, embedder_id: str | None = None) -> Filter:
+            exclude_volume: str | None = None, embedder_id: str | None = None,
+            domain: str = "") -> Filter:
     must: dict[str, Any] = dict(READY.must)
     if embedder_id:
         must["embedder"] = embedder_id
@@ -221,6 +240,8 @@ def _filter(options: QueryOptions, exclude_content: str | None,
         must_not["case_id"] = list(options.exclude_cases)
     if exclude_volume:
         must_not["volume_id"] = exclude_volume
+    if domain and not options.cross_modality:  # stored volumes of the other domain stay out;
+        must_not["domain"] = opposite(domain)  # those stored before domains (none) stay in
     return Filter(must, must_not)
 
 
@@ -236,11 +257,14 @@ def search_vectors(
     exclude_volume: str | None = None,
     slice_indices: np.ndarray | None = None,
     embedder_id: str | None = None,
+    domain: str = "",
 ) -> VectorSearch:
     """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
-    ``embedder_id`` restricts the hits to points of that embedder version.
+    ``embedder_id`` restricts the hits to points of that embedder version; ``domain`` (the
+    query's intensity domain) keeps out stored volumes of the other domain unless the options
+    ask for ``cross_modality``.
     """
     sampling, weighting = options.parsed()
     idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
@@ -251,7 +275,8 @@ def search_vectors(
     weights = weighting.weights(np.asarray(chosen_list), n_slices)
     t0 = time.perf_counter()
     hits = store.search_batch(coll, slice_vectors[rows], options.k,
-                              _filter(options, exclude_content, exclude_volume, embedder_id),
+                              _filter(options, exclude_content, exclude_volume, embedder_id,
+                                      domain),
                               exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
@@ -313,28 +338,31 @@ def search_volume(
     volume: Volume, store: SliceStore, embedder: Embedder, options: QueryOptions
 ) -> SearchResult:
     """Query with a volume read from a file (embedding only the chosen slices)."""
-    coll = check_collection(store, embedder)
+    space = vector_space_id(embedder.embedder_id, options.intensity)
+    coll = check_collection(store, embedder, space)
     sampling, _ = options.parsed()
     chosen = sampling.select(volume.n_slices, volume.spacing[2])
     exclude = content_id(volume.sha256, volume.index_4d)
     t0 = time.perf_counter()
     mode = resolve_intensity(volume.data, options.intensity)  # concrete: decided once
-    stored = stored_vectors(store, coll, exclude, embedder.embedder_id, mode, chosen)
+    dom = intensity_domain(volume.data)  # from the voxels: CT in HU or not
+    stored = stored_vectors(store, coll, exclude, space, mode, chosen)
     t_lookup = time.perf_counter() - t0
     if stored is None:
-        vectors = embedder.embed(normalize_intensity(volume.data, mode, slices=chosen))
+        vectors = embedder.embed(preprocess_slices(volume.data, volume.spacing, mode,
+                                                   embedder.info.input_size, chosen))
     else:
         vectors = stored
     t_embed = time.perf_counter() - t0 - t_lookup
     found = search_vectors(
         store, coll, vectors, volume.n_slices, volume.spacing[2], options,
-        exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
+        exclude_content=exclude, slice_indices=chosen, embedder_id=space, domain=dom.domain,
     )
     return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
                         found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
                         found.vote.slice_predictions,
                         {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
-                        "embedded" if stored is None else "stored")
+                        "embedded" if stored is None else "stored", dom.domain, dom.reason)
 
 
 def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
@@ -389,11 +417,12 @@ def search_indexed(
     volume_id: str, store: SliceStore, embedder: Embedder, options: QueryOptions
 ) -> SearchResult:
     """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
-    coll = check_collection(store, embedder)
+    space = vector_space_id(embedder.embedder_id, options.intensity)
+    coll = check_collection(store, embedder, space)
     # the live version only: during a re-ingest the old and new ones are briefly both ready
     records = sorted(live_records(list(store.scroll(
         coll, Filter({"volume_id": volume_id, **READY.must,
-                        "embedder": embedder.embedder_id}), with_vectors=True))),
+                        "embedder": space}), with_vectors=True))),
         key=lambda r: int(r.payload["slice"]))
     if not records:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll}")
@@ -405,16 +434,19 @@ def search_indexed(
     found = search_vectors(
         store, coll, vectors, n, spacing[2], options,
         exclude_volume=volume_id, slice_indices=slices,
-        embedder_id=embedder.embedder_id,
+        embedder_id=space, domain=str(first.get("domain", "")),
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
                         found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
                         found.vote.slice_predictions, {"embed_s": 0.0, **found.timings},
-                        "stored")
+                        "stored", str(first.get("domain", "")),
+                        "stored at ingest" if first.get("domain") else
+                        "not stored (indexed before domains; re-ingest with --force)")
 
 
 def _opts(options: QueryOptions) -> dict[str, Any]:
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
             "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
+            "cross_modality": options.cross_modality,
             **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

@@ -161,6 +161,10 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
         k = int(c1.number_input("k neighbours per slice", 1, 100, s.search.k, key="k"))
         top = int(c2.number_input("Top-N volumes", 1, 100, s.search.top, key="top"))
         filters = _filter_inputs(collection_of(stats, model, s))
+        cross = st.checkbox("Cross-modality search", value=False, key="cross_modality",
+                            help="By default a CT query (voxels in Hounsfield units) only meets "
+                                 "CT volumes and an MR query only non-CT ones; tick to search "
+                                 "all.")
     with left:
         st.subheader("Query volume")
         choices = ["Upload a volume", "An indexed volume"] + (["A PACS series"]
@@ -196,7 +200,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
     if pressed and query is not None:
         try:
             opts = configured_options(s.search, sampling=sampling, weighting=weighting, k=k,
-                                      top=top, filters=filters, intensity=s.intensity)
+                                      top=top, filters=filters, intensity=s.intensity,
+                                      cross_modality=cross)
         except MedirError as exc:  # e.g. a sampling spec typed wrong: one line, no query
             show_error(exc)
             return None

@@ -38,7 +38,10 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
                      intensity: str | None, queue: bool, wait: bool,
                      labels: LabelMap | None, console: Console) -> bool:
     """Index every matching series of each source; True when none failed."""
+    from ingest.preprocess import check_preprocessing
+
     settings = get_settings()
+    intensity = check_preprocessing(intensity or settings.intensity)  # before any PACS call
     ok = True
     for source in sources:
         spec = parse_source(source, settings)

@@ -52,7 +52,9 @@ def ingest(
     labels: Annotated[Path | None, typer.Option(help="CSV with case_id or file, plus "
                                                 "modality, region, organ, dataset, split.")] = None,
     model: Annotated[str | None, typer.Option(help="Embedding model (see medir models).")] = None,
-    intensity: Annotated[str | None, typer.Option(help="auto | percentile | ct")] = None,
+    intensity: Annotated[str | None, typer.Option(
+        help="Preprocessing: auto | percentile | ct | ct-windows | auto-windows, optionally "
+             "+fov:<mm> (physical scale, e.g. auto+fov:400). Default: MEDIR_INTENSITY.")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="Submit to the Celery queue.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="With --queue: follow the jobs until done.")] = True,
@@ -206,6 +208,12 @@ def search(
         help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
     ] = "none",
     rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
+    intensity: Annotated[str | None, typer.Option(
+        help="Preprocessing of the query, the collection's (e.g. auto+fov:400). Default: "
+             "MEDIR_INTENSITY.")] = None,
+    cross_modality: Annotated[bool, typer.Option(
+        "--cross-modality", help="Also search volumes of the other intensity domain (CT in HU "
+        "vs not), decided from the voxels; by default a query stays in its own.")] = False,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
@@ -229,9 +237,10 @@ def search(
         top=top,
         filters=_parse_filters(filter),
         exact=exact,
-        intensity=settings.intensity,
+        intensity=intensity or settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
+        cross_modality=cross_modality,
     )
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
@@ -246,6 +255,7 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
     q = result["query"]
     out.print(f"query {q['volume_id']} ({q['n_slices']} slices, {len(q['chosen_slices'])} "
               f"chosen) model {result['model']}", highlight=False)
+    out.print(_domain_line(result), highlight=False)
     table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
     table.columns[1].no_wrap = True
     for r in result["ranking"]:
@@ -261,6 +271,17 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
              else "stored vectors (the query is indexed: no embedding)")
     out.print(f"{embed}, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
               f" vote {t.get('vote_s', 0) * 1e3:.1f} ms", highlight=False)
+
+
+def _domain_line(result: dict[str, Any]) -> str:
+    """Which intensity domain the query is in, and whether the results were kept to it."""
+    q = result["query"]
+    name = {"hu": "CT in HU", "non-hu": "not HU (MR or other)"}.get(q.get("domain", ""))
+    if not name:
+        return "domain: unknown (" + (q.get("domain_reason") or "not decided") + "); all searched"
+    scope = ("all domains searched (--cross-modality)" if result["options"].get("cross_modality")
+             else "results kept to this domain (--cross-modality to search all)")
+    return f"domain: {name}, {q.get('domain_reason', '')}; {scope}"
 
 
 # ---- info / demo -------------------------------------------------------------------------------
@@ -384,7 +405,7 @@ def demo(
               f"{held[0]['modality']} {held[0]['region']})", highlight=False)
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,
            sampling=None, weighting=None, k=None, top=5, filter=None, by_id=False,
-           index_4d=None, exact=False, as_json=False, explain=3)
+           index_4d=None, exact=False, as_json=False, explain=3, intensity=None)
 
 
 @app.command()
