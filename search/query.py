@@ -36,6 +36,7 @@ from medir.config import (
     SearchSettings,
 )
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from search.calibration import answer_dict, collection_calibration, judge_vote
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import (
@@ -158,8 +159,13 @@ class SearchResult:
     #: The query's intensity domain ("hu", "non-hu"; "" unknown) and why (from its voxels).
     domain: str = ""
     domain_reason: str = ""
+    #: the answer's volume, labels, ``confidence`` in [0, 1], ``uncertain`` and ``reason``
+    answer: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
+        ranking = [r.to_dict(with_matches) for r in self.ranking]
+        if ranking and self.answer:  # the answer is the first volume: its verdict on it too
+            ranking[0].update({k: self.answer[k] for k in ("confidence", "uncertain", "reason")})
         return {
             "query": {"volume_id": self.query_id, "source": self.query_source,
                       "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
@@ -167,7 +173,8 @@ class SearchResult:
                       "domain": self.domain, "domain_reason": self.domain_reason},
             "model": self.model,
             "options": self.options,
-            "ranking": [r.to_dict(with_matches) for r in self.ranking],
+            "answer": self.answer,
+            "ranking": ranking,
             "slice_predictions": [m.__dict__ for m in self.slice_predictions],
             "timings": self.timings,
         }
@@ -183,6 +190,8 @@ class VectorSearch:
     weights: list[float]
     vote: VoteResult
     timings: dict[str, float]
+    #: the answer (the ranking's first volume) with its confidence (search.calibration)
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
 def check_collection(store: SliceStore, embedder: Embedder, space: str | None = None) -> str:
@@ -291,7 +300,12 @@ def search_vectors(
                                  result.ranking, options, embedder_id)
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
-    return VectorSearch(chosen_list, weights.tolist(), result, timings)
+    t3 = time.perf_counter()  # how sure the answer is (integration point: search.calibration)
+    verdict = judge_vote(result, weights.tolist(),
+                         collection_calibration(store, coll, embedder_id or ""))
+    timings["confidence_s"] = time.perf_counter() - t3
+    return VectorSearch(chosen_list, weights.tolist(), result, timings,
+                        answer_dict(result, verdict))
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -362,7 +376,8 @@ def search_volume(
                         found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
                         found.vote.slice_predictions,
                         {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
-                        "embedded" if stored is None else "stored", dom.domain, dom.reason)
+                        "embedded" if stored is None else "stored", dom.domain, dom.reason,
+                        found.answer)
 
 
 def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
@@ -441,7 +456,8 @@ def search_indexed(
                         found.vote.slice_predictions, {"embed_s": 0.0, **found.timings},
                         "stored", str(first.get("domain", "")),
                         "stored at ingest" if first.get("domain") else
-                        "not stored (indexed before domains; re-ingest with --force)")
+                        "not stored (indexed before domains; re-ingest with --force)",
+                        found.answer)
 
 
 def _opts(options: QueryOptions) -> dict[str, Any]:

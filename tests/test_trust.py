@@ -181,3 +181,74 @@ def test_a_query_stays_in_its_intensity_domain(tmp_path: Path, make_nifti) -> No
         store.delete_payload(COLL, Filter({"volume_id": "mr1"}), ["domain"])
         res = search_file(files["ct1"], store, emb, opts)
         assert {r.volume_id for r in res.ranking} == {"ct0", "mr1"}
+
+
+# ---- confidence ----------------------------------------------------------------------------------
+def test_confidence_is_high_when_vote_slices_and_similarity_agree() -> None:
+    from search.confidence import Calibration, Evidence, judge
+
+    cal = Calibration(low=0.80, mid=0.90, n=20)
+    sure = judge(Evidence(0.7, 0.95, 1.0, 0.93), cal)
+    assert not sure.uncertain and sure.confidence > 0.9 and 0 <= sure.confidence <= 1
+    # the same agreement, but the query's best matches are far weaker than the collection's
+    # own: its class is probably not there
+    novel = judge(Evidence(0.7, 0.95, 1.0, 0.70), cal)
+    assert novel.uncertain and novel.familiarity == 0.0 and "no close match" in novel.reason
+    # close matches, but the vote is torn between classes and the slices disagree along z
+    split = judge(Evidence(0.3, 0.35, 0.3, 0.92), cal)
+    assert split.uncertain and "split" in split.reason
+    # monotone in each piece of evidence
+    assert judge(Evidence(0.5, 0.6, 0.6, 0.86), cal).confidence < judge(
+        Evidence(0.5, 0.6, 0.6, 0.88), cal).confidence
+    assert judge(Evidence(0.5, 0.5, 0.6, 0.88), cal).confidence < judge(
+        Evidence(0.5, 0.7, 0.6, 0.88), cal).confidence
+    # without a calibration only the agreement counts
+    assert judge(Evidence(0.7, 0.95, 1.0, 0.1), None).familiarity == 1.0
+    assert Calibration.of([0.9, 0.8]) is None
+    assert Calibration.of([0.7, 0.8, 0.9, float("nan")]).n == 3
+
+
+def test_evidence_groups_the_ranking_by_class_and_reads_slices_along_z() -> None:
+    from search.confidence import evidence
+
+    ranking = [("a", 3.0, "CT/chest"), ("b", 2.0, "CT/chest"), ("c", 1.0, "MR/head")]
+    tops = [(1.0, 0.9, "CT/chest"), (2.0, 0.8, "MR/head"), (1.0, 0.7, "CT/chest")]
+    ev = evidence(ranking, 6.0, tops)
+    assert ev.top_share == pytest.approx(0.5) and ev.class_share == pytest.approx(5 / 6)
+    assert ev.z_agreement == pytest.approx(0.5) and ev.similarity == pytest.approx(0.8)
+    assert evidence([], 0.0, []).class_share == 0.0
+
+
+def test_auroc() -> None:
+    from search.confidence import auroc
+
+    assert auroc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.5], [True]) is None
+
+
+def test_every_answer_carries_its_confidence(tmp_path: Path, make_nifti) -> None:
+    files = _files(make_nifti)
+    extra = {f"mr{k}": make_nifti(mr(k), np.diag([0.8, 0.8, 2.0, 1.0]), name=f"mr{k}.nii.gz")
+             for k in range(2, 5)}
+    emb = get_embedder("test-tiny", device="cpu")
+    with EdgeStore(tmp_path / "s") as store:
+        ingest_paths([files["ct0"], files["mr0"], *extra.values()], store, emb,
+                     labels={v: {"modality": "MR", "region": "head"} for v in
+                             ("mr0", *extra)} | {"ct0": {"modality": "CT", "region": "chest"}})
+        res = search_file(files["mr1"], store, emb, QueryOptions(k=3))
+        d = res.to_dict()
+        a = d["answer"]
+        assert a["volume_id"] == res.ranking[0].volume_id and a["labels"]["modality"] == "MR"
+        assert 0.0 <= a["confidence"] <= 1.0 and isinstance(a["uncertain"], bool)
+        assert a["uncertain"] == (a["confidence"] < a["threshold"]) and a["reason"]
+        assert {"confidence", "uncertain", "reason"} <= set(d["ranking"][0])
+        assert "confidence_s" in d["timings"]
+        # a query unlike anything stored (stripes in a CT-like scale, cross-modality on so the
+        # filter does not empty the ranking) is judged less sure than a familiar one
+        stripes = np.zeros((16, 64, 64), np.float32)
+        stripes[:, :, ::4] = 1000.0
+        odd = make_nifti(stripes, np.diag([0.8, 0.8, 2.0, 1.0]), name="odd.nii.gz")
+        far = search_file(odd, store, emb, QueryOptions(k=3, cross_modality=True))
+        assert far.answer["confidence"] < a["confidence"]

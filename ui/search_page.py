@@ -271,9 +271,22 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
     t = result.get("timings", {})
     st.subheader("Results")
     left, right = st.columns([3, 2], vertical_alignment="center")
-    left.success(f"**Prediction: {views.labels_text(best.get('labels', {}))}**  \n"
-                 f"from `{best['volume_id']}`, the most-voted volume "
-                 f"({best['score']:.0%} of the weighted vote)", icon=":material/target:")
+    answer = result.get("answer") or {}
+    said = (f"from `{best['volume_id']}`, the most-voted volume "
+            f"({best['score']:.0%} of the weighted vote)")
+    if answer.get("uncertain"):  # amber, not green: the nearest volumes are still listed
+        left.warning(f"**Uncertain: nearest is {views.labels_text(best.get('labels', {}))}** "
+                     f"(confidence {answer['confidence']:.0%})  \n{answer['reason']}.  \n"
+                     + said, icon=":material/help:")
+    else:
+        conf = f", confidence {answer['confidence']:.0%}" if answer else ""
+        left.success(f"**Prediction: {views.labels_text(best.get('labels', {}))}**  \n"
+                     + said + conf, icon=":material/target:")
+    if q.get("domain"):
+        scope = ("all domains searched" if result.get("options", {}).get("cross_modality")
+                 else "results kept to this domain")
+        left.caption(f"Query intensity domain: {q['domain']} ({q.get('domain_reason', '')}); "
+                     f"{scope}.")
     c = right.columns(2)
     c[0].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}")
     c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",

@@ -265,12 +265,24 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
         table.add_row(str(r["rank"]), r["volume_id"], f"{r['votes']:.2f}", f"{r['score']:.3f}",
                       f"{r['similarity']:.3f}", labels, pairs)
     out.print(table)
+    out.print(_answer_line(result), highlight=False)
     t = result["timings"]
     embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
              if result["query"].get("vectors", "embedded") == "embedded"
              else "stored vectors (the query is indexed: no embedding)")
     out.print(f"{embed}, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
               f" vote {t.get('vote_s', 0) * 1e3:.1f} ms", highlight=False)
+
+
+def _answer_line(result: dict[str, Any]) -> str:
+    """The answer's verdict: its confidence, or "uncertain: <reason>" (the ranking above
+    still lists the nearest volumes)."""
+    a = result.get("answer") or {}
+    if not a:
+        return "no answer: nothing matched"
+    labels = " ".join(v for k, v in a.get("labels", {}).items() if k in ("modality", "region"))
+    what = f"{labels or a['volume_id']} (confidence {a['confidence']:.2f})"
+    return f"uncertain: {a['reason']}; nearest: {what}" if a["uncertain"] else f"answer: {what}"
 
 
 def _domain_line(result: dict[str, Any]) -> str:
