@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from benchmarks.datasets import Dataset
 from benchmarks.perturb import NamedPerturbation
 from benchmarks.quality_embed import Prep, embed_slices, stride_slices
 from benchmarks.quality_trust import leave_one_class_out, self_similarity
+from ingest.intensity_domain import intensity_domain, opposite
 from ingest.reader import open_volume
 from ingest.volume import Volume
 from medir.errors import ConfigError
@@ -61,13 +62,20 @@ class Method:
     weighting: Weighting
     rerank: str = "none"
     slice_wise: bool = False
+    #: keep the query in its intensity domain (ingest.intensity_domain), as medir's query does
+    domain: bool = False
 
 
 def parse_method(spec: str) -> Method:
     """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``W:<sampling>`` (Gaussian weights over
     a sampling, e.g. ``W:every-mm:7``), ``SW``, each optionally ``+maxsim`` or ``+zorder``
-    (e.g. ``W+zorder``)."""
+    (e.g. ``W+zorder``), and optionally ``+domain`` last: the database restricted to the
+    query's intensity domain (CT in HU or not, from voxels), as ``medir search`` does unless
+    ``--cross-modality`` (e.g. ``W+domain``, ``W+maxsim+domain``)."""
     text = spec.strip()
+    if text.lower().endswith("+domain"):
+        m = parse_method(text[: -len("+domain")])
+        return replace(m, name=text, domain=True)
     base, plus, rr = text.partition("+")
     rerank = check_rerank(rr) if plus else "none"
     low = base.strip().lower()
@@ -96,6 +104,7 @@ class StoredVolume:
     z_mm: NDArray[np.float64]
     z_spacing: float
     vectors: NDArray[np.float32]
+    domain: str = ""  # intensity domain from the voxels (never from labels)
 
 
 @dataclass
@@ -141,7 +150,8 @@ def build_database(volumes: Sequence[tuple[Volume, str, dict[str, str]]],
         sl = stride_slices(vol.n_slices, vol.spacing[2], stride_mm, max_slices)
         vec = embed_slices(vol, sl, embedder, prep, cache)
         stored.append(StoredVolume(vol.volume_id, study, labels, sl,
-                                   sl.astype(np.float64) * vol.spacing[2], vol.spacing[2], vec))
+                                   sl.astype(np.float64) * vol.spacing[2], vol.spacing[2], vec,
+                                   intensity_domain(vol.data).domain))
     return Database(stored)
 
 
@@ -172,9 +182,14 @@ def _choose(method: Method, z_mm: NDArray[np.float64], n_slices: int, z_spacing:
 
 def run_query(db: Database, q_vectors: NDArray[np.float32], q_slices: NDArray[np.int64],
               q_z: NDArray[np.float64], n_slices: int, z_spacing: float, method: Method,
-              exclude: NDArray[np.bool_] | None, k: int, rerank_top: int) -> QueryOutcome:
-    """The ranking of database volumes for one query (exact cosine k-NN, vote, re-rank)."""
+              exclude: NDArray[np.bool_] | None, k: int, rerank_top: int,
+              q_domain: str = "") -> QueryOutcome:
+    """The ranking of database volumes for one query (exact cosine k-NN, vote, re-rank);
+    a ``+domain`` method leaves out the volumes of the other domain than ``q_domain``."""
     t0 = time.perf_counter()
+    if method.domain and q_domain:
+        other = np.array([v.domain == opposite(q_domain) for v in db.volumes])[db.row_volume]
+        exclude = other if exclude is None else (exclude | other)
     pos = _choose(method, q_z, n_slices, z_spacing, q_slices)
     qv = q_vectors[pos]
     sims = qv @ db.matrix.T
@@ -294,7 +309,7 @@ def loco(db: Database, methods: Sequence[Method], results: dict[str, MethodResul
         cal = calibration_without(db, self_sims, gone) if self_sims is not None else None
         for m in methods:
             out = run_query(db, v.vectors, v.slices, v.z_mm, int(v.slices[-1]) + 1,
-                            v.z_spacing, m, exclude, k, rerank_top)
+                            v.z_spacing, m, exclude, k, rerank_top, v.domain)
             if out.evidence is not None and out.ranking and not m.slice_wise:
                 right = _label_class(db.volumes[out.ranking[0]].labels) == _label_class(v.labels)
                 record(results[m.name], "loco", v.volume_id, right, out.evidence, cal)
@@ -325,13 +340,14 @@ def perturbations(db: Database, volumes: Sequence[tuple[Volume, str, dict[str, s
             sl = stride_slices(pv.n_slices, pv.spacing[2], stride_mm, max_slices)
             qv = embed_slices(pv, sl, embedder, prep, cache)
             qz = sl.astype(np.float64) * pv.spacing[2]
+            qd = intensity_domain(pv.data).domain
             for m in methods:
                 tally = results[m.name].perturb.setdefault(pname, {"self": 0, "class": 0,
                                                                    "n": 0})
                 full = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, None, k,
-                                 rerank_top)
+                                 rerank_top, qd)
                 loo = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, own, k,
-                                rerank_top) if not bool(own.all()) else None
+                                rerank_top, qd) if not bool(own.all()) else None
                 if m.slice_wise:
                     selfs = [db.volumes[i].study == study for i in full.slice_top]
                     classes = [_label_class(db.volumes[i].labels) == _label_class(labels)

@@ -83,8 +83,8 @@ def leave_one_class_out(db: Database, methods: Sequence[Method],
             if m.slice_wise:
                 continue
             out = run_query(db, v.vectors, v.slices, v.z_mm, int(v.slices[-1]) + 1,
-                            v.z_spacing, m, mask, k, rerank_top)
-            if out.evidence is not None and out.ranking:
+                            v.z_spacing, m, mask, k, rerank_top, v.domain)
+            if out.evidence is not None:  # nothing left to answer (+domain) is confidence 0
                 record(results[m.name], "loclo", v.volume_id, False, out.evidence, cal)
 
 
