@@ -63,7 +63,11 @@ def record(result: MethodResult, protocol: str, query: str, right: bool, ev: Any
                          "agreement": round(c.agreement, 4),
                          "familiarity": round(c.familiarity, 4),
                          "top_share": round(ev.top_share, 4),
-                         "similarity": round(ev.similarity, 4)})
+                         "similarity": round(ev.similarity, 4),
+                         "class_share": round(ev.class_share, 4),
+                         "z_agreement": round(ev.z_agreement, 4),
+                         "calibration": [round(x, 4) for x in (cal.low, cal.mid, cal.high)]
+                         if cal else None})
 
 
 def leave_one_class_out(db: Database, methods: Sequence[Method],

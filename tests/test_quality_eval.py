@@ -191,6 +191,11 @@ def test_rerank_through_the_store(tmp_path: Path, method: str,
     with EdgeStore(tmp_path / "edge") as store:
         for v in (ordered, shuffled, query):
             index_volume(store, emb, v)
+        from search.calibration import collection_calibration
+
+        # the collection's confidence calibration: computed once per process and size, and
+        # kept (search.calibration); warm it so that only the query's own scrolls are counted
+        collection_calibration(store, "medir_test_tiny", emb.embedder_id)
         calls: list[object] = []
         real = store.scroll
 
