@@ -163,10 +163,14 @@ def confidence_plot(run: QualityRun, out: Path) -> Path | None:
     rows = [r for r in run.results if r.get("answers")]
     if not rows:
         return None
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 2.8), squeeze=False,
+    ncol = min(len(rows), 4)
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
                              sharey=True)
     bins = np.linspace(0, 1, 11)
-    for ax, r in zip(axes[0], rows, strict=True):
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, rows, strict=False):
         groups = (("LOCO right", lambda t: t["protocol"] == "loco" and t["right"], "tab:green"),
                   ("LOCO wrong", lambda t: t["protocol"] == "loco" and not t["right"], "tab:red"),
                   ("LOClO (class absent)", lambda t: t["protocol"] == "loclo", "tab:orange"))
