@@ -42,8 +42,10 @@ class VolumeSource:
 
     def open(self, limits: Limits | None = None) -> VolumeFile:
         """Open (headers only) as a :class:`VolumeFile` whose volume ids use ``volume_id``;
-        ``limits``: what a volume file may declare (:func:`ingest.reader.open_volume`)."""
-        vf = self.series.open() if self.series is not None else open_volume(self.path, limits)
+        ``limits``: what a volume file or DICOM series may declare
+        (:func:`ingest.reader.open_volume`, :meth:`ingest.dicom.DicomSeries.open`)."""
+        vf = (self.series.open(limits) if self.series is not None
+              else open_volume(self.path, limits))
         return dataclasses.replace(vf, case_id=self.volume_id)
 
     @property

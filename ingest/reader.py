@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import logging
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from ingest.compression import GZIP_ERRORS, gzip_decompressor, open_gzip
+from ingest.compression import GZIP_ERRORS, HashingReader, gzip_decompressor, open_gzip
 from ingest.digest import file_sha256
 from ingest.volume import Volume
 from medir.config import LimitsSettings
@@ -176,24 +177,36 @@ def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
     header_zooms = _raw_pixdim(p, img)
-    _check_size(p, img, shape, lim)
+    gz = _check_size(p, img, shape, lim)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
-    proxy = _GzipNiftiProxy(p, img.dataobj) if p.name.lower().endswith(".gz") else img.dataobj
-    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, proxy)
+    if gz is None:
+        return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+    sha, decoded = gz
+    return VolumeFile(p, case_id_of(p), sha, shape, affine,
+                      _GzipNiftiProxy(p, img.dataobj, decoded))
 
 
 class _GzipNiftiProxy:
-    """nibabel's array proxy over a zlib-ng stream of a ``.nii.gz`` (see
-    :mod:`ingest.compression`): the same voxels and scaling as ``img.dataobj``, decompressed
-    faster; the file is open only while a volume is read."""
+    """nibabel's array proxy over a ``.nii.gz`` (see :mod:`ingest.compression`): the same voxels
+    and scaling as ``img.dataobj``. The first read takes the bytes the opening pass decompressed
+    (``decoded``, then released); any other read decompresses the file again through zlib-ng,
+    the file open only while a volume is read."""
 
-    def __init__(self, path: Path, dataobj: Any) -> None:  # a nibabel ArrayProxy
+    def __init__(self, path: Path, dataobj: Any,  # a nibabel ArrayProxy
+                 decoded: io.BytesIO | None = None) -> None:
         self.path = path
         self.spec = (dataobj.shape, dataobj.dtype, dataobj.offset, dataobj.slope, dataobj.inter)
         self.order = dataobj.order
+        self._decoded = decoded
 
     def __getitem__(self, index: object) -> np.ndarray:
+        decoded, self._decoded = self._decoded, None
+        if decoded is not None:
+            with decoded:
+                proxy = nib.arrayproxy.ArrayProxy(decoded, self.spec, mmap=False,
+                                                  order=self.order)
+                return np.asarray(proxy[index])
         with open_gzip(self.path) as fh:
             proxy = nib.arrayproxy.ArrayProxy(fh, self.spec, order=self.order)
             return np.asarray(proxy[index])
@@ -201,6 +214,10 @@ class _GzipNiftiProxy:
 
 MAX_VOXELS = 1 << 34  # absolute ceiling, whatever the settings say
 GZIP_SLACK = 1 << 20  # bytes a compressed stream may hold beyond the declared data
+#: A 3D .nii.gz up to this many decompressed bytes keeps them from the opening pass for its
+#: read (one decompression); a larger or 4D one is decompressed again when read, so that
+#: opening never holds more than this (4D files are read one volume at a time).
+ONE_PASS_MAX_BYTES = 1 << 30
 #: What a corrupt or truncated compressed stream raises (zlib, zlib-ng, bz2, gzip framing).
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (zlib.error, *GZIP_ERRORS, OSError, EOFError,
                                                    ValueError)
@@ -242,13 +259,20 @@ def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int,
     return nbytes
 
 
-def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "data") -> None:
-    """Decompress ``fobj`` (positioned at the stream) in bounded chunks without keeping the
-    output: refuse a stream that yields more than ``declared`` bytes + a small slack (a
-    decompression bomb) or fewer than ``declared`` (truncated)."""
+def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "data",
+                 sink: Callable[[bytes], object] | None = None) -> None:
+    """Decompress ``fobj`` (positioned at the stream) in bounded chunks, handing each chunk
+    to ``sink`` (default: dropped): refuse a stream that yields more than ``declared`` bytes + a
+    small slack (a decompression bomb) or fewer than ``declared`` (truncated)."""
     dec: Any = bz2.BZ2Decompressor() if kind == "bz2" else gzip_decompressor()
     bound = declared + GZIP_SLACK
     total = 0
+
+    def take(out: bytes) -> int:
+        if sink is not None:
+            sink(out)
+        return len(out)
+
     chunk = 1 << 20
     read = fobj.read  # type: ignore[attr-defined]
     try:
@@ -259,19 +283,19 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
                 data = b"" if dec.needs_input is False else read(chunk)
                 if not data and dec.needs_input:
                     break
-                total += len(dec.decompress(data, max_length=chunk))
+                total += take(dec.decompress(data, max_length=chunk))
             else:
                 if dec.eof:
                     rest = dec.unused_data
                     if rest.startswith(b"\x1f\x8b"):  # another gzip member
                         dec = gzip_decompressor()
-                        total += len(dec.decompress(rest, chunk))
+                        total += take(dec.decompress(rest, chunk))
                         continue
                     break
                 data = dec.unconsumed_tail or read(chunk)
                 if not data:
                     break
-                total += len(dec.decompress(data, chunk))
+                total += take(dec.decompress(data, chunk))
             if total > bound:
                 raise VolumeError(p, f"decompression bomb: the compressed {what} yields more "
                                      f"than {bound} bytes, the header declares {declared}")
@@ -283,9 +307,11 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
 
 
 def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...],
-                lim: Limits) -> None:
+                lim: Limits) -> tuple[str, io.BytesIO | None] | None:
     """Reject headers whose declared data exceeds the limits or cannot be in the file (before
-    reading any data; a .nii.gz stream is decompressed once, bounded, and discarded)."""
+    reading any data). A .nii.gz stream is decompressed once, bounded, while its compressed
+    bytes are hashed: returns the file's sha256 and, for a 3D file up to
+    :data:`ONE_PASS_MAX_BYTES`, the decompressed file (else None); None for a .nii."""
     try:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
     except TypeError:
@@ -297,9 +323,12 @@ def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[in
         if needed > p.stat().st_size:
             raise VolumeError(p, f"truncated: the header declares {needed} bytes, the file has "
                                  f"{p.stat().st_size}")
-        return
+        return None
+    keep = io.BytesIO() if len(shape) == 3 and needed <= ONE_PASS_MAX_BYTES else None
     with open(p, "rb") as fh:
-        check_stream(p, fh, needed, "gzip", "file")
+        src = HashingReader(fh)
+        check_stream(p, src, needed, "gzip", "file", keep.write if keep is not None else None)
+        return src.hexdigest(), keep
 
 
 def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:

@@ -68,7 +68,11 @@ class SearchSettings(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=1000, description="nearest slices per query slice")
     top: int = Field(DEFAULT_TOP, ge=1, description="volumes in the ranking")
     sampling: str = Field(
-        DEFAULT_SAMPLING, description="all | every-n:N | every-mm:X | random:K[:SEED]")
+        DEFAULT_SAMPLING,
+        description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")
+    max_slices: int = Field(
+        0, ge=0, description="at most this many query slices, evenly spaced among the "
+                             "sampling's (0: no cap)")
     weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
     sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
                          "depth (when the weighting is gaussian without :SIGMA)")
@@ -120,14 +124,26 @@ class PacsSettings(BaseModel):
 
     Credentials are :class:`SecretStr` (masked in every repr) and are sent only to ``url``'s
     server. ``viewer_url_template`` links results to the PACS viewer, with
-    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders.
+    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders. The server is not trusted:
+    every exchange is bounded in time (``timeout`` per read, ``request_timeout`` in all) and
+    bytes (``max_response_bytes``; a series retrieval by ``limits.max_bytes``), every query in
+    pages (``max_pages``) (docs/pacs.md).
     """
 
     url: str | None = Field(None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
     username: str | None = Field(None, description="basic auth user")
     password: SecretStr | None = Field(None, description="basic auth password (never shown)")
     token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
-    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    timeout: float = Field(30.0, gt=0, description="seconds a connect or one read may stall")
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds one HTTP exchange may take in all, body included "
+        "(a series retrieval is one exchange); a server that trickles is cut off")
+    max_response_bytes: int = Field(
+        16 << 20, ge=1024, description="bytes of one JSON answer (a QIDO-RS page, the change "
+        "feed); a series retrieval is bounded by limits.max_bytes instead")
+    max_pages: int = Field(
+        1000, ge=1, description="pages of one QIDO-RS query (1000 rows each), or of the "
+        "change feed per poll")
     viewer_url_template: str | None = Field(
         None, description="e.g. http://orthanc:8042/ui/app/#/filtered-studies?"
                           "StudyInstanceUID={StudyInstanceUID} (Orthanc Explorer 2) or "

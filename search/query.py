@@ -79,6 +79,9 @@ class QueryOptions:
     #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
     rerank: str = "none"
     rerank_top: int = 10
+    #: At most this many query slices, evenly spaced among the sampling's (0: no cap): the
+    #: model's cost of a query is one forward pass per slice.
+    max_slices: int = 0
     #: Search volumes of every intensity domain; by default a query whose voxels are CT in HU
     #: (ingest.intensity_domain) only meets stored volumes that are not non-HU, and vice versa.
     cross_modality: bool = False
@@ -102,6 +105,10 @@ class QueryOptions:
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or not 1 <= self.rerank_top <= MAX_TOP:
             raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
+        if isinstance(self.max_slices, bool) or not isinstance(self.max_slices, int | np.integer) \
+                or self.max_slices < 0:
+            raise ConfigError(f"max_slices must be an integer >= 0 (0: no cap), got "
+                              f"{self.max_slices!r}")
         check_preprocessing(self.intensity)  # <intensity>[+fov:<mm>]
         if not isinstance(self.filters, Mapping):
             raise ConfigError("filters must map a label to its values")
@@ -113,25 +120,28 @@ class QueryOptions:
                 raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
 
     def parsed(self) -> tuple[Sampling, Weighting]:
-        """The parsed sampling and weighting (parsed on construction; again only if a spec
-        was changed since)."""
-        specs = (self.sampling, self.weighting)
+        """The parsed sampling (capped at ``max_slices``) and weighting (parsed on
+        construction; again only if a spec was changed since)."""
+        specs = (self.sampling, self.weighting, self.max_slices)
         cached = self.__dict__.get("_parsed")
         if cached is None or cached[0] != specs:
-            cached = (specs, (Sampling.parse(self.sampling), Weighting.parse(self.weighting)))
+            cached = (specs, (Sampling.parse(self.sampling).capped(int(self.max_slices)),
+                              Weighting.parse(self.weighting)))
             self.__dict__["_parsed"] = cached
         return cached[1]
 
 
 def configured_options(search: SearchSettings, *, intensity: str, sampling: str | None = None,
                        weighting: str | None = None, k: int | None = None,
-                       top: int | None = None, **rest: Any) -> QueryOptions:
+                       top: int | None = None, max_slices: int | None = None,
+                       **rest: Any) -> QueryOptions:
     """Query options from the settings' query defaults (``search``, ``MEDIR_SEARCH__*``) with
     what the user gave (None: the setting). A ``gaussian`` weighting without ``:SIGMA`` takes
     the settings' ``sigma``."""
     return QueryOptions(sampling=sampling or search.sampling,
                         weighting=weighting or default_weighting(search),
                         k=search.k if k is None else k, top=search.top if top is None else top,
+                        max_slices=search.max_slices if max_slices is None else max_slices,
                         intensity=intensity, **rest)
 
 
@@ -421,7 +431,7 @@ def search_file(
     elif Path(path).is_dir():  # the folder of one DICOM series
         from ingest.dicom import open_dicom_folder
 
-        vf = open_dicom_folder(Path(path))
+        vf = open_dicom_folder(Path(path), limits)
     else:
         vf = open_volume(path, limits)
     vol = vf.read((index_4d or 0) if vf.is_4d else None)
@@ -465,4 +475,5 @@ def _opts(options: QueryOptions) -> dict[str, Any]:
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
             "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
             "cross_modality": options.cross_modality,
+            **({"max_slices": options.max_slices} if options.max_slices else {}),
             **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

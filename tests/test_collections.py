@@ -224,7 +224,7 @@ def test_dicom_series_join_the_collection(tmp_path: Path, store: EdgeStore, emb:
         return ([dicom.DicomSeries("1.2.3.4", images, {"Modality": "CT"})],
                 [dicom.Skipped(str(sr), dicom.NON_IMAGE_DICOM, "SR document")])
 
-    def fake_open(self: dicom.DicomSeries) -> Any:
+    def fake_open(self: dicom.DicomSeries, limits: Any = None) -> Any:
         vf = open_volume(nifti)
         return type(vf)(**{**vf.__dict__, "meta": dict(self.meta)})
 

@@ -251,7 +251,7 @@ def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     args = ["bench", "quality", "--dataset", str(coll), "--models", "test-tiny",
             "--methods", "all,W,SW,W+zorder,W+maxsim,W+domain", "--preps", "auto,auto-windows",
             "--perturb", "z25,lps,no-hu", "--device", "cpu", "--cache", str(tmp_path / "c"),
-            "--out", str(out), "--no-progress", "--query-slices", "4"]
+            "--out", str(out), "--no-progress", "--query-slices", "4", "--allow-busy"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())

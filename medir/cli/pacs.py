@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,7 +46,8 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
     ok = True
     for source in sources:
         spec = parse_source(source, settings)
-        series = list_series(spec, filters)
+        series = list_series(spec, filters,
+                             warn=lambda text: console.print(text, highlight=False))
         console.print(f"{spec.target.display}: {len(series)} series match", highlight=False)
         if not series:
             continue
@@ -65,7 +67,10 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
                 series, store, embedder, target=spec.target, labels=labels,
                 intensity=intensity or settings.intensity, upsert_batch=settings.upsert_batch,
                 on_report=lambda r: console.print(_report_line(r), highlight=False))
-        ok = ok and all(r.status != "failed" for r in reports)
+        counts = Counter(r.status for r in reports)
+        console.print(f"{spec.target.display}: " + ", ".join(
+            f"{counts[k]} {k}" for k in ("indexed", "skipped", "failed")), highlight=False)
+        ok = ok and not counts["failed"]
     return ok
 
 
@@ -82,7 +87,7 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
     def say(text: str) -> None:
         console.print(mask(text, secrets), highlight=False)
 
-    def run(handle: Callable[[PacsSeries], None]) -> None:
+    def run(handle: Callable[[PacsSeries], str | None]) -> None:
         f = Follower(spec.target, settings.pacs.follow_state, handle, mode=mode,
                      changes_url=settings.pacs.changes_url, log=say)
         try:
@@ -101,7 +106,9 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
         finally:
             f.close()
         say(f"stopped at {f.mode} position "
-            f"{f.state.last_change if f.mode == 'changes' else f.state.qido_since or '-'}")
+            f"{f.state.last_change if f.mode == 'changes' else f.state.qido_since or '-'}"
+            + (f"; {len(f.state.failed)} failed series listed in {settings.pacs.follow_state}"
+               " (retry one with medir ingest SOURCE)" if f.state.failed else ""))
 
     if queue:
         from runner.queue.submit import submit_series
@@ -116,12 +123,13 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
     from ingest.pacs_ingest import ingest_series
 
     with _embedding(settings, model) as (store, embedder):
-        def index(s: PacsSeries) -> None:
+        def index(s: PacsSeries) -> str | None:
             reports = ingest_series([s], store, embedder, target=spec.target,
                                     intensity=settings.intensity,
                                     upsert_batch=settings.upsert_batch)
             for r in reports:
                 say(_report_line(r))
+            return next((r.error for r in reports if r.status == "failed"), None)
 
         try:
             run(index)

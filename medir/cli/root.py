@@ -190,8 +190,11 @@ def search(
                                           "--id.")] = "",
     model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
     sampling: Annotated[str | None, typer.Option(
-        help="all | every-n:N | every-mm:X | random:K[:SEED]")] = None,
+        help="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")] = None,
     weighting: Annotated[str | None, typer.Option(help="none | gaussian[:SIGMA]")] = None,
+    max_slices: Annotated[int | None, typer.Option(
+        help="At most N query slices, evenly spaced among the sampling's (0: no cap; default "
+             "MEDIR_SEARCH__MAX_SLICES).")] = None,
     k: Annotated[int | None, typer.Option(help="Neighbours per query slice.")] = None,
     top: Annotated[int | None, typer.Option(help="Number of volumes to return.")] = None,
     filter: Annotated[list[str] | None, typer.Option(
@@ -235,6 +238,7 @@ def search(
         weighting=weighting,
         k=k,
         top=top,
+        max_slices=max_slices,
         filters=_parse_filters(filter),
         exact=exact,
         intensity=intensity or settings.intensity,

@@ -1,0 +1,82 @@
+"""A cohort: the ranked volumes of a query as a table another tool can read.
+
+One row per volume: its id (also written as ``file``, so the CSV is a valid labels CSV for
+``medir ingest --labels``), where it comes from (a file path, or the PACS Study/Series UIDs), its
+labels, the vote's score and similarity, the answer's confidence when the query computed one,
+and the matched slice ranges (query slices and database slices, first-last). CSV for pandas and
+spreadsheets, JSON for programs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from search.store import LABEL_KEYS
+from search.vote import SliceMatch, VolumeResult
+
+COHORT_COLUMNS = ("rank", "volume_id", "file", "source", "study_uid", "series_uid",
+                  *LABEL_KEYS, "score", "votes", "hits", "similarity", "confidence",
+                  "query_slices", "db_slices")
+COHORT_FORMATS = (".csv", ".json")
+
+
+def slice_range(slices: Iterable[int]) -> str:
+    """``first-last`` of a set of slice indices ("" when empty)."""
+    s = sorted(set(int(i) for i in slices))
+    return f"{s[0]}-{s[-1]}" if s else ""
+
+
+def cohort_row(r: VolumeResult, confidence: float | None = None) -> dict[str, Any]:
+    """One volume of a ranking as a flat row (:data:`COHORT_COLUMNS`)."""
+    matches: Sequence[SliceMatch] = r.matches
+    return {
+        "rank": r.rank, "volume_id": r.volume_id, "file": r.volume_id, "source": r.source,
+        "study_uid": r.dicom.get("StudyInstanceUID", ""),
+        "series_uid": r.dicom.get("SeriesInstanceUID", ""),
+        **{k: r.labels.get(k, "") for k in LABEL_KEYS},
+        "score": round(r.score, 6), "votes": round(r.votes, 6), "hits": r.hits,
+        "similarity": round(r.similarity, 6),
+        "confidence": "" if confidence is None else round(confidence, 6),
+        "query_slices": slice_range(m.query_slice for m in matches),
+        "db_slices": slice_range(m.db_slice for m in matches),
+    }
+
+
+def cohort_rows(ranking: Sequence[VolumeResult],
+                confidence: Mapping[str, float] | float | None = None) -> list[dict[str, Any]]:
+    """Rows of a ranking; ``confidence`` is one value for the answer (its first row) or one
+    per volume id."""
+    rows = []
+    for i, r in enumerate(ranking):
+        if isinstance(confidence, Mapping):
+            c = confidence.get(r.volume_id)
+        else:
+            c = confidence if i == 0 else None
+        rows.append(cohort_row(r, c))
+    return rows
+
+
+def cohort_text(rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
+    """The rows as CSV (``.csv``) or JSON (``.json``) text."""
+    if fmt == ".json":
+        return json.dumps(list(rows), indent=2) + "\n"
+    if fmt != ".csv":
+        raise ValueError(f"cohort format {fmt!r}: choose one of {', '.join(COHORT_FORMATS)}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COHORT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k, "")) for k in COHORT_COLUMNS})
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in untrusted text (a label or path starting with
+    ``=``, ``+``, ``-``, ``@``): OWASP's CSV-injection rule, a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
