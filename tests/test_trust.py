@@ -252,3 +252,25 @@ def test_every_answer_carries_its_confidence(tmp_path: Path, make_nifti) -> None
         odd = make_nifti(stripes, np.diag([0.8, 0.8, 2.0, 1.0]), name="odd.nii.gz")
         far = search_file(odd, store, emb, QueryOptions(k=3, cross_modality=True))
         assert far.answer["confidence"] < a["confidence"]
+
+
+def test_cli_says_the_domain_and_the_verdict(tmp_path: Path, make_nifti) -> None:
+    import json
+
+    from tests.test_cli import medir
+
+    files = _files(make_nifti)
+    r = medir("ingest", files["ct0"], files["mr0"], files["mr1"], "--model", "test-tiny")
+    assert r.returncode == 0, r.stderr
+    r = medir("search", files["ct1"], "--model", "test-tiny", "--json", "--k", "5")
+    assert r.returncode == 0, r.stderr
+    ranking = json.loads(r.stdout)
+    assert [x["volume_id"] for x in ranking] == ["ct0"]  # the MR volumes are kept out
+    assert 0.0 <= ranking[0]["confidence"] <= 1.0 and isinstance(ranking[0]["uncertain"], bool)
+    r = medir("search", files["ct1"], "--model", "test-tiny", "--cross-modality", "--k", "5")
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "domain: CT in HU" in out and "all domains searched" in out
+    assert ("answer: " in out) != ("uncertain: " in out)
+    r = medir("search", files["ct1"], "--model", "test-tiny", "--intensity", "auto+fov:1")
+    assert r.returncode == 2 and "fov" in r.stderr and "Traceback" not in r.stderr
