@@ -28,6 +28,12 @@ def gzip_decompressor() -> Any:
     return zlib_ng.decompressobj(16 + zlib_ng.MAX_WBITS)
 
 
+def zlib_decompressor() -> Any:
+    """An incremental decompressor for one zlib or gzip stream (header detected, as zlib's
+    ``inflateInit2(47)`` in ITK's MetaIO)."""
+    return zlib_ng.decompressobj(32 + zlib_ng.MAX_WBITS)
+
+
 def open_gzip(path: str | Path) -> IO[bytes]:
     """A gzip file opened for reading (seekable, multi-member)."""
     return gzip_ng.open(path, "rb")

@@ -17,7 +17,8 @@ misses three kinds of real CT:
 - **CT stored without the rescale** (raw values HU + 1024, unsigned): the soft-tissue peak sits
   at 1024 ± 100 and most body voxels lie within 874…1174; an MR whose values happen to put
   some tissue there spreads its body voxels much wider (measured: ≤ 39 % in that band for MR,
-  ≥ 60 % for CT, on every real volume and perturbation of the evaluation collection);
+  ≥ 60 % for CT, on every real volume and perturbation of the evaluation collection), and
+  CT has bone above the soft tissue (≥ 0.57 % of the body above 300 HU, measured);
 - a **brain-windowed CT** (values clipped to a 0…80 HU window, as the CT head atlas of the demo
   collection): background exactly 0, the brain's values at 20…45 HU and almost nothing above
   100. An MR with that range and shape would also be called ``hu``; none was found.
@@ -34,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ingest.preprocess import looks_like_hu
+from search.domain import DOMAINS, HU, NON_HU, opposite
 
-HU, NON_HU = "hu", "non-hu"
-DOMAINS = (HU, NON_HU)
+__all__ = ["DOMAINS", "HU", "NON_HU", "DomainDecision", "intensity_domain", "opposite"]
 _SAMPLE = 1_000_000
 
 #: Raw CT stored without the rescale slope/intercept: HU + this offset (unsigned storage).
@@ -72,8 +73,9 @@ def _signed_tissue(v: np.ndarray) -> bool:
 
 
 def _raw_ct(v: np.ndarray) -> bool:
-    """HU + 1024 without the rescale: unsigned values, air near 0, and most body voxels (above
-    −550 HU) within −150…150 HU around a soft-tissue or fat peak at −150…130 HU."""
+    """HU + 1024 without the rescale: unsigned values, air near 0, most body voxels (above
+    −550 HU) within −150…150 HU around a soft-tissue or fat peak at −150…130 HU, and some bone
+    (≥ 0.2 % of the body above 300 HU; a flat phantom at 1000 has none)."""
     if float(np.percentile(v, 0.5)) < -50.0:
         return False
     hu = v - RAW_CT_OFFSET
@@ -83,7 +85,8 @@ def _raw_ct(v: np.ndarray) -> bool:
     counts, edges = np.histogram(body, bins=np.arange(-550.0, 3000.0 + 20.0, 20.0))
     peak = float(edges[int(np.argmax(counts))] + 10.0)
     band = float(np.mean((body > -150.0) & (body < 150.0)))
-    return -150.0 <= peak <= 130.0 and band >= 0.5
+    bone = float(np.mean(body > 300.0))  # ≥ 0.57 % of the body on every real CT measured
+    return -150.0 <= peak <= 130.0 and band >= 0.5 and bone >= 0.002
 
 
 def _brain_window(v: np.ndarray) -> bool:
@@ -115,8 +118,3 @@ def intensity_domain(data: np.ndarray) -> DomainDecision:
         return DomainDecision(HU, "a CT clipped to a brain window (0-80 HU)")
     return DomainDecision(NON_HU, "no Hounsfield signature (air at -1000, fat below -50, a "
                                   "soft-tissue peak at 0-80 HU)")
-
-
-def opposite(domain: str) -> str:
-    """The other domain (``hu`` ↔ ``non-hu``); empty for an unknown one."""
-    return {HU: NON_HU, NON_HU: HU}.get(domain, "")

@@ -22,7 +22,7 @@ from ingest.dicomweb import (
 )
 from ingest.embedders.base import Embedder
 from ingest.pipeline import IngestReport, LabelMap, ProgressFn, index_volume, labels_for
-from ingest.preprocess import vector_space_id
+from medir.config import vector_space_id
 from medir.errors import MedirError
 from search.store import COMPLETE, Filter, SliceStore, collection_name
 

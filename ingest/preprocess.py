@@ -18,8 +18,9 @@ the same size; without it each slice is stretched to the model input whatever it
 A **preprocessing spec** (:class:`Preprocessing`) names both: ``<intensity>[+fov:<mm>]``, e.g.
 ``auto`` (the default) or ``auto+fov:400`` (physical scale, a 400 mm field of view). It travels
 as the ``intensity`` option of every ingest and query path (CLI ``--intensity``, the
-``MEDIR_INTENSITY`` setting used by the UI, the queue and PACS ingest). A geometry changes every
-vector, so it is part of the vector space's id (:func:`vector_space_id`): points stored under
+``MEDIR_INTENSITY`` setting used by the UI, the queue and PACS ingest), checked by
+:func:`medir.config.check_intensity`. A geometry changes every vector, so it is part of the
+vector space's id (:func:`medir.config.vector_space_id`): points stored under
 ``dinov2-s-onnx@1+fov:400`` are never compared with points of ``dinov2-s-onnx@1``.
 
 Batch level, torch, on the model's device (:func:`to_model_input`): resize to the model's input
@@ -35,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medir.config import INTENSITY_MODES, check_intensity
+
 IntensityMode = Literal["auto", "percentile", "ct", "ct-windows", "auto-windows"]
-INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,28 +93,9 @@ class Preprocessing:
     @classmethod
     def parse(cls, spec: str) -> Preprocessing:
         """The spec's parts, or one :class:`~medir.errors.ConfigError` line saying what is
-        wrong."""
-        from medir.errors import ConfigError
-
-        if not isinstance(spec, str):
-            raise ConfigError(f"a preprocessing spec is a string, got {spec!r}")
-        text = spec.strip().lower()
-        intensity, _, geo = text.partition("+")
-        if intensity not in INTENSITY_MODES:
-            raise ConfigError(f"bad preprocessing {spec!r}: intensity must be one of "
-                              f"{', '.join(INTENSITY_MODES)} (optionally +fov:<mm>, e.g. "
-                              "auto+fov:400)")
-        if not geo:
-            return cls(intensity)
-        kind, _, value = geo.partition(":")
-        try:
-            fov = float(value)
-        except ValueError:
-            fov = -1.0
-        if kind != "fov" or not 10.0 <= fov <= 2000.0:
-            raise ConfigError(f"bad preprocessing {spec!r}: the geometry is fov:<mm> with "
-                              "10 ≤ mm ≤ 2000, e.g. auto+fov:400")
-        return cls(intensity, fov)
+        wrong (:func:`medir.config.check_intensity`)."""
+        intensity, _, geo = check_intensity(spec).partition("+")
+        return cls(intensity, float(geo.partition(":")[2]) if geo else None)
 
     def __str__(self) -> str:
         return self.intensity + (f"+fov:{self.fov_mm:g}" if self.fov_mm else "")
@@ -121,22 +104,6 @@ class Preprocessing:
     def geometry(self) -> str:
         """The geometry part of the spec (``+fov:400``), empty without one."""
         return f"+fov:{self.fov_mm:g}" if self.fov_mm else ""
-
-
-def check_preprocessing(spec: str) -> str:
-    """``spec`` in its canonical form (``Auto+FOV:400.0`` → ``auto+fov:400``), or one
-    :class:`~medir.errors.ConfigError` line."""
-    return str(Preprocessing.parse(spec))
-
-
-def vector_space_id(embedder_id: str, spec: str) -> str:
-    """The id stored as the points' ``embedder`` (and filtered on by every query): the model
-    version, plus the geometry of ``spec`` when it has one (``dinov2-s-onnx@1+fov:400``).
-
-    The intensity mode is not part of it: ``auto`` already mixes ``ct`` and ``percentile``
-    volumes in one space, and each point records its concrete mode in ``intensity``.
-    """
-    return embedder_id + Preprocessing.parse(spec).geometry
 
 
 def preprocess_slices(data: np.ndarray, spacing: tuple[float, float, float], spec: str,

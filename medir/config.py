@@ -8,6 +8,7 @@ docker-compose use are top level: ``MEDIR_QDRANT_URL``, ``MEDIR_QDRANT_API_KEY``
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,48 @@ DEFAULT_TOP = 10
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medir"
 DEFAULT_WEIGHTS_DIR = Path("models")
+#: How slices are windowed to model input (ingest/preprocess.py): ``auto`` and ``auto-windows``
+#: pick ``ct``/``ct-windows`` for HU data and ``percentile`` otherwise.
+INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 _TRUE = {"1", "true", "yes", "on"}
+
+
+
+def check_intensity(mode: object) -> str:
+    """``mode`` in its canonical form when it is a preprocessing spec, else one
+    :class:`~medir.errors.ConfigError` line (the one check the ingest options, the query options
+    and the benchmarks share). A spec is an intensity mode (:data:`INTENSITY_MODES`), optionally
+    followed by a physical field of view, ``+fov:<mm>`` with 10 ≤ mm ≤ 2000 (``auto+fov:400``:
+    every slice resampled in-plane to 400 × 400 mm before the model, ingest/preprocess.py)."""
+    from medir.errors import ConfigError
+
+    text = mode if isinstance(mode, str) else ""
+    intensity, plus, geo = text.partition("+")
+    if intensity not in INTENSITY_MODES:
+        raise ConfigError(f"unknown intensity mode {mode!r}; choose one of "
+                          f"{', '.join(INTENSITY_MODES)}, optionally +fov:<mm> (e.g. "
+                          "auto+fov:400)")
+    if not plus:
+        return intensity
+    kind, _, value = geo.partition(":")
+    try:
+        fov = float(value)
+    except ValueError:
+        fov = -1.0
+    if kind != "fov" or not 10.0 <= fov <= 2000.0:
+        raise ConfigError(f"bad preprocessing {mode!r}: the geometry is fov:<mm> with "
+                          "10 ≤ mm ≤ 2000, e.g. auto+fov:400")
+    return f"{intensity}+fov:{fov:g}"
+
+
+def vector_space_id(embedder_id: str, spec: str) -> str:
+    """The id stored as the points' ``embedder`` (and filtered on by every query): the model
+    version, plus the geometry of the preprocessing ``spec`` when it has one
+    (``dinov2-s-onnx@1+fov:400``), so vectors of two geometries are never compared. The
+    intensity mode is not part of it: ``auto`` already mixes ``ct`` and ``percentile``
+    volumes in one space, and each point records its concrete mode in ``intensity``."""
+    _, plus, geo = check_intensity(spec).partition("+")
+    return embedder_id + (plus + geo if plus else "")
 
 
 class HnswSettings(BaseModel):
@@ -58,6 +100,10 @@ class StoreSettings(BaseModel):
     on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
     shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
     replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
+    min_free_mb: int = Field(
+        256, ge=0, description="embedded store: free disk (MiB) kept beyond what its "
+        "memory-mapped files may still claim; below it an ingest refuses to start or stops "
+        "with 'disk full' (a full disk under a memory map is a SIGBUS, not an error)")
 
 
 class SearchSettings(BaseModel):
@@ -83,6 +129,13 @@ class UiSettings(BaseModel):
     ingest_roots: list[Path] = Field(
         default_factory=lambda: [Path("data")],
         description="server folders the UI may ingest from (a security boundary)")
+    query_upload_dir: Path | None = Field(
+        None, description="where the Search page keeps a query upload while it answers it, one "
+        "folder per browser session, never inside an ingest root (default: <system temp "
+        "folder>/medir-uploads); in queue mode the workers must read it too")
+    query_upload_ttl_min: float = Field(
+        30.0, gt=0, description="minutes after which a query upload left behind (a closed "
+        "browser tab, a crash) is removed")
 
 
 class LimitsSettings(BaseModel):
@@ -92,10 +145,14 @@ class LimitsSettings(BaseModel):
     1024x1024x1024 CT; it is 4 GiB as float32 and ingest holds about 3 float32 copies at peak
     (see docs/reliability.md). ``max_bytes`` bounds the declared data of a whole file (a 4D file
     is read one volume at a time) and the decompressed size of its stream.
+    ``max_volumes_per_file`` bounds the 4th axis of a 4D file (one ingest job per volume); 64
+    holds cardiac phases and perfusion series, raise it for fMRI or diffusion.
     """
 
     max_voxels: int = Field(1 << 30, ge=1, description="voxels of one 3D volume")
     max_bytes: int = Field(16 << 30, ge=1, description="declared data bytes of one file")
+    max_volumes_per_file: int = Field(
+        64, ge=1, description="volumes of one 4D file (its 4th axis), checked from the header")
 
 
 class QueueSettings(BaseModel):
@@ -117,6 +174,13 @@ class QueueSettings(BaseModel):
     job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
     search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
     worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
+    roots: list[Path] = Field(
+        default_factory=list, description="folders a worker reads volume files from, besides "
+        "data_dir and ui.ingest_roots (and, for queries, ui.query_upload_dir); a task naming a "
+        "file elsewhere is refused")
+    allow_insecure_broker: bool = Field(
+        False, description="development only: let a worker start on a broker URL without a "
+        "password (never together with require_secrets)")
 
 
 class PacsSettings(BaseModel):
@@ -206,6 +270,12 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+    @property
+    def query_uploads(self) -> Path:
+        """The folder of the Search page's query uploads (``ui.query_upload_dir``, else
+        ``medir-uploads`` in the system's temporary folder)."""
+        return self.ui.query_upload_dir or Path(tempfile.gettempdir()) / "medir-uploads"
 
     @property
     def plugin_modules(self) -> tuple[str, ...]:

@@ -29,10 +29,14 @@ from runner.base import (
     ProgressFn,
     ReportFn,
     Runner,
+    store_is_server,
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ingest.collection import VolumeSource
+    from ingest.dicomweb import PacsSeries, Target
     from ingest.embedders.base import Embedder
     from ingest.pipeline import IngestReport
     from ingest.volume import Volume
@@ -201,7 +205,7 @@ class LocalRunner(Runner):
             return
         from search.store_factory import open_store
 
-        if self.settings.qdrant_url:  # a server: any number of clients
+        if store_is_server(self.settings):  # a server: any number of clients
             with open_store(self.settings) as store:
                 yield store
             return
@@ -242,6 +246,28 @@ class LocalRunner(Runner):
                                    limits=self.limits)
         return IngestOutcome(reports=reports)
 
+    def ingest_pacs(self, series: Sequence[PacsSeries], options: IngestOptions, *,
+                    target: Target, on_report: ReportFn | None = None) -> IngestOutcome:
+        """Each series retrieved, read, embedded and written here, one at a time; a bad series
+        is a failed report, a server problem (:class:`ingest.dicomweb.PacsError`) raises."""
+        from ingest.pacs_ingest import ingest_series
+
+        emb = self.embedder(options.model)
+        with self.session() as store:
+            reports = ingest_series(series, store, emb, target=target, labels=options.labels,
+                                    intensity=options.intensity,
+                                    upsert_batch=self.settings.upsert_batch,
+                                    on_report=on_report)
+        return IngestOutcome(reports=reports)
+
+    def follow(self, ids: Sequence[str], console: Console) -> bool:
+        """In-process work has no jobs to follow: it is done when ``ingest`` returns."""
+        return True
+
+    def workers_alive(self) -> bool:
+        """This process does the work."""
+        return True
+
     def index_one(self, volume: Volume, options: IngestOptions,
                   progress: ProgressFn | None = None) -> IngestReport:
         """One 3D volume already read (a queue job's), under the volume id it carries."""
@@ -255,7 +281,8 @@ class LocalRunner(Runner):
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
-        from search.query import search_file, search_indexed
+        from runner.query_service import search_file
+        from search.query import search_indexed
 
         emb = self.embedder(model)  # the options were validated when they were built
         with self.session() as store:
@@ -286,6 +313,16 @@ class LocalRunner(Runner):
             if colls and not store.has_collection(colls[0]):
                 raise NoCollection(f"no collection for model {model!r} at {store.location}")
             return list_volumes(store, colls, filters)
+
+    def volume_ids(self, model: str) -> list[str] | None:
+        from search.store import READY, collection_name
+
+        coll = collection_name(model)
+        with self.session() as store:
+            if not store.has_collection(coll):
+                return []
+            return sorted(str(v) for v in store.facet(coll, "volume_id", READY,
+                                                      limit=1_000_000))
 
     def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
         """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""

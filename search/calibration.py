@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ingest.intensity_domain import opposite
-from ingest.versions import live_records
 from search.confidence import (
     DEFAULT_THRESHOLD,
     Calibration,
@@ -28,6 +26,8 @@ from search.confidence import (
     evidence,
     judge,
 )
+from search.domain import opposite
+from search.live import live_records
 from search.store import READY, Filter, Record, SliceStore
 from search.vote import VoteResult
 

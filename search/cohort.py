@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from search.store import LABEL_KEYS
-from search.vote import SliceMatch, VolumeResult
+from search.vote import VolumeResult
 
 COHORT_COLUMNS = ("rank", "volume_id", "file", "source", "study_uid", "series_uid",
                   *LABEL_KEYS, "score", "votes", "hits", "similarity", "confidence",
@@ -30,30 +30,35 @@ def slice_range(slices: Iterable[int]) -> str:
     return f"{s[0]}-{s[-1]}" if s else ""
 
 
-def cohort_row(r: VolumeResult, confidence: float | None = None) -> dict[str, Any]:
-    """One volume of a ranking as a flat row (:data:`COHORT_COLUMNS`)."""
-    matches: Sequence[SliceMatch] = r.matches
+def cohort_row(r: Mapping[str, Any], confidence: float | None = None) -> dict[str, Any]:
+    """One volume of a ranking (a :class:`VolumeResult` as ``to_dict()`` gives it: the form a
+    query result has in the CLI, the UI and the queue) as a flat row (:data:`COHORT_COLUMNS`)."""
+    matches: Sequence[Mapping[str, Any]] = r.get("matches") or []
+    labels: Mapping[str, str] = r.get("labels") or {}
+    dicom: Mapping[str, str] = r.get("dicom") or {}
     return {
-        "rank": r.rank, "volume_id": r.volume_id, "file": r.volume_id, "source": r.source,
-        "study_uid": r.dicom.get("StudyInstanceUID", ""),
-        "series_uid": r.dicom.get("SeriesInstanceUID", ""),
-        **{k: r.labels.get(k, "") for k in LABEL_KEYS},
-        "score": round(r.score, 6), "votes": round(r.votes, 6), "hits": r.hits,
-        "similarity": round(r.similarity, 6),
+        "rank": r["rank"], "volume_id": r["volume_id"], "file": r["volume_id"],
+        "source": r.get("source", ""),
+        "study_uid": dicom.get("StudyInstanceUID", ""),
+        "series_uid": dicom.get("SeriesInstanceUID", ""),
+        **{k: labels.get(k, "") for k in LABEL_KEYS},
+        "score": round(float(r["score"]), 6), "votes": round(float(r["votes"]), 6),
+        "hits": r.get("hits", 0), "similarity": round(float(r["similarity"]), 6),
         "confidence": "" if confidence is None else round(confidence, 6),
-        "query_slices": slice_range(m.query_slice for m in matches),
-        "db_slices": slice_range(m.db_slice for m in matches),
+        "query_slices": slice_range(int(m["query_slice"]) for m in matches),
+        "db_slices": slice_range(int(m["db_slice"]) for m in matches),
     }
 
 
-def cohort_rows(ranking: Sequence[VolumeResult],
+def cohort_rows(ranking: Sequence[Mapping[str, Any] | VolumeResult],
                 confidence: Mapping[str, float] | float | None = None) -> list[dict[str, Any]]:
     """Rows of a ranking; ``confidence`` is one value for the answer (its first row) or one
     per volume id."""
     rows = []
-    for i, r in enumerate(ranking):
+    for i, item in enumerate(ranking):
+        r = item.to_dict() if isinstance(item, VolumeResult) else item
         if isinstance(confidence, Mapping):
-            c = confidence.get(r.volume_id)
+            c = confidence.get(str(r["volume_id"]))
         else:
             c = confidence if i == 0 else None
         rows.append(cohort_row(r, c))

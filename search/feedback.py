@@ -24,8 +24,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from medir.errors import ConfigError, MedirError
-from search.query import QueryOptions, search_vectors
+from medir.errors import ConfigError
 from search.store import COMPLETE, Filter, SliceStore
 from search.vote import VolumeResult, VoteResult
 
@@ -34,13 +33,17 @@ MAX_MARKED = 50  # liked + unliked volumes in one request
 FEEDBACK_DEPTH = 50  # volumes each vote ranks before the votes are combined
 
 
-def volume_vectors(store: SliceStore, coll: str, volume_id: str, embedder_id: str
+def volume_vectors(store: SliceStore, coll: str, volume_id: str, embedder_id: str | None
                    ) -> tuple[NDArray[np.float32], NDArray[np.int64], int, float] | None:
     """An indexed volume's live slice vectors (its highest ready generation), their slice
-    indices, its slice count and z spacing; None when it is not indexed with ``embedder_id``."""
+    indices, its slice count and z spacing; None when it is not indexed (with ``embedder_id``,
+    when given)."""
     by_gen: dict[str, list[tuple[int, NDArray[np.float32]]]] = {}
     meta: dict[str, tuple[int, float]] = {}
-    flt = Filter({"volume_id": volume_id, "state": COMPLETE, "embedder": embedder_id})
+    must: dict[str, str] = {"volume_id": volume_id, "state": COMPLETE}
+    if embedder_id:
+        must["embedder"] = embedder_id
+    flt = Filter(must)
     for rec in store.scroll(coll, flt, with_vectors=True):
         if rec.vector is None:
             continue
@@ -93,22 +96,6 @@ def feedback_ranking(
     scored.sort(key=lambda t: (-round(t[0], 12), -t[1], t[2]))
     return [replace(row, rank=i + 1, rerank_score=s) for i, (s, _, _, row) in
             enumerate(scored[:top])]
-
-
-def marked_votes(store: SliceStore, coll: str, volume_ids: Sequence[str], options: QueryOptions,
-                 embedder_id: str) -> list[VoteResult]:
-    """Each marked volume's own vote (its stored slice vectors as a query, itself excluded),
-    ranked deep enough to be combined (:data:`FEEDBACK_DEPTH` volumes at least)."""
-    deep = replace(options, top=max(options.top, FEEDBACK_DEPTH), rerank="none")
-    out = []
-    for vid in volume_ids:
-        found = volume_vectors(store, coll, vid, embedder_id)
-        if found is None:
-            raise MedirError(f"no indexed volume {vid!r} in collection {coll} to mark")
-        vectors, slices, n, dz = found
-        out.append(search_vectors(store, coll, vectors, n, dz, deep, exclude_volume=vid,
-                                  slice_indices=slices, embedder_id=embedder_id).vote)
-    return out
 
 
 def check_marks(like: Sequence[str], unlike: Sequence[str]) -> None:

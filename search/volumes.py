@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.reader import case_id_of
+from medir.ids import case_id_of
 from search.store import COMPLETE, LABEL_KEYS, LAYOUT, PENDING, READY, Filter, SliceStore
 
 OLD_GEN = "0" * 20  # the generation given to points written before generations existed

@@ -3,6 +3,7 @@ store with a small real embedder)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,11 @@ import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
 from ingest.embedders import get_embedder
 from ingest.pipeline import ingest_paths
 from medir.errors import ConfigError, MedirError
-from search.feedback import check_marks, feedback_ranking, marked_votes
+from search.feedback import check_marks, feedback_ranking
 from search.query import QueryOptions, search_indexed
-from search.store import collection_name
 from search.store_edge import EdgeStore
 from search.vote import VolumeResult, VoteResult
 from tests.test_pipeline import _blob_volume
-
-COLL = collection_name("test-tiny")
 
 
 def _vote(shares: dict[str, float]) -> VoteResult:
@@ -45,27 +43,27 @@ def test_feedback_combines_positive_and_negative_shares() -> None:
 
 
 def test_marks_move_a_real_ranking(tmp_path: Path, make_nifti) -> None:
-    # kinds 0,1,2 twice each: case k and case k+3 share an anatomy
+    # case k and case k+3 share an anatomy (kind k % 3); case6 is a third of kind 0
     files = [make_nifti(_blob_volume(k % 3, seed=k), np.diag([1, 1, 2.0, 1]),
-                        name=f"case{k}.nii.gz") for k in range(6)]
+                        name=f"case{k}.nii.gz") for k in range(7)]
     emb = get_embedder("test-tiny", device="cpu")
     opts = QueryOptions(weighting="none", top=5)
     with EdgeStore(tmp_path / "s") as store:
         ingest_paths(files, store, emb)
         base = search_indexed("case0", store, emb, opts)
-        assert [r.volume_id for r in base.ranking] == ["case3"]  # case0's twin, alone
-        # "more like case1": case1's twin case4 joins the ranking with the query's own twin
-        liked = marked_votes(store, COLL, ["case1"], opts, emb.embedder_id)
-        out = feedback_ranking(base_vote(base), liked, [], ["case1"], top=5)
-        assert sorted(r.volume_id for r in out) == ["case3", "case4"]
-        # ... and "not like case0" (whose own vote is case3) sinks case3 below case4
-        unliked = marked_votes(store, COLL, ["case0"], opts, emb.embedder_id)
-        out = feedback_ranking(base_vote(base), liked, unliked, ["case1", "case0"], top=5)
-        assert [r.volume_id for r in out] == ["case4", "case3"]
-        assert out[1].rerank_score is not None and out[1].rerank_score < 0
+        assert sorted(r.volume_id for r in base.ranking) == ["case3", "case6"]  # its kind
+        # "more like case1": case1's twin case4 joins the ranking with the query's own kind
+        liked = search_indexed("case0", store, emb, replace(opts, like=["case1"]))
+        assert sorted(r.volume_id for r in liked.ranking) == ["case3", "case4", "case6"]
+        assert liked.options["like"] == ["case1"] and "feedback_s" in liked.timings
+        # ... and "not like case6" (a third volume of case0's anatomy, whose own vote goes to
+        # case0 and case3) sinks case3 below case4
+        both = search_indexed("case0", store, emb, replace(opts, like=["case1"],
+                                                            unlike=["case6"]))
+        ids = [r.volume_id for r in both.ranking]
+        assert "case1" not in ids and "case6" not in ids
+        assert ids.index("case4") < ids.index("case3")
         with pytest.raises(MedirError, match="no indexed volume"):
-            marked_votes(store, COLL, ["nope"], opts, emb.embedder_id)
-
-
-def base_vote(result) -> VoteResult:  # type: ignore[no-untyped-def]
-    return VoteResult(result.ranking, result.slice_predictions, 1.0)
+            search_indexed("case0", store, emb, replace(opts, like=["nope"]))
+    with pytest.raises(ConfigError, match="list of volume ids"):
+        QueryOptions(like="case1")

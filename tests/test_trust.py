@@ -14,16 +14,16 @@ from ingest.intensity_domain import HU, NON_HU, intensity_domain, opposite
 from ingest.pipeline import ingest_paths
 from ingest.preprocess import (
     Preprocessing,
-    check_preprocessing,
     normalize_intensity,
     physical_scale,
     preprocess_slices,
     resolve_intensity,
-    vector_space_id,
 )
+from medir.config import check_intensity, vector_space_id
 from medir.errors import ConfigError, ModelMismatch
 from runner.base import IngestOptions
-from search.query import QueryOptions, search_file, search_indexed
+from runner.query_service import search_file
+from search.query import QueryOptions, search_indexed
 from search.store import READY, Filter, collection_name
 from search.store_edge import EdgeStore
 
@@ -100,10 +100,10 @@ def test_domain_of_degenerate_volumes() -> None:
 # ---- the preprocessing spec ----------------------------------------------------------------------
 def test_preprocessing_spec_round_trips_and_rejects_bad_specs() -> None:
     assert str(Preprocessing.parse("auto+fov:400")) == "auto+fov:400"
-    assert check_preprocessing(" Auto+FOV:400.0 ") == "auto+fov:400"
+    assert check_intensity("auto+fov:400.0") == "auto+fov:400"
     assert Preprocessing.parse("ct") == Preprocessing("ct", None)
     for bad in ("auto+fov:", "auto+fov:-1", "auto+zoom:400", "mri", "auto+fov:5"):
-        with pytest.raises(ConfigError, match="preprocessing"):
+        with pytest.raises(ConfigError, match="intensity mode|preprocessing"):
             Preprocessing.parse(bad)
         with pytest.raises(ConfigError):
             QueryOptions(intensity=bad)

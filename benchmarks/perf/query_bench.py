@@ -15,7 +15,8 @@ from benchmarks.perf.common import log
 from ingest.embedders import Embedder
 from ingest.pipeline import ingest_paths
 from ingest.reader import open_volume
-from search.query import QueryOptions, search_volume
+from runner.query_service import search_volume
+from search.query import QueryOptions
 from search.store import SliceStore
 from search.store_edge import EdgeStore
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,15 +21,18 @@ from rich.progress import (
 from rich.table import Table
 
 from medir.cli import bench, jobs, models, samples
+from medir.cli.common import console as make_console
 from medir.cli.common import user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.ids import split_index
 from medir.secrets import install_log_filter, mask_secrets, safe_url
+from medir.terminal import safe_text
 
 app = typer.Typer(help="medir: search 3D medical volumes by weighted slice voting.",
                   no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)
+out = make_console()
 
 
 def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
@@ -109,30 +111,27 @@ def ingest(
         raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
                          + (f" (left out: {left})" if left else ""))
     from runner import IngestOptions, get_runner
-    from runner.local import LocalRunner
-    from runner.queued import QueueRunner
 
     options = IngestOptions(model=model_name, intensity=intensity or settings.intensity,
                             force=force, labels=label_map, ids=ids)
+    # without --queue, ingest here even with a broker
+    runner = get_runner(settings, queue=queue)
     if queue:
-        qr = QueueRunner(settings)
-        outcome = qr.ingest(scan.sources, options)
+        outcome = runner.ingest(scan.sources, options)
         out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
-                  f"to queue 'ingest' (model {model_name})", highlight=False)
+                  f"to queue 'ingest' (model {safe_text(model_name)})", highlight=False)
         if wait:
-            ok = qr.follow(outcome.job_ids, out)
+            ok = runner.follow(outcome.job_ids, out)
         else:
             for j in outcome.job_ids:
-                out.print(f"  {j}  {qr.volume_of(j)}", highlight=False)
+                out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",
+                          highlight=False)
             out.print("follow them with: medir jobs", highlight=False)
             ok = True
         _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
     from ingest.pipeline import IngestReport
 
-    runner = get_runner(settings)
-    if not isinstance(runner, LocalRunner):  # without --queue, ingest here even with a broker
-        runner = LocalRunner(settings)
     t0 = time.perf_counter()
     total_slices = 0
     with Progress(
@@ -144,7 +143,8 @@ def ingest(
         vol_task = bar.add_task("slices", total=1, rate="")
 
         def progress(vid: str, done: int, total: int) -> None:
-            bar.update(vol_task, description=f"  {vid[:40]}", completed=done, total=total)
+            bar.update(vol_task, description=f"  {safe_text(vid[:40])}", completed=done,
+                       total=total)
 
         seen: set[str] = set()
 
@@ -152,15 +152,16 @@ def ingest(
             nonlocal total_slices
             summary.reports.append(r)
             if r.status == "failed":
-                bar.console.print(f"[red]failed[/] {r.error}", highlight=False)
+                bar.console.print(f"[red]failed[/] {safe_text(r.error)}", highlight=False)
             else:
                 total_slices += r.n_slices if r.status == "indexed" else 0
                 dup = f", same content as {', '.join(r.duplicate_of)}" if r.duplicate_of else ""
-                bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices{dup})",
-                                  highlight=False)
+                bar.console.print(f"{r.status:8s} {safe_text(r.volume_id)} ({r.n_slices} slices"
+                                  f"{safe_text(dup)})", highlight=False)
                 for w in r.warnings:
-                    bar.console.print(f"[yellow]warning[/] {r.volume_id}: {w}", highlight=False)
-            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
+                    bar.console.print(f"[yellow]warning[/] {safe_text(r.volume_id)}: "
+                                      f"{safe_text(w)}", highlight=False)
+            seen.add(split_index(r.volume_id)[0])
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
@@ -169,7 +170,7 @@ def ingest(
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
-        out.print(summary.line(), highlight=False)
+        out.print(safe_text(summary.line()), highlight=False)
         _print_left_out(summary)
     if summary.failed:
         console.print(f"[red]{summary.failed} volume(s) failed[/], the others were indexed")
@@ -179,7 +180,7 @@ def ingest(
 def _print_left_out(summary: Any) -> None:
     for kind, items in summary.left_out().items():
         shown = ", ".join(s.path for s in items[:3]) + (" ..." if len(items) > 3 else "")
-        out.print(f"  left out ({kind}): {len(items)}: {shown}", highlight=False)
+        out.print(f"  left out ({kind}): {len(items)}: {safe_text(shown)}", highlight=False)
 
 
 # ---- search ------------------------------------------------------------------------------------
@@ -257,8 +258,9 @@ def search(
 
 def _print_ranking(result: dict[str, Any], explain: int) -> None:
     q = result["query"]
-    out.print(f"query {q['volume_id']} ({q['n_slices']} slices, {len(q['chosen_slices'])} "
-              f"chosen) model {result['model']}", highlight=False)
+    out.print(f"query {safe_text(q['volume_id'])} ({q['n_slices']} slices, "
+              f"{len(q['chosen_slices'])} chosen) model {safe_text(result['model'])}",
+              highlight=False)
     out.print(_domain_line(result), highlight=False)
     table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
     table.columns[1].no_wrap = True
@@ -266,8 +268,8 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
         labels = " ".join(f"{v}" for k, v in r["labels"].items() if k != "dataset")
         best = sorted(r["matches"], key=lambda m: -m["similarity"])[:explain]
         pairs = ", ".join(f"{m['query_slice']}→{m['db_slice']}" for m in best)
-        table.add_row(str(r["rank"]), r["volume_id"], f"{r['votes']:.2f}", f"{r['score']:.3f}",
-                      f"{r['similarity']:.3f}", labels, pairs)
+        table.add_row(str(r["rank"]), safe_text(r["volume_id"]), f"{r['votes']:.2f}",
+                      f"{r['score']:.3f}", f"{r['similarity']:.3f}", safe_text(labels), pairs)
     out.print(table)
     out.print(_answer_line(result), highlight=False)
     t = result["timings"]
@@ -317,17 +319,19 @@ def info(
         print(json.dumps({**stats, "default_model": settings.model,
                           "queue": settings.redis_url is not None}, indent=2, default=str))
         return
-    out.print(mask_secrets(f"store: {stats['mode']} at {stats['location']}"), highlight=False)
-    out.print(f"default model: {settings.model}; queue: {safe_url(settings.redis_url) or 'off'}",
+    out.print(safe_text(mask_secrets(f"store: {stats['mode']} at {stats['location']}")),
               highlight=False)
+    out.print(safe_text(f"default model: {settings.model}; queue: "
+                        f"{safe_url(settings.redis_url) or 'off'}"), highlight=False)
     if not stats["collections"]:
         out.print("no collections yet: medir ingest PATH...")
     for c in stats["collections"]:
-        out.print(f"- {c['name']}: {c['volumes']} volumes, {c['points']} points "
-                  f"(dim {c['dim']}), models {c['embedders']}", highlight=False)
+        out.print(safe_text(f"- {c['name']}: {c['volumes']} volumes, {c['points']} points "
+                            f"(dim {c['dim']}), models {c['embedders']}"), highlight=False)
         for key, counts in c["facets"].items():
             if counts:
-                out.print(f"    {key}: " + ", ".join(f"{v}={n}" for v, n in counts.items()),
+                out.print(safe_text(f"    {key}: "
+                                    + ", ".join(f"{v}={n}" for v, n in counts.items())),
                           highlight=False)
 
 
@@ -350,8 +354,9 @@ def volumes(
     table = Table("volume", "source", "slices", "labels", "embedder", "state")
     table.columns[0].no_wrap = True
     for v in rows:
-        table.add_row(v.volume_id, v.source, str(v.n_slices),
-                      " ".join(f"{k}={x}" for k, x in v.labels.items()), v.embedder, v.state)
+        table.add_row(safe_text(v.volume_id), safe_text(v.source), str(v.n_slices),
+                      safe_text(" ".join(f"{k}={x}" for k, x in v.labels.items())),
+                      safe_text(v.embedder), safe_text(v.state))
     out.print(table)
     out.print(f"{len(rows)} volume(s)", highlight=False)
 
@@ -368,8 +373,8 @@ def prune(
     with get_runner(get_settings()) as runner:
         gone, n = runner.prune(apply=yes)
     for v in gone:
-        out.print(f"{'removing' if yes else 'would remove'} {v.volume_id} "
-                  f"({v.collection}; {v.source} is gone)", highlight=False)
+        out.print(f"{'removing' if yes else 'would remove'} {safe_text(v.volume_id)} "
+                  f"({safe_text(v.collection)}; {safe_text(v.source)} is gone)", highlight=False)
     if not gone:
         out.print("nothing to prune: every indexed volume's file is there")
     elif yes:
@@ -394,7 +399,7 @@ def migrate(
     if not done:
         out.print("nothing to migrate: the store is current")
     for coll, n in done.items():
-        out.print(f"migrated {coll}: {n} points", highlight=False)
+        out.print(f"migrated {safe_text(coll)}: {n} points", highlight=False)
 
 
 @app.command()
@@ -417,8 +422,8 @@ def demo(
     files = [manifest.parent / r["file"] for r in rows if r["case_id"] != query]
     ingest(files, labels=manifest, model=model, intensity=None, queue=False, wait=True,
            force=False, as_json=False)
-    out.print(f"\nquery: {query} (held out, not in the index; truth: "
-              f"{held[0]['modality']} {held[0]['region']})", highlight=False)
+    out.print("\n" + safe_text(f"query: {query} (held out, not in the index; truth: "
+                                f"{held[0]['modality']} {held[0]['region']})"), highlight=False)
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,
            sampling=None, weighting=None, k=None, top=5, filter=None, by_id=False,
            index_4d=None, exact=False, as_json=False, explain=3, intensity=None)
@@ -440,10 +445,11 @@ def follow(
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
     from medir.cli.pacs import follow_pacs
+    from runner import queue_on
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
-                queue=bool(settings.redis_url), interval=interval, console=out)
+                queue=queue_on(settings), interval=interval, console=out)
 
 
 @app.command()
