@@ -28,13 +28,14 @@ def eval_dir() -> Path:
 
 
 def test_domain_of_every_real_volume_and_perturbation(eval_dir: Path) -> None:
-    """Measured when written: 232 of 233 (20 volumes × the original and the 12 perturbations
-    that apply), against 212 of 233 for ``looks_like_hu`` alone (it misses CT stored without
-    the rescale, the 18 cm crop of the abdominal CT and the brain-windowed CT head atlas with
-    its perturbations). The one miss: the CT head atlas multiplied by 3 and shifted by 200 (the
-    ``rescaled`` perturbation, meant for MR, applies to it because ``looks_like_hu`` calls it
-    non-HU): no voxel rule can call that CT. Every original volume and every ``no-hu`` and
-    MR ``rescaled`` copy is right."""
+    """Measured when written: 265 of 267 (23 volumes × the original and the 12 perturbations
+    that apply), against 234 of 267 for ``looks_like_hu`` alone (it misses CT stored without
+    the rescale, in-plane crops without air such as the lumbar spine CT of TPTBox and the 18 cm
+    crop of the abdominal CT, and the brain-windowed CT head atlas with its perturbations).
+    The two misses are perturbations that treat a CT as MR because ``looks_like_hu`` calls it
+    non-HU: the CT head atlas multiplied by 3 and shifted by 200 (``rescaled``), and the lumbar
+    spine CT with Rician (magnitude) noise, which removes every negative value. Every original
+    volume, every ``no-hu`` copy and every MR ``rescaled`` copy is right."""
     from benchmarks.perturb import SUITE, NamedPerturbation
     from ingest.intensity_domain import HU, NON_HU, intensity_domain
     from ingest.preprocess import looks_like_hu
@@ -61,8 +62,8 @@ def test_domain_of_every_real_volume_and_perturbation(eval_dir: Path) -> None:
                     wrong.append(f"{row['case_id']}~{p.name}")
                 if p.name in ("none", "no-hu") or (p.name == "rescaled" and truth == NON_HU):
                     assert got == truth, (row["case_id"], p.name)
-    assert total >= 230
-    assert right >= total - 3, wrong
+    assert total >= 260
+    assert right >= total - 4, wrong
     assert right > old_right
 
 
@@ -70,11 +71,12 @@ def test_domain_of_every_real_volume_and_perturbation(eval_dir: Path) -> None:
 def test_real_answers_know_when_their_class_is_missing(eval_dir: Path, prep: str) -> None:
     """dinov2-s-onnx, the whole evaluation collection (every 5 mm, ≤ 40 slices a volume), the
     Gaussian vote over all stored slices and medir's domain restriction (``W+domain``), k = 1,
-    threshold 0.6. Measured when written (docs/quality.md, "Confidence"): AUROC of right vs
-    wrong with the leave-one-class-out answers 0.86 (vote share alone 0.45), 13 of 20
-    leave-one-class-out answers uncertain, 11 of 12 right LOCO answers confident, 3 of 20
+    threshold 0.6. Measured when written on 23 volumes (docs/quality.md, "Confidence"): AUROC
+    of right vs wrong with the leave-one-class-out answers 0.87 (vote share alone 0.53), 12 of
+    23 leave-one-class-out answers uncertain, 11 of 12 right LOCO answers confident, 3 of 23
     LOCO answers confident and wrong (CT abdomen answered CT chest twice: one case, no other
-    CT abdomen; MR abdomen answered MR head). Floors: two queries (0.1 AUROC) below."""
+    CT abdomen; MR abdomen answered MR head), no modality crossing. Floors: two queries (0.1
+    AUROC) below."""
     from benchmarks.datasets import load_manifest_dataset
     from benchmarks.perturb import get_perturbations
     from benchmarks.quality import QualityConfig, run_quality
@@ -89,7 +91,7 @@ def test_real_answers_know_when_their_class_is_missing(eval_dir: Path, prep: str
     by = {r["method"]: r for r in run.results}
     t = by["W+domain"]["trust"]
     a = t["at_threshold"]
-    assert a["n"] == 20 and a["n_loclo"] == 20
+    assert a["n"] == a["n_loclo"] >= 20
     assert t["auroc_with_loclo"] is not None and t["auroc_with_loclo"] >= LOCLO_AUROC_FLOOR
     assert t["auroc_with_loclo"] > t["auroc_vote_share"]
     assert a["loclo_uncertain"] >= LOCLO_UNCERTAIN_FLOOR
@@ -101,7 +103,7 @@ def test_real_answers_know_when_their_class_is_missing(eval_dir: Path, prep: str
 
 
 # measured (docs/quality.md, "Confidence") less a margin of two queries / 0.1 AUROC
-LOCLO_AUROC_FLOOR = 0.76
-LOCLO_UNCERTAIN_FLOOR = 11
+LOCLO_AUROC_FLOOR = 0.77
+LOCLO_UNCERTAIN_FLOOR = 10
 RIGHT_KEPT_FLOOR = 9
 CONFIDENT_WRONG_CEILING = 5
