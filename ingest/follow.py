@@ -25,9 +25,7 @@ poll; a poll reads at most ``max_pages`` pages.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,6 +45,7 @@ from ingest.dicomweb import (
     mask,
 )
 from medir.errors import ConfigError, MedirError
+from medir.files import atomic_write_text
 
 CHANGES = "changes"
 QIDO = "qido"
@@ -93,28 +92,7 @@ class FollowState:
 
     def save(self, path: Path) -> None:
         """Atomic replace: the file is always either the old or the new position."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(asdict(self), fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
 
 
 # indexes or queues one series; returns why it failed (already reported), or None

@@ -32,8 +32,8 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +46,7 @@ from ingest.digest import file_sha256
 from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
+from medir.files import atomic_path
 from medir.ids import split_index
 
 MANIFEST_NAME = "manifest.csv"
@@ -67,24 +68,10 @@ _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # small file helpers
 # --------------------------------------------------------------------------------------------
 
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
-
-    The temporary name keeps ``target``'s suffixes (nibabel picks the format and gzip from
-    them). On any exception the temporary file is removed and ``target`` is left untouched.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + "".join(
-        target.suffixes[-2:]), dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the samples are shared data, not secrets
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _atomic_path(target: Path) -> AbstractContextManager[Path]:
+    """A temporary path next to ``target`` (keeping its suffixes: nibabel picks the format and
+    gzip from them) renamed onto it on success; the samples are shared data (mode 0644)."""
+    return atomic_path(target, suffix=".part" + "".join(target.suffixes[-2:]), mode=0o644)
 
 
 def _case_id_of(name: str) -> str:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from ingest.pipeline import IngestReport
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.volumes import VolumeInfo
 
@@ -150,6 +151,11 @@ class Runner(ABC):
     @abstractmethod
     def stats(self) -> dict[str, Any]:
         """Store mode and location; per collection volumes, points and label facets."""
+
+    @abstractmethod
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        """Near-duplicate pairs of one model's collection (:mod:`search.audit`), best first."""
 
     @abstractmethod
     def volumes(self, model: str | None = None,

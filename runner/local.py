@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ingest.embedders.base import Embedder
     from ingest.pipeline import IngestReport
     from ingest.volume import Volume
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.store import SliceStore
     from search.volumes import VolumeInfo
@@ -298,6 +299,18 @@ class LocalRunner(Runner):
 
         with self.snapshot() as store:
             return store_stats(store)
+
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        from search.audit import audit_collection
+        from search.store import collection_name
+
+        coll = collection_name(model)
+        with self.session() as store:
+            if not store.has_collection(coll):
+                raise NoCollection(f"no collection for model {model!r} at {store.location}")
+            step = (lambda i, n: progress("audit", i, n)) if progress else None
+            return [p.to_dict() for p in audit_collection(store, coll, options, step)]
 
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from runner.queue.submit import VolumeJob
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.volumes import VolumeInfo
 
@@ -97,6 +98,14 @@ class QueueRunner(Runner):
         from runner.queue.submit import submit_stats
 
         return submit_stats(self.settings)
+
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        if not self._owns_store:
+            return self._local.audit(model, options, progress)
+        from runner.queue.submit import submit_audit
+
+        return submit_audit(model, options, self.settings)
 
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from medir.errors import ConfigError, MedirError
 from search.store import COMPLETE, LABEL_KEYS, Filter, Hit, SliceStore
 from search.volumes import VolumeInfo, list_volumes
 
@@ -71,6 +72,12 @@ class DuplicatePair:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DuplicatePair:
+        """The inverse of :meth:`to_dict` (a pair that came through the queue as JSON)."""
+        ranges = {k: SliceRange(**d[k]) if d.get(k) else None for k in ("a_range", "b_range")}
+        return cls(**{**d, **ranges})
 
     def row(self) -> dict[str, Any]:
         """One flat row (CSV, pandas)."""
@@ -214,6 +221,45 @@ def audit_duplicates(
             pairs.append(pair)
     pairs.sort(key=lambda p: (-p.score, p.a, p.b))
     return pairs
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What the audit reports, validated on construction (they travel through the queue)."""
+
+    across: str | None = None
+    k: int = DEFAULT_AUDIT_K
+    slice_min: float = DEFAULT_SLICE_MIN
+    pair_min: float = DEFAULT_PAIR_MIN
+
+    def __post_init__(self) -> None:
+        if self.across is not None and self.across not in LABEL_KEYS:
+            raise ConfigError(f"cannot audit across {self.across!r}; label keys: "
+                              f"{', '.join(LABEL_KEYS)}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= 100:
+            raise ConfigError(f"audit k must be between 1 and 100, got {self.k!r}")
+        for name in ("slice_min", "pair_min"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def audit_collection(store: SliceStore, coll: str, options: AuditOptions,
+                     progress: Callable[[int, int], None] | None = None
+                     ) -> list[DuplicatePair]:
+    """:func:`audit_duplicates` over one model's collection, its vectors of one model version
+    only (a collection in the middle of a re-ingest with another version says so)."""
+    versions = [str(v) for v in store.facet(coll, "embedder", Filter({"state": COMPLETE}))]
+    if len(versions) > 1:
+        raise MedirError(f"collection {coll} holds vectors of {len(versions)} model versions "
+                         f"({', '.join(sorted(versions))}); finish the re-ingest first")
+    return audit_duplicates(store, coll, across=options.across, k=options.k,
+                            slice_min=options.slice_min, pair_min=options.pair_min,
+                            embedder_id=versions[0] if versions else None, progress=progress)
 
 
 def similarity_matrix(pairs: Sequence[DuplicatePair]) -> tuple[list[str], NDArray[np.float64]]:

@@ -75,11 +75,11 @@ def cohort_text(rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(COHORT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k, "")) for k in COHORT_COLUMNS})
+        writer.writerow({k: spreadsheet_safe(row.get(k, "")) for k in COHORT_COLUMNS})
     return buf.getvalue()
 
 
-def _cell(value: Any) -> Any:
+def spreadsheet_safe(value: Any) -> Any:
     """Neutralise spreadsheet formulas in untrusted text (a label or path starting with
     ``=``, ``+``, ``-``, ``@``): OWASP's CSV-injection rule, a leading apostrophe."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

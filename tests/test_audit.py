@@ -138,3 +138,48 @@ def test_bench_audit_scores_known_duplicates(tmp_path: Path) -> None:
     assert best["tp"] + best["fn"] == 22 + 3 * 3
     assert best["recall"] >= 0.8 and best["precision"] >= 0.9, best
     assert len(doc["grid"]) == 5 * 7
+
+
+def test_cli_audit_export_and_feedback(tmp_path: Path, make_nifti) -> None:
+    """`medir audit duplicates` (table, --json, --csv, --plot) and `medir search --like
+    --export` through the real command line, in-process."""
+    import json
+
+    import pandas as pd
+
+    from tests.test_cli import medir
+
+    base = [_textured(s) for s in range(3)]
+    files = [make_nifti(v, np.diag([1, 1, 2.0, 1]), name=f"case{i}.nii.gz")
+             for i, v in enumerate(base)]
+    files.append(make_nifti(base[0][:, :, 2:14].copy(), np.diag([1, 1, 2.0, 1]),
+                            name="crop0.nii.gz"))
+    env = {"MEDIR_STORE_PATH": str(tmp_path / "store"), "MEDIR_MODEL": "test-tiny"}
+    r = medir("ingest", *files, env=env)
+    assert r.returncode == 0, r.stderr
+    r = medir("audit", "duplicates", "--slice-min", "0.99", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    pairs = json.loads(r.stdout)
+    assert [(p["a"], p["b"]) for p in pairs] == [("case0", "crop0")]
+    assert pairs[0]["coverage_b"] == 1.0 and pairs[0]["b_range"]["last"] == 11
+    csv, png = tmp_path / "pairs.csv", tmp_path / "pairs.png"
+    r = medir("audit", "duplicates", "--slice-min", "0.99", "--csv", csv, "--plot", png, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "case0" in r.stdout and "1 pairs" in r.stdout
+    assert list(pd.read_csv(csv)["b"]) == ["crop0"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    r = medir("audit", "duplicates", "--across", "patient", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "label keys" in r.stderr
+    # a cohort export of a query refined by a mark: the marked volume is left out
+    cohort = tmp_path / "cohort.csv"
+    r = medir("search", "case0", "--id", "--k", "5", "--unlike", "case1", "--export", cohort,
+              env=env)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    assert "case1" not in list(df["volume_id"]) and list(df["file"]) == list(df["volume_id"])
+    assert df["rank"].tolist() == [str(i + 1) for i in range(len(df))]
+    r = medir("search", "--like", "case2", "--export", tmp_path / "c.xlsx", env=env)
+    assert r.returncode == 2 and ".csv or .json" in r.stderr
+    r = medir("search", "--like", "case2", "--json", env=env)  # no query: the first mark is
+    assert r.returncode == 0, r.stderr
+    assert "case2" not in [x["volume_id"] for x in json.loads(r.stdout)]

@@ -104,12 +104,19 @@ def test_the_queued_runner_answers_as_the_in_process_one(
         worker: StartWorker, queue_env: str, tmp_path: Path, make_nifti: MakeNifti) -> None:
     """One suite, both runners (as qdrant-client runs its local and remote clients through the
     same tests): the same files ingested and queried give the same volumes and rankings."""
+    from dataclasses import replace
+
     from medir.errors import EmptyStore
+    from search.audit import AuditOptions
     from search.query import QueryOptions
 
     rng = np.random.default_rng(1)
     files = [make_nifti(rng.random((16, 16, 6), dtype=np.float32), name=f"v{i}.nii.gz")
              for i in range(4)]
+    import nibabel as nib
+
+    files.append(make_nifti(np.asarray(nib.load(files[0]).dataobj) + np.float32(1e-3),
+                            name="copy0.nii.gz"))  # a re-saved copy of v0: the audit's pair
     options = IngestOptions(model="test-tiny", intensity="auto")
     query = QueryOptions(weighting="none", k=3, top=5)
     local_settings = _settings(tmp_path / "here", redis_url="")  # (queue_env sets the env)
@@ -127,7 +134,7 @@ def test_the_queued_runner_answers_as_the_in_process_one(
             outcome = runner.ingest(files, options)
             if outcome.queued:
                 assert runner.mode == "queue"
-                assert sorted(outcome.job_volumes.values()) == ["v0", "v1", "v2", "v3"]
+                assert sorted(outcome.job_volumes.values()) == ["copy0", "v0", "v1", "v2", "v3"]
                 states = _wait_finished(runner, outcome.job_ids)
                 assert {s.state for s in states} == {"SUCCESS"}
             else:
@@ -135,15 +142,22 @@ def test_the_queued_runner_answers_as_the_in_process_one(
             stats = runner.stats()
             by_file = runner.search(str(files[0]), query, model="test-tiny")
             by_id = runner.search("v2", query, model="test-tiny", by_id=True)
+            liked = runner.search("v2", replace(query, like=["v1"], unlike=["v3"]),
+                                  model="test-tiny", by_id=True)
+            pairs = runner.audit("test-tiny", AuditOptions(slice_min=0.99))
+        assert {(p["a"], p["b"]) for p in pairs} == {("copy0", "v0")}
+        assert "v1" not in [r["volume_id"] for r in liked["ranking"]]
         answers.append((
             [(c["name"], c["volumes"], c["points"]) for c in stats["collections"]],
             [(r["volume_id"], round(r["votes"], 5)) for r in by_file["ranking"]],
             by_file["query"]["vectors"],
             [(r["volume_id"], round(r["votes"], 5)) for r in by_id["ranking"]],
+            [(r["volume_id"], round(r["rerank_score"], 5)) for r in liked["ranking"]],
+            [(p["a"], p["b"], round(p["score"], 5)) for p in pairs],
         ))
     assert modes == ["local", "queue"]
     assert answers[0] == answers[1]
-    assert answers[0][0] == [("medir_test_tiny", 4, 24)]
+    assert answers[0][0] == [("medir_test_tiny", 5, 30)]
 
 
 def test_errors_rebuilt_by_class_name_and_shown_from_one_table() -> None:

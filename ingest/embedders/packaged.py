@@ -26,9 +26,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import os
 import sys
-import tempfile
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
@@ -46,6 +44,7 @@ from ingest.embedders.base import Embedder, ModelInfo
 from ingest.embedders.registry import register
 from ingest.preprocess import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 from medir.errors import ModelUnavailable
+from medir.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -504,16 +503,9 @@ def _cached_file(target: Path, lock: threading.Lock, write: Callable[[Path], Non
     with lock:
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".onnx")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        # mode 0644: other workers may run as other users
+        with atomic_path(target, suffix=".onnx", mode=0o644) as tmp:
             write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other workers may run as other users
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     return target
 
 

@@ -20,9 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medir.cli import bench, jobs, models, samples
+from medir.cli import audit, bench, jobs, models, samples
 from medir.cli.common import console as make_console
-from medir.cli.common import user_errors
+from medir.cli.common import err_console, user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
 from medir.ids import split_index
@@ -212,6 +212,14 @@ def search(
         help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
     ] = "none",
     rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
+    like: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find more like (repeat or comma-separate); without a "
+             "VOLUME the first one is the query.")] = None,
+    unlike: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find fewer like (repeat or comma-separate).")] = None,
+    export: Annotated[Path | None, typer.Option(
+        help="Also write the ranking as a cohort: .csv (pandas, and a labels CSV for "
+             "medir ingest --labels) or .json.")] = None,
     intensity: Annotated[str | None, typer.Option(
         help="Preprocessing of the query, the collection's (e.g. auto+fov:400). Default: "
              "MEDIR_INTENSITY.")] = None,
@@ -222,6 +230,11 @@ def search(
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
     settings = get_settings()
+    likes, unlikes = _ids(like), _ids(unlike)
+    if export is not None:
+        _check_export(export)
+    if not volume and not pacs_series and likes:
+        volume, by_id = likes[0], True
     from ingest.dicomweb import is_dicomweb_source, normalise_source
 
     if pacs_series:
@@ -245,15 +258,44 @@ def search(
         intensity=intensity or settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
+        like=likes,
+        unlike=unlikes,
         cross_modality=cross_modality,
     )
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
                                index_4d=index_4d)
+    if export is not None:
+        _write_export(export, result)
     if as_json:
         print(mask_secrets(json.dumps([r for r in result["ranking"]], indent=2)))
         return
     _print_ranking(result, explain)
+
+
+def _ids(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: ``--like a,b --like c`` → [a, b, c]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _check_export(path: Path) -> None:
+    from search.cohort import COHORT_FORMATS
+
+    if path.suffix.lower() not in COHORT_FORMATS:
+        raise MedirError(f"{path}: a cohort is written as {' or '.join(COHORT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise MedirError(f"{path}: folder {path.parent} does not exist")
+
+
+def _write_export(path: Path, result: dict[str, Any]) -> None:
+    """The ranking as a cohort file, written whole or not at all."""
+    from medir.files import atomic_write_text
+    from search.cohort import cohort_rows, cohort_text
+
+    rows = cohort_rows(result["ranking"], result.get("confidence"))
+    atomic_write_text(path, cohort_text(rows, path.suffix.lower()))
+    err_console.print(f"cohort of {len(rows)} volumes → {safe_text(str(path))}",
+                      highlight=False)
 
 
 def _print_ranking(result: dict[str, Any], explain: int) -> None:
@@ -475,6 +517,8 @@ app.add_typer(samples.app, name="samples")
 app.add_typer(models.app, name="models", help="List models and install their weights.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: the paper's grid, engines, performance.")
 app.add_typer(jobs.app, name="jobs", help="Background jobs on the Celery queue.")
+app.add_typer(audit.app, name="audit",
+              help="Audits of a collection: near-duplicates and leakage between splits.")
 
 
 def _start() -> None:

@@ -22,6 +22,7 @@ SEARCH_QUEUE = "search"
 INGEST_TASK = "medir.ingest_volume"
 SEARCH_TASK = "medir.search_volume"
 STATS_TASK = "medir.store_stats"
+AUDIT_TASK = "medir.audit_duplicates"
 
 
 class TaskFailed(MedirError):
@@ -51,6 +52,7 @@ __all__ = [
     "SEARCH_QUEUE",
     "SEARCH_TASK",
     "STATS_TASK",
+    "AUDIT_TASK",
     "TaskFailed",
     "TaskRefused",
 ]

@@ -216,3 +216,28 @@ def check_search(s: Settings, volume: object, model: object, options: object, by
                 else str(confined(text, worker_roots(s, queries=True))))
     return SearchArgs(text, _text(model, "model", 200), _options(options), flag,
                       _index(index_4d))
+
+
+@dataclass(frozen=True)
+class AuditArgs:
+    """The checked arguments of an ``audit_duplicates`` task."""
+
+    model: str
+    options: dict[str, object]
+
+
+def check_audit(s: Settings, model: object, options: object) -> AuditArgs:
+    """The arguments of an ``audit_duplicates`` message, or :class:`TaskRefused`: a model
+    name and the known audit options only (their values are checked by ``AuditOptions``)."""
+    from search.audit import AuditOptions
+
+    name = s.model if model is None else _text(model, "model", 200)
+    if options is None:
+        return AuditArgs(name, {})
+    if not isinstance(options, Mapping):
+        raise TaskRefused(f"refused: audit options must be a mapping, got {shown(options)}")
+    known = {f.name for f in dataclasses.fields(AuditOptions)}
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise TaskRefused(f"refused: unknown audit options {shown(', '.join(unknown))}")
+    return AuditArgs(name, dict(options))

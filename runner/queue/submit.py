@@ -34,6 +34,7 @@ from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable, VolumeError, error_named
 from medir.terminal import safe_text
 from runner.queue import (
+    AUDIT_TASK,
     INGEST_QUEUE,
     INGEST_TASK,
     SEARCH_QUEUE,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
     from ingest.dicomweb import PacsSeries
     from ingest.reader import Limits
+    from search.audit import AuditOptions
     from search.query import QueryOptions
 
 POLL_S = 0.5
@@ -305,6 +307,18 @@ def submit_search(
         "index_4d": index_4d,
     })
     return _wait(res, settings.queue.search_timeout, f"query {volume}")
+
+
+def submit_audit(model: str, options: AuditOptions, settings: Settings) -> list[dict[str, Any]]:
+    """The near-duplicate audit of one model's collection, run by the worker that owns it."""
+    app = _app(settings)
+    res = app.send_task(AUDIT_TASK, queue=SEARCH_QUEUE,
+                        kwargs={"model": model, "options": options.to_dict()})
+    out = _wait(res, settings.queue.search_timeout * 6, f"audit of {model}")
+    pairs = out.get("pairs")
+    if not isinstance(pairs, list):
+        raise MedirError(f"audit of {model}: unexpected answer")
+    return pairs
 
 
 def submit_stats(settings: Settings, timeout: float | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from celery.signals import (
 
 from medir.config import Settings, get_settings
 from medir.errors import MedirError, StoreUnavailable
-from runner.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
+from runner.queue import AUDIT_TASK, INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 
 if TYPE_CHECKING:
     from runner.local import LocalRunner
@@ -347,6 +347,13 @@ def search_volume_body(
     return worker_runner().search(volume, opts, model=model, by_id=by_id, index_4d=index_4d)
 
 
+def audit_body(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The near-duplicate audit on the worker's store (:meth:`LocalRunner.audit`)."""
+    from search.audit import AuditOptions
+
+    return {"pairs": worker_runner().audit(model, AuditOptions(**options))}
+
+
 def store_stats_body() -> dict[str, Any]:
     """Collections, volumes and points (complete and all) of the worker's store, counted in one
     consistent snapshot (no upsert between the counts and facets of one answer)."""
@@ -390,6 +397,20 @@ def register_tasks(app: Celery) -> None:
             return search_volume_body(a.volume, a.model, a.options, a.by_id, a.index_4d)
 
         return _run(self, "search", body)
+
+    @app.task(bind=True, name=AUDIT_TASK, acks_late=True, reject_on_worker_lost=True)
+    def audit_duplicates(self: Task, model: str | None = None,
+                         options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Near-duplicate pairs of one model's collection in the store the worker owns."""
+        from runner.queue.checks import check_audit
+
+        s = worker_settings()
+
+        def body() -> dict[str, Any]:
+            a = check_audit(s, model, options)
+            return audit_body(a.model, a.options)
+
+        return _run(self, "audit", body)
 
     @app.task(bind=True, name=STATS_TASK, acks_late=True, reject_on_worker_lost=True)
     def store_stats(self: Task) -> dict[str, Any]:
