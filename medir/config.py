@@ -136,6 +136,12 @@ class UiSettings(BaseModel):
     query_upload_ttl_min: float = Field(
         30.0, gt=0, description="minutes after which a query upload left behind (a closed "
         "browser tab, a crash) is removed")
+    dicom_max_files: int = Field(
+        10_000, ge=1, description="files of one DICOM upload (the members of its zips and its "
+        ".dcm files together), checked before anything is extracted")
+    dicom_unzipped_limit_mb: int = Field(
+        4096, ge=1, description="bytes of one DICOM upload once unzipped: checked against the "
+        "sizes its zips declare before extracting, and counted while extracting")
 
 
 class LimitsSettings(BaseModel):

@@ -1,12 +1,15 @@
 """What the edges (the UI's pages, the CLI) use of the library besides the runner's methods:
 the option, source and report types they build or show, the parsers behind their widgets, the
-upload checks, and a volume read for display.
+upload checks (DICOM uploads grouped and opened as the CLI does), the cohort table of a search
+result, and a volume read for display.
 
 The UI imports these from here, never from :mod:`ingest` or :mod:`search` (an import-linter
 contract in pyproject.toml): the work itself goes through :func:`runner.get_runner`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,15 +21,18 @@ from ingest.collection import (
     file_source,
     scan_paths,
 )
+from ingest.dicom import DicomSeries, Skipped, looks_like_dicom, open_dicom_folder, scan_dicom
 from ingest.dicomweb import UID_RE
 from ingest.pipeline import IngestReport
 from ingest.preprocess import normalize_intensity
-from ingest.reader import VOLUME_SUFFIXES, Limits, open_volume
+from ingest.reader import VOLUME_SUFFIXES, Limits, VolumeFile, open_volume
+from search.cohort import COHORT_FORMATS, cohort_rows, cohort_text
 from search.query import QueryOptions, configured_options
 from search.sampling import Sampling, Weighting
 from search.store import LABEL_KEYS, collection_name
 
 __all__ = [
+    "COHORT_FORMATS",
     "PRIVATE_MARKER",
     "LABEL_KEYS",
     "UID_RE",
@@ -36,13 +42,19 @@ __all__ = [
     "QueryOptions",
     "Sampling",
     "CollectionScan",
+    "DicomSeries",
+    "Skipped",
     "VolumeSource",
     "Weighting",
+    "cohort_rows",
+    "cohort_text",
     "collection_name",
     "configured_options",
+    "dicom_folder_series",
     "display_volume",
     "file_source",
     "model_names",
+    "open_dicom_folder",
     "open_volume",
     "scan_paths",
 ]
@@ -57,11 +69,21 @@ def model_names(plugins: tuple[str, ...] = ()) -> list[str]:
     return names()
 
 
+def dicom_folder_series(folder: Path, limits: Limits | None = None
+                        ) -> tuple[list[DicomSeries], list[Skipped]]:
+    """The image series of the DICOM files (``DICM`` magic) directly in ``folder``, and what was
+    left out: the grouping :func:`ingest.dicom.open_dicom_folder` does for ``medir search
+    FOLDER``, for a folder that may hold several series (a DICOM upload)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and looks_like_dicom(p))
+    return scan_dicom(files, limits)
+
+
 def display_volume(source: str, index_4d: int | None = None,
                    limits: Limits | None = None) -> NDArray[np.uint8]:
-    """A volume file as 8-bit display slices (Z, Y, X); raises VolumeError when unreadable
-    (``limits``: what the file may declare, the settings')."""
-    vf = open_volume(source, limits)
+    """A volume file, or the folder of one DICOM series, as 8-bit display slices (Z, Y, X);
+    raises VolumeError when unreadable (``limits``: what the file may declare, the settings')."""
+    vf: VolumeFile = (open_dicom_folder(Path(source), limits) if Path(source).is_dir()
+                      else open_volume(source, limits))
     vol = vf.read((index_4d or 0) if vf.is_4d else None)
     norm = normalize_intensity(vol.data, "auto")
     return np.asarray(np.clip(norm, 0.0, 1.0) * 255.0 + 0.5, dtype=np.uint8)

@@ -359,6 +359,7 @@ def test_ui_pages_never_show_the_broker_password(monkeypatch: pytest.MonkeyPatch
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import free_port
+    from tests.test_ui_apptest import _plain
 
     monkeypatch.setenv("MEDIR_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
@@ -367,8 +368,8 @@ def test_ui_pages_never_show_the_broker_password(monkeypatch: pytest.MonkeyPatch
                                  f"from ui.{page} import render\nrender(get_settings())\n",
                                  default_timeout=180).run()
         assert not at.exception, page
-        shown = "\n".join(str(e.value) for kind in ("error", "warning", "info", "success",
-                                                     "markdown", "caption")
+        shown = "\n".join(_plain(e.value) for kind in ("error", "warning", "info", "success",
+                                                        "markdown", "caption")
                           for e in getattr(at, kind))
         assert "redis://:***@127.0.0.1" in shown, (page, shown)
         assert SECRET not in shown, page

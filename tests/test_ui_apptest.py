@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,21 @@ def _page(module: str) -> AppTest:
                                default_timeout=TIMEOUT)
 
 
+def _plain(text: object) -> str:
+    """What a markdown text made with :func:`ui.common.md` shows: escapes and entities undone,
+    word joiners dropped."""
+    return html.unescape(re.sub(r"\\(.)", r"\1", str(text).replace("\u2060", "")))
+
+
+def _shown(elements: object) -> list[str]:
+    """The shown text of each element (``at.error``, ``at.success``, ...)."""
+    return [_plain(e.value) for e in elements]  # type: ignore[attr-defined]
+
+
 def _texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("error", "warning", "info", "success", "markdown", "caption")
-             for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    parts = [_plain(e.value) for kind in ("error", "warning", "info", "success", "markdown",
+                                          "caption") for e in getattr(at, kind)]
+    return "\n".join(parts)
 
 
 @pytest.fixture(autouse=True)
@@ -126,22 +139,21 @@ def test_search_page_bad_upload(sample_store: Path) -> None:
     at = _page("search_page").run()
     at.file_uploader(key="upload").set_value(("scan.nii.gz", b"not a volume", "application/gzip"))
     at.run()
-    assert any("Bad upload" in e.value and "scan.nii.gz" in e.value for e in at.error)
+    assert any("Bad upload" in e and "scan.nii.gz" in e for e in _shown(at.error))
     assert at.button(key="go").disabled
 
 
 def test_search_page_model_mismatch(sample_store: Path, samples_dir: Path) -> None:
     at = _page("search_page").run()
     at.selectbox(key="model").set_value("mobilenetv2-imagenet").run()
-    assert any("No volumes are indexed with **mobilenetv2-imagenet**" in w.value
-               for w in at.warning)
+    assert any("No volumes are indexed with **mobilenetv2-imagenet**" in w
+               for w in _shown(at.warning))
     data = (samples_dir / f"{CT_CHEST}.nii.gz").read_bytes()
     at.file_uploader(key="upload").set_value((f"{CT_CHEST}.nii.gz", data, "application/gzip"))
     at.run()
     at.button(key="go").click().run()
     assert not at.exception
-    assert any("Model mismatch" in e.value and "mobilenetv2-imagenet" in e.value
-               for e in at.error)
+    assert any("Model mismatch" in e and "mobilenetv2-imagenet" in e for e in _shown(at.error))
 
 
 def test_search_page_real_search_by_indexed_volume(sample_store: Path,
@@ -213,7 +225,7 @@ def test_ingest_page_ingests_a_folder_with_errors_per_file(
     at.text_input(key="ingest_folder").set_value("batch").run()
     at.button(key="ingest_folder_go").click().run()
     assert not at.exception, at.exception
-    assert any("broken.nii.gz" in e.value and "failed" in e.value for e in at.error)
+    assert any("broken.nii.gz" in e and "failed" in e for e in _shown(at.error))
     assert any("1 volume(s) indexed" in w.value and "1 failed" in w.value for w in at.warning)
     reports = at.dataframe[0].value
     assert dict(zip(reports["file"], reports["status"], strict=True)) == {

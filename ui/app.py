@@ -48,7 +48,9 @@ def main() -> None:
     try:
         check_secrets(settings)
     except ConfigError as exc:
-        st.error(str(exc))
+        from ui.common import md
+
+        st.error(md(exc))
         st.stop()
     _sweep_at_start(str(settings.query_uploads), settings.ui.query_upload_ttl_min * 60)
     nav = st.navigation(pages)

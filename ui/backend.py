@@ -20,10 +20,24 @@ from medir.config import Settings
 from medir.errors import MedirError, QueueUnavailable, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
 from runner import IngestOptions, get_runner, queue_on, store_is_server
-from runner.library import IngestReport, QueryOptions, VolumeSource
+from runner.library import (
+    CollectionScan,
+    DicomSeries,
+    IngestReport,
+    Limits,
+    QueryOptions,
+    Skipped,
+    VolumeSource,
+    cohort_rows,
+    dicom_folder_series,
+    open_dicom_folder,
+    scan_paths,
+)
+from runner.library import cohort_text as cohort_file_text
 
-__all__ = ["QueueUnavailable", "indexed_volumes", "ingest_here", "mode_text", "queue_calls",
-           "queue_error", "queue_mode", "search", "stats"]
+__all__ = ["QueueUnavailable", "check_dicom_query", "cohort_text", "dicom_query_series",
+           "indexed_volumes", "ingest_here", "mode_text", "queue_calls", "queue_error",
+           "queue_mode", "scan_upload_folder", "search", "stats"]
 
 
 def queue_mode(settings: Settings) -> bool:
@@ -115,3 +129,34 @@ def ingest_here(
     options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
     return get_runner(settings, queue=False).ingest(files, options, progress=progress,
                                                     on_report=on_report).reports
+
+
+# ---- DICOM uploads: the CLI's reader and folder walker, with the settings' limits ---------------
+def dicom_query_series(folder: Path, settings: Settings) -> tuple[list[DicomSeries], list[Skipped]]:
+    """The image series of a flat folder of uploaded DICOM files, grouped as ``medir search
+    FOLDER`` groups them (:func:`runner.library.dicom_folder_series`)."""
+    return dicom_folder_series(folder, Limits.of(settings.limits))
+
+
+def check_dicom_query(folder: Path, settings: Settings) -> int:
+    """Open a folder of one DICOM series as ``medir search FOLDER`` opens it (declared size
+    against the settings' limits, geometry; no pixel decoded); returns its number of slices."""
+    return int(open_dicom_folder(folder, Limits.of(settings.limits)).shape[2])
+
+
+def scan_upload_folder(folder: Path) -> CollectionScan:
+    """The volumes of a folder as ``medir ingest FOLDER`` walks it (a DICOM series: one volume,
+    its id the SeriesInstanceUID), and what it leaves out."""
+    return scan_paths([folder])
+
+
+# ---- cohort export: the CLI's cohort table of a search result -----------------------------------
+def cohort_text(result: Mapping[str, Any], fmt: str) -> str:
+    """The ranking of a search result (the dict the runner returns) as cohort CSV (``.csv``) or
+    JSON (``.json``), as ``medir search --export`` writes it; the answer's confidence when the
+    result carries one."""
+    confidence = (result.get("confidence") if isinstance(result, Mapping)
+                  else getattr(result, "confidence", None))
+    if not isinstance(confidence, (int, float, Mapping)) or isinstance(confidence, bool):
+        confidence = None  # absent, or a shape this export does not know
+    return cohort_file_text(cohort_rows(result["ranking"], confidence), fmt)

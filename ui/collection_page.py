@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from medir.config import Settings
-from ui.common import forget_stats, header, model_of, show_error, store_stats
+from ui.common import forget_stats, header, md, model_of, show_error, store_stats
 
 
 def render(s: Settings) -> None:
@@ -27,7 +27,7 @@ def render(s: Settings) -> None:
     c[1].metric("Collections", len(stats.get("collections", [])))
     c[2].metric("Volumes (all models)",
                 sum(int(col["volumes"]) for col in stats.get("collections", [])))
-    st.caption(f"Location: `{stats.get('location', '?')}`")
+    st.caption(f"Location: {md(stats.get('location', '?'))}")
     if not stats.get("collections"):
         st.info("**The store is empty.** Index volumes on the **Ingest** page or with "
                 "`medir ingest PATH`.", icon=":material/inbox:")
@@ -48,7 +48,7 @@ def _summary(stats: dict[str, Any], s: Settings) -> pd.DataFrame:
 
 
 def _collection(col: dict[str, Any], s: Settings) -> None:
-    st.subheader(model_of(col, s))
+    st.subheader(md(model_of(col, s)))
     pending = int(col["points"]) - int(col["ready_points"])
     st.caption(f"{col['volumes']} volumes · {col['points']} points · {col['dim']}-d"
                + (f" · {pending} points of volumes still being ingested" if pending else ""))
@@ -59,7 +59,7 @@ def _collection(col: dict[str, Any], s: Settings) -> None:
     cols = st.columns(min(len(facets), 3))
     for i, (key, values) in enumerate(facets.items()):
         with cols[i % len(cols)]:
-            st.markdown(f"**Volumes per {key}**")
+            st.markdown(f"**Volumes per {md(key)}**")
             st.altair_chart(_facet_chart(key, values), width="stretch")
 
 

@@ -1,4 +1,5 @@
-"""Pieces shared by the pages: cached store statistics, models, error messages.
+"""Pieces shared by the pages: cached store statistics, models, error messages, and
+:func:`md`, through which every piece of text from outside reaches Streamlit markdown.
 
 The settings are read once per run where the UI starts (``ui/app.py``) and handed to each
 page's ``render(settings)``; the helpers here take them as an argument.
@@ -6,14 +7,36 @@ page's ``render(settings)``; the helpers here take them as an argument.
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import streamlit as st
 
 from medir.config import Settings
+from medir.terminal import visible_text
 from runner.library import collection_name
 from runner.library import model_names as registered_models
 from ui import backend
+
+# ASCII punctuation that Markdown or Streamlit's extensions give a meaning: emphasis, code,
+# links and images, headings, lists, tables, block quotes, strike-through, LaTeX ($),
+# directives and icons (:red[...], :material/...:); backslash-escaped (CommonMark).
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$=\"'^])")
+# What Streamlit still reads in a text after the escapes: emoji and icon shortcodes
+# (``:smile:``, ``:material/home:``) are matched on the parsed text, so a word joiner (U+2060,
+# invisible) follows each colon.
+_JOINED_COLON = ":\u2060"
+
+
+def md(text: object) -> str:
+    """Text from outside (a volume id, label, source, file name, error message) made safe to
+    put into a Streamlit markdown string, where it shows literally: control characters as
+    escapes (``\\x1b``, as the CLI shows them), HTML special characters as entities, Markdown
+    punctuation backslash-escaped, and shortcodes broken."""
+    out = html.escape(visible_text(text), quote=False)
+    out = _MD_SPECIAL.sub(r"\\\1", out)
+    return out.replace(":", _JOINED_COLON)
 
 
 def _key(s: Settings) -> str:
@@ -76,10 +99,10 @@ def show_error(exc: BaseException) -> None:
     from medir.errors import MedirError, error_kind
     from medir.secrets import mask_secrets
 
-    text = mask_secrets(exc)
+    text = md(mask_secrets(exc))
     kind = error_kind(exc)
     if not isinstance(exc, MedirError):  # a bug: name the exception
-        text = f"{kind.title} {type(exc).__name__}: {text}"
+        text = f"{kind.title} {md(type(exc).__name__)}: {text}"
     elif kind.title:
         text = f"**{kind.title}** {text}"
     if kind.hint:
@@ -90,4 +113,4 @@ def show_error(exc: BaseException) -> None:
 
 def header(title: str, caption: str, s: Settings) -> None:
     st.title(title)
-    st.caption(f"{caption}  \n{backend.mode_text(s)}")
+    st.caption(f"{caption}  \n{md(backend.mode_text(s))}")

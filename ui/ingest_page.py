@@ -1,5 +1,9 @@
 """The ingest page: index uploaded files, or a server-side folder inside the configured roots.
 
+Uploads are NIfTI or NRRD volumes, or DICOM series (a ``.zip`` of a series, or its ``.dcm``
+files): a DICOM upload is saved as one folder (:mod:`ui.dicom_uploads`) and walked as
+``medir ingest`` walks a folder, each image series one volume.
+
 With a broker configured the files become queue jobs (one per volume) and the page follows
 them; without one they are ingested here, file by file, with a progress bar per volume and
 overall, and one line per failed file.
@@ -18,7 +22,8 @@ from medir.config import Settings
 from medir.errors import MedirError
 from runner.library import IngestReport, Limits, VolumeSource, scan_paths
 from ui import backend, jobs
-from ui.common import forget_stats, header, model_names, show_error
+from ui.common import forget_stats, header, md, model_names, show_error
+from ui.dicom_uploads import DICOM_TYPES, is_dicom_upload, save_dicom_upload
 from ui.paths import resolve_in_roots, resolved_roots
 from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir, upload_source
 
@@ -44,15 +49,16 @@ def render(s: Settings) -> None:
     upload_tab, folder_tab = st.tabs(["Upload files", "Server folder"])
     with upload_tab:
         uploads = st.file_uploader(
-            f"NIfTI or NRRD volumes, up to {s.ui.upload_limit_mb} MB each",
-            type=list(UPLOAD_TYPES), accept_multiple_files=True,
+            f"NIfTI or NRRD volumes, or DICOM series (a .zip of a series, or its .dcm files), "
+            f"up to {s.ui.upload_limit_mb} MB each",
+            type=[*UPLOAD_TYPES, *DICOM_TYPES], accept_multiple_files=True,
             max_upload_size=s.ui.upload_limit_mb, key="ingest_uploads")
         if st.button("Ingest uploaded files", type="primary", disabled=not uploads,
                      key="ingest_upload_go"):
             files = _save_uploads(uploads or [], s)
     with folder_tab:
         roots = resolved_roots(s.ui.ingest_roots)
-        st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots)
+        st.caption("Allowed folders: " + ", ".join(md(r) for r in roots)
                    + " (MEDIR_UI__INGEST_ROOTS). Relative paths start at the first one.")
         raw = st.text_input("Folder or file on the server", key="ingest_folder",
                             placeholder="samples")
@@ -72,14 +78,29 @@ def render(s: Settings) -> None:
 
 
 def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
+    """Save the uploads: each volume file on its own, the DICOM files and zips together as one
+    folder whose image series are the volumes; a bad upload is one line, the others go on."""
     saved: list[VolumeSource] = []
+    dicom = [up for up in uploads if is_dicom_upload(up.name)]
     for up in uploads:
+        if is_dicom_upload(up.name):
+            continue
         try:
             saved.append(upload_source(save_upload(up.name, up.getvalue(),
                                                    upload_dir(s.data_dir), s.ui.upload_limit_mb,
                                                    Limits.of(s.limits))))
         except MedirError as exc:
-            st.error(f"**Bad upload.** {exc}", icon=":material/block:")
+            st.error(f"**Bad upload.** {md(exc)}", icon=":material/block:")
+    if dicom:
+        try:
+            found = save_dicom_upload([(up.name, up.getvalue()) for up in dicom], s)
+        except MedirError as exc:
+            st.error(f"**Bad upload.** {md(exc)}", icon=":material/block:")
+            return saved
+        left = ", ".join(f"{n} {md(kind)}" for kind, n in found.left_out.items())
+        st.info(f"DICOM upload: {len(found.sources)} image series"
+                + (f"; left out: {left}" if left else ""), icon=":material/radiology:")
+        saved.extend(found.sources)
     return saved
 
 
@@ -88,14 +109,14 @@ def _folder_files(raw: str, roots: list[Path], s: Settings) -> list[VolumeSource
         target = resolve_in_roots(raw, roots, private=[s.query_uploads])
         scan = scan_paths([target])
     except MedirError as exc:
-        st.error(f"**Folder not allowed.** {exc}", icon=":material/block:")
+        st.error(f"**Folder not allowed.** {md(exc)}", icon=":material/block:")
         return []
     left = scan.skipped_by_kind()
     if left:
-        st.info("Left out: " + ", ".join(f"{n} {kind}" for kind, n in left.items()),
+        st.info("Left out: " + ", ".join(f"{n} {md(kind)}" for kind, n in left.items()),
                 icon=":material/filter_alt:")
     if not scan.sources:
-        st.warning(f"No NIfTI, NRRD or DICOM volumes in `{target}`.",
+        st.warning(f"No NIfTI, NRRD or DICOM volumes in {md(target)}.",
                    icon=":material/search_off:")
     return scan.sources
 
@@ -103,7 +124,7 @@ def _folder_files(raw: str, roots: list[Path], s: Settings) -> list[VolumeSource
 def _ingest_here(s: Settings, files: list[VolumeSource], model: str,
                  labels: dict[str, dict[str, str]] | None) -> None:
     st.session_state.pop(REPORTS_KEY, None)
-    st.markdown(f"##### Ingesting {len(files)} file(s) with {model}")
+    st.markdown(f"##### Ingesting {len(files)} file(s) with {md(model)}")
     overall = st.progress(0.0, text=f"0 / {len(files)} files")
     box = st.container()
     bars: dict[str, Any] = {}
@@ -113,19 +134,20 @@ def _ingest_here(s: Settings, files: list[VolumeSource], model: str,
 
     def progress(vid: str, done: int, total: int) -> None:
         if vid not in bars:
-            bars[vid] = box.progress(0.0, text=vid)
+            bars[vid] = box.progress(0.0, text=md(vid))
         bars[vid].progress(min(done / max(total, 1), 1.0),
-                           text=f"{vid} · {done} / {total} slices")
+                           text=f"{md(vid)} · {done} / {total} slices")
 
     def on_report(r: IngestReport) -> None:
         nonlocal slices
         reports.append(r)
         if r.status == "failed":
-            box.error(f"**{Path(r.path).name}** failed: {r.error}", icon=":material/cancel:")
+            box.error(f"**{md(Path(r.path).name)}** failed: {md(r.error)}",
+                      icon=":material/cancel:")
             return
         slices += r.n_slices if r.status == "indexed" else 0
         bar = bars.get(r.volume_id) or box.progress(1.0)
-        bar.progress(1.0, text=f"{r.volume_id} · {r.status} · {r.n_slices} slices")
+        bar.progress(1.0, text=f"{md(r.volume_id)} · {r.status} · {r.n_slices} slices")
 
     for i, f in enumerate(files):
         try:
@@ -177,7 +199,7 @@ def _follow_jobs(s: Settings) -> None:
     try:
         jobs.check_worker(s, states)
     except jobs.NoWorker as exc:
-        st.warning(f"**Worker not running.** {exc}", icon=":material/power_off:")
+        st.warning(f"**Worker not running.** {md(exc)}", icon=":material/power_off:")
     done = sum(1 for j in states if j.finished)
     total_slices = sum(j.total for j in states)
     done_slices = sum(j.done for j in states)
@@ -185,9 +207,9 @@ def _follow_jobs(s: Settings) -> None:
     st.progress(done_slices / total_slices if total_slices else done / max(len(states), 1),
                 text=f"{done_slices} / {total_slices} slices")
     for j in states:
-        label = f"{j.name} · {j.state}"
+        label = f"{md(j.name)} · {md(j.state)}"
         if j.state == "FAILURE":
-            st.error(f"**{j.name}** failed: {j.error}", icon=":material/cancel:")
+            st.error(f"**{md(j.name)}** failed: {md(j.error)}", icon=":material/cancel:")
         else:
             st.progress(j.fraction, text=f"{label} · {j.done} / {j.total} slices")
     if states and done == len(states):

@@ -1,16 +1,22 @@
 """The search page: a query volume in, a ranking of similar volumes out, with the reasons.
 
-The query is an uploaded file (NIfTI or NRRD, within ``ui.upload_limit_mb``) or an indexed
-volume (its stored slice vectors are reused). Results show the weighted vote per volume, each
-result's mid-slice, which query slices voted for whom along z, and matched slice pairs.
+The query is an uploaded file (NIfTI or NRRD, within ``ui.upload_limit_mb``), an uploaded DICOM
+series (a ``.zip`` or several ``.dcm`` files: :mod:`ui.dicom_uploads`; of several series the
+largest is the query) or an indexed volume (its stored slice vectors are reused). Results show
+the weighted vote per volume, each result's mid-slice, which query slices voted for whom along
+z, and matched slice pairs; the ranking downloads as a cohort (CSV or JSON, as
+``medir search --export`` writes it).
 
 An uploaded query is checked when it arrives and written to disk only while its query runs, in
-this browser session's folder outside every ingest root (:func:`ui.uploads.query_upload`); the
-display slices of the pair viewer are kept in the session, not the file.
+this browser session's folder outside every ingest root (:func:`ui.uploads.query_upload`,
+:func:`ui.dicom_uploads.query_dicom_upload`); the display slices of the pair viewer are kept in
+the session, not the file. Text from outside (ids, labels, sources, file names, error messages)
+reaches markdown only through :func:`ui.common.md`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,12 @@ from ui.common import (
     forget_stats,
     header,
     indexed_volumes,
+    md,
     model_names,
     show_error,
     store_stats,
 )
+from ui.dicom_uploads import DICOM_TYPES, query_dicom_upload
 from ui.pacs_links import viewer_url
 from ui.uploads import UPLOAD_TYPES, query_upload
 
@@ -48,13 +56,16 @@ RESULT_KEY = "search_result"
 QUERY_SLICES_KEY = "search_query_slices"  # display slices of an uploaded query, by index
 CHECKED_KEY = "search_upload_checked"  # (file id, error or "") of the last checked upload
 SESSION_KEY = "search_upload_session"  # this browser session's query-upload folder name
+DICOM_CHECKED_KEY = "search_dicom_checked"  # (file ids, error, note) of the last DICOM upload
 UPLOADED = "(uploaded file)"  # the query of the search form when it is an upload
+UPLOADED_DICOM = "(uploaded DICOM series)"  # ... when it is an uploaded DICOM series
+UPLOAD_VOLUME, UPLOAD_DICOM = "Upload a volume", "Upload a DICOM series"
 FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "dataset")]
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def _display_volume(source: str, index_4d: int | None, mtime: float,
-                    limits: tuple[int, int]) -> NDArray[np.uint8]:
+                    limits: tuple[int, int, int]) -> NDArray[np.uint8]:
     return read_display_volume(source, index_4d, Limits(*limits))
 
 
@@ -65,7 +76,7 @@ def display_volume(s: Settings, source: str, volume_id: str = "") -> NDArray[np.
         mtime = path.stat().st_mtime
         lim = Limits.of(s.limits)
         return _display_volume(str(path), views.index_4d_of(volume_id), mtime,
-                               (lim.max_voxels, lim.max_bytes))
+                               dataclasses.astuple(lim))
     except (OSError, MedirError):
         return None
 
@@ -95,7 +106,8 @@ def render(s: Settings) -> None:
         return
     query = _query_inputs(s, stats, stored)
     if query is not None:
-        _run(s, *query, upload=st.session_state.get("upload") if query[0] == UPLOADED else None)
+        _run(s, *query, upload=st.session_state.get("upload") if query[0] == UPLOADED else None,
+             dicom=st.session_state.get("upload_dicom") if query[0] == UPLOADED_DICOM else None)
     result = st.session_state.get(RESULT_KEY)
     if result is not None:
         _results(s, result)
@@ -111,7 +123,7 @@ def _sampling_input(s: Settings, c1: Any, c2: Any) -> str:
     try:
         conf = Sampling.parse(s.search.sampling)
     except MedirError as exc:  # a typo in the settings: say so, start from the default
-        st.warning(f"MEDIR_SEARCH__SAMPLING: {exc}", icon=":material/warning:")
+        st.warning(f"MEDIR_SEARCH__SAMPLING: {md(exc)}", icon=":material/warning:")
         conf = base
 
     def start(kind: str, fallback: float) -> float:
@@ -139,7 +151,7 @@ def _weighting_input(s: Settings, c1: Any, c2: Any) -> str:
     try:
         conf = Weighting.parse(s.search.weighting, default_sigma=s.search.sigma)
     except MedirError as exc:
-        st.warning(f"MEDIR_SEARCH__WEIGHTING: {exc}", icon=":material/warning:")
+        st.warning(f"MEDIR_SEARCH__WEIGHTING: {md(exc)}", icon=":material/warning:")
         conf = Weighting("gaussian", s.search.sigma)
     gauss = c1.selectbox("Weighting", ["gaussian", "none"],
                          index=0 if conf.kind == "gaussian" else 1, key="weighting",
@@ -165,8 +177,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
                              help="The embedder of the collection to search. Models without a "
                                   "collection in the store are listed after those with one.")
         if model not in stored:
-            st.warning(f"No volumes are indexed with **{model}**; the store holds "
-                       f"{', '.join(stored)}.", icon=":material/explore_off:")
+            st.warning(f"No volumes are indexed with **{md(model)}**; the store holds "
+                       f"{md(', '.join(stored))}.", icon=":material/explore_off:")
         c1, c2 = st.columns(2)
         sampling = _sampling_input(s, c1, c2)
         c1, c2 = st.columns(2)
@@ -181,8 +193,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
                                  "all.")
     with left:
         st.subheader("Query volume")
-        choices = ["Upload a volume", "An indexed volume"] + (["A PACS series"]
-                                                              if s.pacs.url else [])
+        choices = [UPLOAD_VOLUME, UPLOAD_DICOM, "An indexed volume"] + (
+            ["A PACS series"] if s.pacs.url else [])
         source = st.radio("Query", choices, horizontal=True,
                           label_visibility="collapsed", key="source")
         query: str | None = None
@@ -194,6 +206,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
                                 help="Retrieved from the PACS over DICOMweb (WADO-RS).")
             uid = uid.strip()
             query = f"pacs/series/{uid}" if uid else None
+        elif source == UPLOAD_DICOM:
+            query = _dicom_input(s)
         else:
             upload = st.file_uploader(
                 f"NIfTI (.nii, .nii.gz) or NRRD (.nrrd), up to {s.ui.upload_limit_mb} MB",
@@ -201,7 +215,7 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
             if upload is not None:
                 error = _check_upload(s, upload)
                 if error:
-                    st.error(f"**Bad upload.** {error}", icon=":material/block:")
+                    st.error(f"**Bad upload.** {md(error)}", icon=":material/block:")
                 else:
                     query = UPLOADED
                     st.caption("Kept on the server only while its query runs; a 4D file is "
@@ -218,6 +232,47 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
             return None
         return query, model, opts, by_id
     return None
+
+
+def _dicom_input(s: Settings) -> str | None:
+    """The DICOM series uploader: a .zip of a series or its .dcm files, checked on arrival."""
+    uploads = st.file_uploader(
+        f"A DICOM series: a .zip, or its .dcm files, up to {s.ui.upload_limit_mb} MB each",
+        type=list(DICOM_TYPES), accept_multiple_files=True,
+        max_upload_size=s.ui.upload_limit_mb, key="upload_dicom")
+    if not uploads:
+        return None
+    error, note = _check_dicom(s, uploads)
+    if error:
+        st.error(f"**Bad upload.** {md(error)}", icon=":material/block:")
+        return None
+    st.caption(f"{note}  \nKept on the server only while its query runs.")
+    return UPLOADED_DICOM
+
+
+def _dicom_items(uploads: list[Any]) -> list[tuple[str, bytes]]:
+    return [(up.name, up.getvalue()) for up in uploads]
+
+
+def _check_dicom(s: Settings, uploads: list[Any]) -> tuple[str, str]:
+    """(why the DICOM upload cannot be used or "", what it holds): checked once per set of
+    files, by reading it from a copy deleted right after."""
+    ids = tuple(up.file_id for up in uploads)
+    checked = st.session_state.get(DICOM_CHECKED_KEY)
+    if checked is not None and checked[0] == ids:
+        return str(checked[1]), str(checked[2])
+    error = note = ""
+    try:
+        with query_dicom_upload(_dicom_items(uploads), s, _session_id()) as q:
+            what = md(q.description)
+            note = (f"{q.n_series} image series in the upload: the largest ({what}) is the "
+                    "query." if q.n_series > 1 else f"DICOM series: {what}.")
+            if q.left_out:
+                note += " Left out: " + ", ".join(f"{n} {md(k)}" for k, n in q.left_out.items())
+    except MedirError as exc:
+        error = str(exc)
+    st.session_state[DICOM_CHECKED_KEY] = (ids, error, note)
+    return error, note
 
 
 def _session_id() -> str:
@@ -262,7 +317,7 @@ def _indexed_input(s: Settings, model: str) -> str | None:
                               help="The id shown on the Collection page or by `medir info`.")
         return typed.strip() or None
     if not ids:
-        st.warning(f"No volumes are indexed with {model}.", icon=":material/explore_off:")
+        st.warning(f"No volumes are indexed with {md(model)}.", icon=":material/explore_off:")
         return None
     picked: str | None = st.selectbox("Indexed volume", ids, key="volume_id")
     return picked
@@ -288,14 +343,19 @@ def _filter_inputs(coll: dict[str, Any] | None) -> dict[str, list[str]]:
 
 
 def _run(s: Settings, query: str, model: str, options: QueryOptions, by_id: bool,
-         upload: Any = None) -> None:
-    """Answer a query; an uploaded query file exists on disk only during this call."""
+         upload: Any = None, dicom: list[Any] | None = None) -> None:
+    """Answer a query; an uploaded query file (or DICOM series) exists on disk only during this
+    call."""
     st.session_state.pop(RESULT_KEY, None)
     st.session_state.pop(QUERY_SLICES_KEY, None)
     slices: dict[int, NDArray[np.uint8]] = {}
     try:
         with st.spinner("Embedding the query's slices and voting…"):
-            if upload is None:
+            if dicom:
+                with query_dicom_upload(_dicom_items(dicom), s, _session_id()) as dq:
+                    result = backend.search(s, str(dq.folder), model, options, by_id=False)
+                    slices = _query_slices(s, dq.folder, result)
+            elif upload is None:
                 result = backend.search(s, query, model, options, by_id=by_id)
             else:
                 with query_upload(upload.name, upload.getvalue(), s, _session_id()) as path:
@@ -305,9 +365,10 @@ def _run(s: Settings, query: str, model: str, options: QueryOptions, by_id: bool
         show_error(exc)
         return
     forget_stats()
-    if upload is not None:
+    if upload is not None or dicom:
         result["query"]["file"] = ""  # deleted: the pair viewer uses the kept slices
-        result["query"]["source"] = upload.name
+        result["query"]["source"] = (upload.name if upload is not None
+                                     else ", ".join(up.name for up in dicom or []))
         st.session_state[QUERY_SLICES_KEY] = slices
     elif not by_id:
         result["query"]["file"] = query
@@ -327,21 +388,21 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
     st.subheader("Results")
     left, right = st.columns([3, 2], vertical_alignment="center")
     answer = result.get("answer") or {}
-    said = (f"from `{best['volume_id']}`, the most-voted volume "
+    said = (f"from {md(best['volume_id'])}, the most-voted volume "
             f"({best['score']:.0%} of the weighted vote)")
+    labels = md(views.labels_text(best.get("labels", {})))
     if answer.get("uncertain"):  # amber, not green: the nearest volumes are still listed
-        left.warning(f"**Uncertain: nearest is {views.labels_text(best.get('labels', {}))}** "
-                     f"(confidence {answer['confidence']:.0%})  \n{answer['reason']}.  \n"
-                     + said, icon=":material/help:")
+        left.warning(f"**Uncertain: nearest is {labels}** (confidence "
+                     f"{answer['confidence']:.0%})  \n{md(answer['reason'])}.  \n" + said,
+                     icon=":material/help:")
     else:
         conf = f", confidence {answer['confidence']:.0%}" if answer else ""
-        left.success(f"**Prediction: {views.labels_text(best.get('labels', {}))}**  \n"
-                     + said + conf, icon=":material/target:")
+        left.success(f"**Prediction: {labels}**  \n" + said + conf, icon=":material/target:")
     if q.get("domain"):
         scope = ("all domains searched" if result.get("options", {}).get("cross_modality")
                  else "results kept to this domain")
-        left.caption(f"Query intensity domain: {q['domain']} ({q.get('domain_reason', '')}); "
-                     f"{scope}.")
+        left.caption(f"Query intensity domain: {md(q['domain'])} "
+                     f"({md(q.get('domain_reason', ''))}); {scope}.")
     c = right.columns(2)
     c[0].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}")
     c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",
@@ -365,11 +426,25 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
         },
         row_height=64,
     )
+    _export_buttons(result)
     st.markdown("##### Votes along the query's z axis")
     order = [r["volume_id"] for r in ranking[:5]]
     st.altair_chart(views.vote_chart(views.vote_frame(result), int(q["n_slices"]), order),
                     width="stretch")
     _pair_viewer(s, result)
+
+
+def _export_buttons(result: dict[str, Any]) -> None:
+    """Download the ranking as a cohort: CSV (a labels CSV for ``medir ingest --labels`` too)
+    or JSON, the table ``medir search --export`` writes."""
+    c1, c2, _ = st.columns([1, 1, 3])
+    for col, fmt, mime, icon in ((c1, ".csv", "text/csv", ":material/table:"),
+                                 (c2, ".json", "application/json", ":material/data_object:")):
+        col.download_button(f"Cohort {fmt[1:].upper()}", backend.cohort_text(result, fmt),
+                            file_name=f"cohort{fmt}", mime=mime, icon=icon,
+                            key=f"export_{fmt[1:]}", on_click="ignore",
+                            help="The ranking: volume id, source, labels, score, confidence, "
+                                 "matched slice ranges")
 
 
 def _pair_viewer(s: Settings, result: dict[str, Any]) -> None:
@@ -411,8 +486,8 @@ def _pair_viewer(s: Settings, result: dict[str, Any]) -> None:
                     None)
         source = rank.get("source", "") if rank else ""
         db_vol = display_volume(s, source, match["volume_id"]) if source else None
-        note = "" if in_volume else f" (no hit in {target}; this slice's best match)"
-        caption = (f"{match['volume_id']} · slice {match['db_slice']} · cos "
+        note = "" if in_volume else f" (no hit in {md(target)}; this slice's best match)"
+        caption = (f"{md(match['volume_id'])} · slice {match['db_slice']} · cos "
                    f"{float(match['similarity']):.3f}{note}")
         if db_vol is not None:
             st.image(views.slice_image(db_vol, int(match["db_slice"]), size=420),

@@ -217,11 +217,9 @@ def _discard(path: Path, base: Path) -> None:
             break
 
 
-@contextmanager
-def query_upload(name: str, data: bytes, s: Settings, session: str) -> Iterator[Path]:
-    """A query upload saved and checked (:func:`save_upload`) in the browser session's folder
-    for the duration of the ``with`` block, then deleted; uploads older than the age limit are
-    swept first. Raises :class:`UploadError` with a one-line reason."""
+def query_session_folder(s: Settings, session: str) -> tuple[Path, Path]:
+    """(the query-upload folder, this browser session's folder in it), both created private;
+    uploads older than the age limit are swept first. Raises :class:`UploadError`."""
     if not _SESSION.fullmatch(session):
         raise UploadError("bad browser session id for a query upload")
     base = query_upload_root(s)
@@ -232,6 +230,15 @@ def query_upload(name: str, data: bytes, s: Settings, session: str) -> Iterator[
         os.utime(folder)  # in use: not old enough for a sweep running meanwhile
     except OSError as exc:
         raise UploadError(f"cannot create the query upload folder {folder} ({exc})") from None
+    return base, folder
+
+
+@contextmanager
+def query_upload(name: str, data: bytes, s: Settings, session: str) -> Iterator[Path]:
+    """A query upload saved and checked (:func:`save_upload`) in the browser session's folder
+    for the duration of the ``with`` block, then deleted; uploads older than the age limit are
+    swept first. Raises :class:`UploadError` with a one-line reason."""
+    base, folder = query_session_folder(s, session)
     try:
         path = save_upload(name, data, folder, s.ui.upload_limit_mb, Limits.of(s.limits))
     except OSError as exc:  # a full disk, a folder swept away meanwhile

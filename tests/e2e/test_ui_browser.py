@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from medir.config import get_settings
 from tests.conftest import REPO, free_port
+from tests.test_ui_uploads import tiny_store as tiny_store  # noqa: F401 - fixture
 
 CHROMIUM = os.environ.get("MEDIR_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -44,9 +46,24 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0
 @pytest.fixture
 def ui_server(sample_store: Path, tmp_path: Path) -> Iterator[str]:
     """The UI on a free port, on a private copy of the indexed sample store (in-process mode)."""
+    yield from _serve(tmp_path, {"MEDIR_STORE_PATH": str(sample_store)})
+
+
+@pytest.fixture
+def tiny_ui_server(tiny_store: Path, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+    """The UI on the tiny store of three synthetic volumes (the test embedder: no model
+    download, seconds on a CPU); query uploads in ``tmp/queries``."""
+    yield from _serve(tmp_path, {"MEDIR_STORE_PATH": str(get_settings().store_path),
+                                 "MEDIR_PLUGINS": "tests.plugin_embedder",
+                                 "MEDIR_MODEL": "test-tiny", "MEDIR_SEARCH__SAMPLING": "all",
+                                 "MEDIR_UI__QUERY_UPLOAD_DIR": str(tmp_path / "queries")})
+
+
+def _serve(tmp_path: Path, settings: dict[str, str]) -> Iterator[str]:
+    """``streamlit run ui/app.py`` on a free port with these ``MEDIR_`` settings."""
     port = free_port()
-    env = {**os.environ, "MEDIR_STORE_PATH": str(sample_store),
-           "MEDIR_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **settings, "MEDIR_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONUNBUFFERED": "1"}
     env.pop("MEDIR_REDIS_URL", None)
     log = (tmp_path / "streamlit.log").open("wb")
     proc = subprocess.Popen(
@@ -102,3 +119,53 @@ def test_upload_search_shows_top_labels(ui_server: str, samples_dir: Path) -> No
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_dicom_zip_query_and_cohort_download(tiny_ui_server: str, tmp_path: Path) -> None:
+    """A zipped DICOM series uploaded on the Search page answers; its cohort CSV downloads;
+    the upload is gone afterwards."""
+    import io
+    import zipfile
+
+    import pandas as pd
+
+    from tests.test_ui_dicom import _series
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="pip install playwright (no browser download needed)")
+    zipped = tmp_path / "ct series.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in _series(tmp_path / "series", kind=1, seed=9):
+            zf.write(p, f"series/{p.name}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "ui-search-dicom.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
+        try:
+            page.goto(tiny_ui_server, wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Search similar volumes").wait_for(timeout=60_000)
+            page.get_by_text("Upload a DICOM series").click()
+            page.get_by_text("A DICOM series: a .zip").wait_for(timeout=30_000)
+            page.locator("input[type=file]").first.set_input_files(str(zipped))
+            page.get_by_text("DICOM series: CT · CHEST · 12 slices").wait_for(timeout=60_000)
+            button = page.get_by_role("button", name="Search", exact=True)
+            deadline = time.monotonic() + 30
+            while button.is_disabled() and time.monotonic() < deadline:
+                time.sleep(0.25)
+            button.click()
+            page.get_by_text("Prediction:").wait_for(timeout=120_000)
+            page.get_by_text("Matched slices").wait_for(timeout=30_000)
+            with page.expect_download(timeout=30_000) as dl:
+                page.get_by_role("button", name="Cohort CSV").click()
+            cohort = pd.read_csv(io.BytesIO(Path(dl.value.path()).read_bytes()),
+                                 keep_default_na=False)
+        finally:
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    assert cohort["volume_id"].iloc[0] == "case1", cohort
+    assert {"source", "score", "confidence", "query_slices", "db_slices"} <= set(cohort.columns)
+    queries = tmp_path / "queries"
+    assert not [p for p in queries.rglob("*") if p.is_file() and p.name != ".medir-private"]
