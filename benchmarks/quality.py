@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,12 @@ from benchmarks.cache import ArrayCache, SliceEmbedder
 from benchmarks.datasets import Dataset
 from benchmarks.perturb import NamedPerturbation
 from benchmarks.quality_embed import Prep, embed_slices, stride_slices
+from benchmarks.quality_trust import leave_one_class_out, self_similarity
+from ingest.intensity_domain import intensity_domain, opposite
 from ingest.reader import open_volume
 from ingest.volume import Volume
 from medir.errors import ConfigError
+from search.confidence import Evidence, class_of, evidence
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import Hit
@@ -59,13 +62,20 @@ class Method:
     weighting: Weighting
     rerank: str = "none"
     slice_wise: bool = False
+    #: keep the query in its intensity domain (ingest.intensity_domain), as medir's query does
+    domain: bool = False
 
 
 def parse_method(spec: str) -> Method:
     """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``W:<sampling>`` (Gaussian weights over
     a sampling, e.g. ``W:every-mm:7``), ``SW``, each optionally ``+maxsim`` or ``+zorder``
-    (e.g. ``W+zorder``)."""
+    (e.g. ``W+zorder``), and optionally ``+domain`` last: the database restricted to the
+    query's intensity domain (CT in HU or not, from voxels), as ``medir search`` does unless
+    ``--cross-modality`` (e.g. ``W+domain``, ``W+maxsim+domain``)."""
     text = spec.strip()
+    if text.lower().endswith("+domain"):
+        m = parse_method(text[: -len("+domain")])
+        return replace(m, name=text, domain=True)
     base, plus, rr = text.partition("+")
     rerank = check_rerank(rr) if plus else "none"
     low = base.strip().lower()
@@ -94,6 +104,7 @@ class StoredVolume:
     z_mm: NDArray[np.float64]
     z_spacing: float
     vectors: NDArray[np.float32]
+    domain: str = ""  # intensity domain from the voxels (never from labels)
 
 
 @dataclass
@@ -139,7 +150,8 @@ def build_database(volumes: Sequence[tuple[Volume, str, dict[str, str]]],
         sl = stride_slices(vol.n_slices, vol.spacing[2], stride_mm, max_slices)
         vec = embed_slices(vol, sl, embedder, prep, cache)
         stored.append(StoredVolume(vol.volume_id, study, labels, sl,
-                                   sl.astype(np.float64) * vol.spacing[2], vol.spacing[2], vec))
+                                   sl.astype(np.float64) * vol.spacing[2], vol.spacing[2], vec,
+                                   intensity_domain(vol.data).domain))
     return Database(stored)
 
 
@@ -149,6 +161,8 @@ class QueryOutcome:
     ranking: list[int]  # database volume positions, best first
     slice_top: list[int]  # SW: each query slice's nearest volume
     seconds: float
+    #: the answer's evidence (search.confidence), for vote methods
+    evidence: Evidence | None = None
 
 
 def _choose(method: Method, z_mm: NDArray[np.float64], n_slices: int, z_spacing: float,
@@ -168,9 +182,14 @@ def _choose(method: Method, z_mm: NDArray[np.float64], n_slices: int, z_spacing:
 
 def run_query(db: Database, q_vectors: NDArray[np.float32], q_slices: NDArray[np.int64],
               q_z: NDArray[np.float64], n_slices: int, z_spacing: float, method: Method,
-              exclude: NDArray[np.bool_] | None, k: int, rerank_top: int) -> QueryOutcome:
-    """The ranking of database volumes for one query (exact cosine k-NN, vote, re-rank)."""
+              exclude: NDArray[np.bool_] | None, k: int, rerank_top: int,
+              q_domain: str = "") -> QueryOutcome:
+    """The ranking of database volumes for one query (exact cosine k-NN, vote, re-rank);
+    a ``+domain`` method leaves out the volumes of the other domain than ``q_domain``."""
     t0 = time.perf_counter()
+    if method.domain and q_domain:
+        other = np.array([v.domain == opposite(q_domain) for v in db.volumes])[db.row_volume]
+        exclude = other if exclude is None else (exclude | other)
     pos = _choose(method, q_z, n_slices, z_spacing, q_slices)
     qv = q_vectors[pos]
     sims = qv @ db.matrix.T
@@ -192,7 +211,17 @@ def run_query(db: Database, q_vectors: NDArray[np.float32], q_slices: NDArray[np
         cands = [(db.volumes[i].vectors, db.volumes[i].z_mm) for i in head]
         scores = rerank_scores(method.rerank, qv, q_z[pos], cands, weights)
         ranking = [head[i] for i in rerank_order(scores)] + ranking[rerank_top:]
-    return QueryOutcome(ranking, slice_top, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    # the answer's evidence (labels group the ranked volumes into classes, after ranking)
+    votes = {int(r.volume_id): r.votes for r in result.ranking}
+    cls = [class_of(db.volumes[i].labels, str(i)) for i in ranking]
+    ev = evidence([(str(i), votes.get(i, 0.0), c) for i, c in zip(ranking, cls, strict=True)],
+                  result.total_weight,
+                  [(float(w), float(sims[j, r[0]]),
+                    class_of(db.volumes[int(db.row_volume[r[0]])].labels,
+                             str(int(db.row_volume[r[0]]))))
+                   for j, (w, r) in enumerate(zip(weights, top, strict=True))] if kk else [])
+    return QueryOutcome(ranking, slice_top, seconds, ev)
 
 
 # ---- scoring --------------------------------------------------------------------------------
@@ -241,11 +270,16 @@ class MethodResult:
     #: query volume id → the top volume's id (vote methods), to compare methods query by query
     loco_top: dict[str, str] = field(default_factory=dict)
     perturb: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: each answer's confidence and whether it was right (LOCO and leave-one-class-out)
+    trust: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        from benchmarks.quality_trust import summary
+
         secs = np.asarray(self.loco_seconds) if self.loco_seconds else np.zeros(1)
         return {"prep": self.prep, "method": self.method, "loco": self.loco.to_dict(),
                 "loco_top": dict(self.loco_top),
+                "trust": summary(self.trust), "answers": list(self.trust),
                 "query_ms": {"mean": round(float(secs.mean()) * 1e3, 3),
                              "p95": round(float(np.percentile(secs, 95)) * 1e3, 3)},
                 "perturb": {p: {**v, "self_at_1": v["self"] / v["n"] if v["n"] else None,
@@ -261,15 +295,24 @@ def _prediction(db: Database, out: QueryOutcome, method: Method) -> list[dict[st
 
 
 def loco(db: Database, methods: Sequence[Method], results: dict[str, MethodResult], k: int,
-         rerank_top: int) -> None:
-    """Leave-one-case-out with the stored vectors of each volume as the query."""
+         rerank_top: int, self_sims: Sequence[float] | None = None) -> None:
+    """Leave-one-case-out with the stored vectors of each volume as the query; each answer's
+    confidence is recorded against the calibration of the database less the query's case
+    (``self_sims``: :func:`benchmarks.quality_trust.self_similarity`)."""
+    from benchmarks.quality_trust import calibration_without, record
+
     for v in db.volumes:
         exclude = db.study_mask(v.study)
         if bool(exclude.all()):
             continue
+        gone = np.array([u.study == v.study for u in db.volumes])
+        cal = calibration_without(db, self_sims, gone) if self_sims is not None else None
         for m in methods:
             out = run_query(db, v.vectors, v.slices, v.z_mm, int(v.slices[-1]) + 1,
-                            v.z_spacing, m, exclude, k, rerank_top)
+                            v.z_spacing, m, exclude, k, rerank_top, v.domain)
+            if out.evidence is not None and out.ranking and not m.slice_wise:
+                right = _label_class(db.volumes[out.ranking[0]].labels) == _label_class(v.labels)
+                record(results[m.name], "loco", v.volume_id, right, out.evidence, cal)
             for pred in _prediction(db, out, m):
                 results[m.name].loco.add(v.labels, pred)
             results[m.name].loco_seconds.append(out.seconds)
@@ -297,13 +340,14 @@ def perturbations(db: Database, volumes: Sequence[tuple[Volume, str, dict[str, s
             sl = stride_slices(pv.n_slices, pv.spacing[2], stride_mm, max_slices)
             qv = embed_slices(pv, sl, embedder, prep, cache)
             qz = sl.astype(np.float64) * pv.spacing[2]
+            qd = intensity_domain(pv.data).domain
             for m in methods:
                 tally = results[m.name].perturb.setdefault(pname, {"self": 0, "class": 0,
                                                                    "n": 0})
                 full = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, None, k,
-                                 rerank_top)
+                                 rerank_top, qd)
                 loo = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, own, k,
-                                rerank_top) if not bool(own.all()) else None
+                                rerank_top, qd) if not bool(own.all()) else None
                 if m.slice_wise:
                     selfs = [db.volumes[i].study == study for i in full.slice_top]
                     classes = [_label_class(db.volumes[i].labels) == _label_class(labels)
@@ -368,7 +412,9 @@ def run_quality(dataset: Dataset, models: Sequence[str], config: QualityConfig,
             db = build_database(volumes, embedder, prep, cache, config.db_stride_mm,
                                 config.db_max_slices, progress)
             results = {m.name: MethodResult(str(prep), m.name) for m in methods}
-            loco(db, methods, results, config.k, config.rerank_top)
+            sims = self_similarity(db)
+            loco(db, methods, results, config.k, config.rerank_top, sims)
+            leave_one_class_out(db, methods, results, config.k, config.rerank_top, sims)
             if config.run_perturbations:
                 perturbations(db, volumes, suite, methods, results, embedder, prep, cache,
                               stride_mm=config.query_stride_mm,

@@ -9,52 +9,17 @@ geometry (every slice resampled to a ``mm`` × ``mm`` field of view before the m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks.cache import ArrayCache, SliceEmbedder
-from ingest.preprocess import (
-    normalize_intensity,
-    physical_scale,
-    resolve_intensity,
-)
+from ingest.preprocess import Preprocessing, preprocess_slices, resolve_intensity
 from ingest.volume import Volume
-from medir.config import check_intensity
-from medir.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class Prep:
-    """How slices become model input: an intensity mode and an optional field of view."""
-
-    intensity: str = "auto"
-    fov_mm: float | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Prep:
-        text = spec.strip().lower()
-        intensity, _, geo = text.partition("+")
-        try:
-            check_intensity(intensity)
-        except ConfigError as exc:
-            raise ConfigError(f"bad preprocessing {spec!r}: {exc}") from None
-        if not geo:
-            return cls(intensity)
-        kind, _, value = geo.partition(":")
-        try:
-            fov = float(value)
-        except ValueError:
-            fov = -1.0
-        if kind != "fov" or not fov > 0:
-            raise ConfigError(f"bad preprocessing {spec!r}: geometry is fov:<mm>, e.g. "
-                              "auto+fov:400")
-        return cls(intensity, fov)
-
-    def __str__(self) -> str:
-        return self.intensity + (f"+fov:{self.fov_mm:g}" if self.fov_mm else "")
+#: The bench's preprocessing is the product's (``medir ingest --intensity auto+fov:400``).
+Prep = Preprocessing
 
 
 def stride_slices(n_slices: int, z_spacing: float, stride_mm: float,
@@ -79,17 +44,13 @@ def embed_slices(volume: Volume, slices: NDArray[np.int64], embedder: SliceEmbed
     The cache key holds the concrete intensity mode (what ``auto`` became for this volume), so
     ``auto`` and ``auto-windows`` share the vectors of every volume that is not CT in HU.
     """
-    mode = resolve_intensity(volume.data, prep.intensity)
-    concrete = Prep(mode, prep.fov_mm)
-    key = ArrayCache.key_of(volume.data, volume.spacing, slices, str(concrete),
+    concrete = resolve_intensity(volume.data, str(prep))
+    key = ArrayCache.key_of(volume.data, volume.spacing, slices, concrete,
                             embedder.embedder_id)
 
     def compute() -> NDArray[np.float32]:
-        norm = normalize_intensity(volume.data, mode, slices=slices)
-        if prep.fov_mm:
-            size = int(getattr(getattr(embedder, "info", None), "input_size", 224))
-            norm = physical_scale(norm, (volume.spacing[0], volume.spacing[1]), prep.fov_mm,
-                                  size)
+        size = int(getattr(getattr(embedder, "info", None), "input_size", 224))
+        norm = preprocess_slices(volume.data, volume.spacing, concrete, size, slices)
         out = np.empty((norm.shape[0], embedder.dim), np.float32)
         step = max(embedder.batch_size, 1)
         for s in range(0, norm.shape[0], step):

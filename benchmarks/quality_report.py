@@ -99,6 +99,7 @@ def markdown(run: QualityRun, meta: dict[str, Any]) -> str:
         n_row = next(r for r in rows if r["perturb"])
         lines += ["", "Queries per perturbation: " + ", ".join(
             f"{p} {n_row['perturb'][p]['n']}" for p in perts if p in n_row["perturb"]) + "."]
+    lines += trust_lines(rows)
     vs = verdicts(run)
     if vs:
         lines += ["", f"## Against the default ({BASELINE[0]}, {BASELINE[1]}): better overall "
@@ -112,6 +113,81 @@ def markdown(run: QualityRun, meta: dict[str, Any]) -> str:
                          f"({v['perturbations_compared']}) | {v['worst_class_delta']:+d} | "
                          f"{met} |")
     return "\n".join(lines) + "\n"
+
+
+def _auc(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def trust_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The confidence table (AUROC, confident-wrong rate, leave-one-class-out) and the
+    threshold sweep of each method."""
+    rows = [r for r in rows if r.get("trust")]
+    if not rows:
+        return []
+    th = rows[0]["trust"]["at_threshold"]["threshold"]
+    lines = ["", "## Confidence: right vs wrong (LOCO) and leave-one-class-out (LOClO)", "",
+             "AUROC of right vs wrong answers by confidence (LOCO; with the LOClO answers, which "
+             "are all wrong; by the vote share alone; by the similarity alone). At the threshold "
+             f"{th}: confident-wrong = wrong LOCO answers at or above it, over all LOCO answers; "
+             "right kept = right LOCO answers at or above it; LOClO uncertain = answers below it "
+             "when the query's whole class is out of the database.", "",
+             "| model | prep | method | AUROC | AUROC +LOClO | AUROC vote share | AUROC sim | "
+             "confident-wrong | right kept | LOClO uncertain |", "|---|---|---|---|---|---|---|"
+             "---|---|---|"]
+    for r in rows:
+        t = r["trust"]
+        a = t["at_threshold"]
+        lines.append(f"| {r['model']} | {r['prep']} | {r['method']} | {_auc(t['auroc'])} | "
+                     f"{_auc(t['auroc_with_loclo'])} | {_auc(t['auroc_vote_share'])} | "
+                     f"{_auc(t['auroc_similarity'])} | {a['confident_wrong']}/{a['n']} "
+                     f"({a['confident_wrong_rate']:.2f}) | {a['right_confident']}/{a['n_right']}"
+                     f" | {a['loclo_uncertain']}/{a['n_loclo']} |")
+    lines += ["", "Threshold sweep (confident-wrong / right kept / LOClO uncertain):", "",
+              "| model | prep | method | " + " | ".join(
+                  str(x["threshold"]) for x in rows[0]["trust"]["sweep"]) + " |",
+              "|---|---|---|" + "---|" * len(rows[0]["trust"]["sweep"])]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['prep']} | {r['method']} | " + " | ".join(
+            f"{x['confident_wrong']}/{x['right_confident']}/{x['loclo_uncertain']}"
+            for x in r["trust"]["sweep"]) + " |")
+    return lines
+
+
+def confidence_plot(run: QualityRun, out: Path) -> Path | None:
+    """Histograms of the confidence of right and wrong answers (LOCO) and of leave-one-class-out
+    answers, one panel per method (``quality_confidence.png``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in run.results if r.get("answers")]
+    if not rows:
+        return None
+    ncol = min(len(rows), 4)
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
+                             sharey=True)
+    bins = np.linspace(0, 1, 11)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, rows, strict=False):
+        groups = (("LOCO right", lambda t: t["protocol"] == "loco" and t["right"], "tab:green"),
+                  ("LOCO wrong", lambda t: t["protocol"] == "loco" and not t["right"], "tab:red"),
+                  ("LOClO (class absent)", lambda t: t["protocol"] == "loclo", "tab:orange"))
+        for label, keep, color in groups:
+            vals = [t["confidence"] for t in r["answers"] if keep(t)]
+            ax.hist(vals, bins=bins, alpha=0.55, label=f"{label} ({len(vals)})", color=color)
+        ax.axvline(r["trust"]["at_threshold"]["threshold"], color="k", lw=1, ls="--")
+        ax.set_title(f"{r['prep']} {r['method']}", fontsize=8)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("answers")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "quality_confidence.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
 
 
 def plots(run: QualityRun, out: Path) -> list[Path]:
@@ -167,6 +243,9 @@ def plots(run: QualityRun, out: Path) -> list[Path]:
             fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
         files.append(path)
+    conf = confidence_plot(run, out)
+    if conf is not None:
+        files.append(conf)
     return files
 
 

@@ -22,6 +22,7 @@ from ingest.dicomweb import (
 )
 from ingest.embedders.base import Embedder
 from ingest.pipeline import IngestReport, LabelMap, ProgressFn, index_volume, labels_for
+from medir.config import vector_space_id
 from medir.errors import MedirError
 from search.store import COMPLETE, Filter, SliceStore, collection_name
 
@@ -46,6 +47,7 @@ def ingest_series(
     """
     reports: list[IngestReport] = []
     coll = collection_name(embedder.name)
+    space = vector_space_id(embedder.embedder_id, intensity)  # model version + geometry
     with PacsClient(target) as client:
         for s in series:
             t0 = time.perf_counter()
@@ -53,9 +55,9 @@ def ingest_series(
                 if s.ref.modality.upper() in NON_IMAGE_MODALITIES:
                     rep = IngestReport(s.source, s.volume_id, "skipped",
                                        error=f"non-image DICOM ({s.ref.modality} series)")
-                elif already_indexed(store, coll, s, embedder.embedder_id, client):
+                elif already_indexed(store, coll, s, space, client):
                     n = store.count(coll, Filter({"volume_id": s.volume_id,
-                                                  "embedder": embedder.embedder_id,
+                                                  "embedder": space,
                                                   "state": COMPLETE}))
                     rep = IngestReport(s.source, s.volume_id, "skipped", n)
                 else:

@@ -41,9 +41,11 @@ import torch
 from ingest import versions
 from ingest.collection import VolumeSource, file_source, labels_for
 from ingest.embedders.base import Embedder
-from ingest.preprocess import normalize_intensity, resolve_intensity
+from ingest.intensity_domain import intensity_domain
+from ingest.preprocess import preprocess_slices, resolve_intensity
 from ingest.reader import Limits, VolumeFile
 from ingest.volume import Volume
+from medir.config import vector_space_id
 from medir.errors import DiskFull, MedirError, VolumeError
 from search.live import check_layout
 from search.store import (
@@ -123,8 +125,11 @@ def embed_volume(
     on_batch: Callable[[int], None] | None = None,
     chunk: int | None = None,
 ) -> np.ndarray:
-    """Embeddings of every axial slice of ``volume``: (Z, dim) float32, unit rows."""
-    norm = normalize_intensity(volume.data, intensity)
+    """Embeddings of every axial slice of ``volume``: (Z, dim) float32, unit rows.
+
+    ``intensity``: a preprocessing spec (:class:`ingest.preprocess.Preprocessing`)."""
+    norm = preprocess_slices(volume.data, volume.spacing, resolve_intensity(volume.data, intensity),
+                             embedder.info.input_size)
     n = volume.n_slices
     step = chunk or max(embedder.batch_size, 1)
     out = np.empty((n, embedder.dim), dtype=np.float32)
@@ -138,9 +143,10 @@ def embed_volume(
 
 def slice_points(volume: Volume, vectors: np.ndarray, embedder: Embedder,
                  intensity: str, gen: str = "") -> list[SlicePoint]:
-    """One point per slice of one generation (:func:`ingest.versions.slice_points`)."""
-    return versions.slice_points(volume, vectors, embedder.embedder_id, embedder.name,
-                                 embedder.info.version, intensity, gen)
+    """One point per slice of one generation (:func:`ingest.versions.slice_points`), stored
+    under the vector space of the model and the spec's geometry (:func:`vector_space_id`)."""
+    return versions.slice_points(volume, vectors, vector_space_id(embedder.embedder_id, intensity),
+                                 embedder.name, embedder.info.version, intensity, gen)
 
 
 def open_collection(store: SliceStore, embedder: Embedder) -> str:
@@ -178,8 +184,8 @@ def write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volum
 def _settle(store: SliceStore, coll: str, volume: Volume, embedder: Embedder, mode: str,
             force: bool, labels_given: bool) -> IngestReport | None:
     """Skip or relabel an already indexed volume; None when it must be embedded."""
-    action = versions.decide(store, coll, volume, embedder.embedder_id, mode, force,
-                             labels_given)
+    action = versions.decide(store, coll, volume, vector_space_id(embedder.embedder_id, mode),
+                             mode, force, labels_given)
     if action == versions.EMBED:
         return None
     if action == versions.RELABEL:
@@ -209,6 +215,7 @@ def index_volume(
     gen = new_generation()  # at read time: of two writers, the later read wins
     coll = open_collection(store, embedder)
     mode = resolve_intensity(volume.data, intensity)
+    volume.domain = volume.domain or intensity_domain(volume.data).domain  # HU or not, stored
     settled = _settle(store, coll, volume, embedder, mode, force, labels_given)
     if settled is not None:
         return settled
@@ -346,7 +353,9 @@ def _reader(
                     stats.read_s += t_norm - t_read
                     vol.labels = labels_for(labels, vol.volume_id, src)
                     mode = resolve_intensity(vol.data, intensity)
-                    norm = normalize_intensity(vol.data, mode)
+                    vol.domain = intensity_domain(vol.data).domain  # HU or not, stored
+                    norm = preprocess_slices(vol.data, vol.spacing, mode,
+                                             embedder.info.input_size)
                 except MedirError as exc:
                     stats.read_s += time.perf_counter() - t_read
                     if not put(_Failed(IngestReport(str(path), vid, "failed",

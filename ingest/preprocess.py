@@ -15,19 +15,28 @@ Geometry (:func:`physical_scale`, optional): every slice resampled in-plane to a
 view in mm (centred, zero padded or cropped), so a 20 cm crop and a 50 cm scan show anatomy at
 the same size; without it each slice is stretched to the model input whatever its extent.
 
+A **preprocessing spec** (:class:`Preprocessing`) names both: ``<intensity>[+fov:<mm>]``, e.g.
+``auto`` (the default) or ``auto+fov:400`` (physical scale, a 400 mm field of view). It travels
+as the ``intensity`` option of every ingest and query path (CLI ``--intensity``, the
+``MEDIR_INTENSITY`` setting used by the UI, the queue and PACS ingest), checked by
+:func:`medir.config.check_intensity`. A geometry changes every vector, so it is part of the
+vector space's id (:func:`medir.config.vector_space_id`): points stored under
+``dinov2-s-onnx@1+fov:400`` are never compared with points of ``dinov2-s-onnx@1``.
+
 Batch level, torch, on the model's device (:func:`to_model_input`): resize to the model's input
 size, replicate to 3 channels, normalise with the model's mean and std.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medir.config import INTENSITY_MODES
+from medir.config import INTENSITY_MODES, check_intensity
 
 IntensityMode = Literal["auto", "percentile", "ct", "ct-windows", "auto-windows"]
 
@@ -69,8 +78,53 @@ def looks_like_hu(data: np.ndarray) -> bool:
     return float(np.mean(sample < -500.0)) >= 0.02
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a volume's slices become model input: an intensity mode (:data:`INTENSITY_MODES`)
+    and, optionally, a physical field of view in mm (:func:`physical_scale`).
+
+    Written ``<intensity>[+fov:<mm>]`` (``auto``, ``auto+fov:400``); :meth:`parse` and ``str``
+    are inverse. The bench's preprocessing (``medir bench quality --preps``) is this class.
+    """
+
+    intensity: str = "auto"
+    fov_mm: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Preprocessing:
+        """The spec's parts, or one :class:`~medir.errors.ConfigError` line saying what is
+        wrong (:func:`medir.config.check_intensity`)."""
+        intensity, _, geo = check_intensity(spec).partition("+")
+        return cls(intensity, float(geo.partition(":")[2]) if geo else None)
+
+    def __str__(self) -> str:
+        return self.intensity + (f"+fov:{self.fov_mm:g}" if self.fov_mm else "")
+
+    @property
+    def geometry(self) -> str:
+        """The geometry part of the spec (``+fov:400``), empty without one."""
+        return f"+fov:{self.fov_mm:g}" if self.fov_mm else ""
+
+
+def preprocess_slices(data: np.ndarray, spacing: tuple[float, float, float], spec: str,
+                      size: int, slices: np.ndarray | list[int] | None = None) -> np.ndarray:
+    """The model-ready [0, 1] slices of a volume under a concrete spec (see
+    :func:`resolve_intensity`): the intensity window, then the physical field of view when the
+    spec has one (``size``: the model's input size). Without a geometry this is
+    :func:`normalize_intensity` exactly."""
+    prep = Preprocessing.parse(spec)
+    norm = normalize_intensity(data, prep.intensity, slices=slices)
+    if prep.fov_mm:
+        norm = physical_scale(norm, (float(spacing[0]), float(spacing[1])), prep.fov_mm, size)
+    return norm
+
+
 def resolve_intensity(data: np.ndarray, mode: str) -> str:
-    """The concrete mode (``percentile`` or ``ct``) for ``mode`` on this volume."""
+    """The concrete mode (``percentile`` or ``ct``) for ``mode`` on this volume; a spec with a
+    geometry keeps it (``auto+fov:400`` → ``ct+fov:400`` for CT in HU)."""
+    if "+" in mode:
+        prep = Preprocessing.parse(mode)
+        return resolve_intensity(data, prep.intensity) + prep.geometry
     if mode not in INTENSITY_MODES:
         raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
     if mode == "auto":

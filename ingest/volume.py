@@ -29,6 +29,9 @@ class Volume:
     meta: dict[str, str] = field(default_factory=dict)
     # Problems repaired while reading (e.g. NaN voxels set to the background); never stored.
     warnings: list[str] = field(default_factory=list)
+    # Intensity domain decided from the voxels at ingest (ingest.intensity_domain: "hu" or
+    # "non-hu"; empty: not decided). Stored as the payload's ``domain``; queries stay in theirs.
+    domain: str = ""
 
     @property
     def n_slices(self) -> int:
@@ -49,6 +52,7 @@ class Volume:
             "source": self.source,
             "sha256": self.sha256,
             "index_4d": self.index_4d,
+            **({"domain": self.domain} if self.domain else {}),
             **{k: v for k, v in self.meta.items() if v},
             **{k: v for k, v in self.labels.items() if v},
         }

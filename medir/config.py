@@ -35,14 +35,41 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def check_intensity(mode: object) -> str:
-    """``mode`` when it is an intensity mode, else one :class:`~medir.errors.ConfigError` line
-    (the one check the ingest options, the query options and the benchmarks share)."""
+    """``mode`` in its canonical form when it is a preprocessing spec, else one
+    :class:`~medir.errors.ConfigError` line (the one check the ingest options, the query options
+    and the benchmarks share). A spec is an intensity mode (:data:`INTENSITY_MODES`), optionally
+    followed by a physical field of view, ``+fov:<mm>`` with 10 ≤ mm ≤ 2000 (``auto+fov:400``:
+    every slice resampled in-plane to 400 × 400 mm before the model, ingest/preprocess.py)."""
     from medir.errors import ConfigError
 
-    if mode not in INTENSITY_MODES:
+    text = mode if isinstance(mode, str) else ""
+    intensity, plus, geo = text.partition("+")
+    if intensity not in INTENSITY_MODES:
         raise ConfigError(f"unknown intensity mode {mode!r}; choose one of "
-                          f"{', '.join(INTENSITY_MODES)}")
-    return str(mode)
+                          f"{', '.join(INTENSITY_MODES)}, optionally +fov:<mm> (e.g. "
+                          "auto+fov:400)")
+    if not plus:
+        return intensity
+    kind, _, value = geo.partition(":")
+    try:
+        fov = float(value)
+    except ValueError:
+        fov = -1.0
+    if kind != "fov" or not 10.0 <= fov <= 2000.0:
+        raise ConfigError(f"bad preprocessing {mode!r}: the geometry is fov:<mm> with "
+                          "10 ≤ mm ≤ 2000, e.g. auto+fov:400")
+    return f"{intensity}+fov:{fov:g}"
+
+
+def vector_space_id(embedder_id: str, spec: str) -> str:
+    """The id stored as the points' ``embedder`` (and filtered on by every query): the model
+    version, plus the geometry of the preprocessing ``spec`` when it has one
+    (``dinov2-s-onnx@1+fov:400``), so vectors of two geometries are never compared. The
+    intensity mode is not part of it: ``auto`` already mixes ``ct`` and ``percentile``
+    volumes in one space, and each point records its concrete mode in ``intensity``."""
+    _, plus, geo = check_intensity(spec).partition("+")
+    return embedder_id + (plus + geo if plus else "")
+
 
 class HnswSettings(BaseModel):
     """HNSW graph parameters of the Qdrant collections (server and embedded alike)."""
@@ -228,7 +255,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (cuda, mps, cpu) | cuda | cuda:N | cpu")
     batch_size: int = Field(32, ge=1, description="slices per forward pass")
     upsert_batch: int = Field(512, ge=1, description="points per upsert request")
-    intensity: str = Field("auto", description="auto | percentile | ct")
+    intensity: str = Field(
+        "auto", description="preprocessing of ingest and queries: auto | percentile | ct | "
+        "ct-windows | auto-windows, optionally +fov:<mm> (physical scale, e.g. auto+fov:400; "
+        "its vectors are a separate space: ingest and query with the same value)")
     hnsw: HnswSettings = HnswSettings()
     store: StoreSettings = StoreSettings()
     search: SearchSettings = SearchSettings()

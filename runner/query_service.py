@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from ingest.embedders.base import Embedder
-from ingest.preprocess import normalize_intensity, resolve_intensity
+from ingest.intensity_domain import intensity_domain
+from ingest.preprocess import preprocess_slices, resolve_intensity
 from ingest.reader import Limits, open_volume
 from ingest.volume import Volume
-from medir.config import PacsSettings
+from medir.config import PacsSettings, vector_space_id
 from search.query import (
     QueryOptions,
     SearchResult,
@@ -29,29 +30,35 @@ from search.store import SliceStore, content_id
 def search_volume(
     volume: Volume, store: SliceStore, embedder: Embedder, options: QueryOptions
 ) -> SearchResult:
-    """Query with a volume read from a file (embedding only the chosen slices)."""
-    coll = check_collection(store, embedder)
+    """Query with a volume read from a file (embedding only the chosen slices), in the vector
+    space of the model and the options' preprocessing, kept to the query's intensity domain
+    (decided here from its voxels) unless the options ask for cross-modality search."""
+    space = vector_space_id(embedder.embedder_id, options.intensity)
+    coll = check_collection(store, embedder, space)
     sampling, _ = options.parsed()
     chosen = sampling.select(volume.n_slices, volume.spacing[2])
     exclude = content_id(volume.sha256, volume.index_4d)
     t0 = time.perf_counter()
     mode = resolve_intensity(volume.data, options.intensity)  # concrete: decided once
-    stored = stored_vectors(store, coll, exclude, embedder.embedder_id, mode, chosen)
+    dom = intensity_domain(volume.data)  # from the voxels: CT in HU or not
+    stored = stored_vectors(store, coll, exclude, space, mode, chosen)
     t_lookup = time.perf_counter() - t0
     if stored is None:
-        vectors = embedder.embed(normalize_intensity(volume.data, mode, slices=chosen))
+        vectors = embedder.embed(preprocess_slices(volume.data, volume.spacing, mode,
+                                                   embedder.info.input_size, chosen))
     else:
         vectors = stored
     t_embed = time.perf_counter() - t0 - t_lookup
     found = search_vectors(
         store, coll, vectors, volume.n_slices, volume.spacing[2], options,
-        exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
+        exclude_content=exclude, slice_indices=chosen, embedder_id=space, domain=dom.domain,
     )
     return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
                         found.chosen_slices, found.weights, result_options(options),
                         found.vote.ranking, found.vote.slice_predictions,
                         {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
-                        "embedded" if stored is None else "stored")
+                        "embedded" if stored is None else "stored", dom.domain, dom.reason,
+                        found.answer)
 
 
 def search_file(

@@ -26,8 +26,11 @@ from medir.config import (
     DEFAULT_WEIGHTING,
     SearchSettings,
     check_intensity,
+    vector_space_id,
 )
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from search.calibration import answer_dict, collection_calibration, judge_vote
+from search.domain import opposite
 from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking, volume_vectors
 from search.live import check_layout, live_records
 from search.rerank import check_rerank, rerank_order, rerank_scores
@@ -77,6 +80,7 @@ class QueryOptions:
     top: int = DEFAULT_TOP
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exact: bool = False
+    #: The preprocessing spec ``<intensity>[+fov:<mm>]`` (ingest.preprocess.Preprocessing).
     intensity: str = "auto"
     # Case ids whose volumes are left out of the results (leave-one-case-out evaluation).
     exclude_cases: Sequence[str] = ()
@@ -91,6 +95,9 @@ class QueryOptions:
     #: "not like those"; their own votes re-rank the query's, and they are left out.
     like: Sequence[str] = ()
     unlike: Sequence[str] = ()
+    #: Search volumes of every intensity domain; by default a query whose voxels are CT in HU
+    #: (ingest.intensity_domain) only meets stored volumes that are not non-HU, and vice versa.
+    cross_modality: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +117,8 @@ class QueryOptions:
             if isinstance(marks, str) or not all(isinstance(v, str) and v for v in marks):
                 raise ConfigError(f"{name} takes a list of volume ids, got {marks!r}")
         check_marks(self.like, self.unlike)
+        if not isinstance(self.cross_modality, bool):
+            raise ConfigError(f"cross_modality must be true or false, got {self.cross_modality!r}")
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or not 1 <= self.rerank_top <= MAX_TOP:
             raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
@@ -117,7 +126,7 @@ class QueryOptions:
                 or self.max_slices < 0:
             raise ConfigError(f"max_slices must be an integer >= 0 (0: no cap), got "
                               f"{self.max_slices!r}")
-        check_intensity(self.intensity)
+        check_intensity(self.intensity)  # <intensity>[+fov:<mm>]
         if not isinstance(self.filters, Mapping):
             raise ConfigError("filters must map a label to its values")
         for key, values in self.filters.items():
@@ -174,15 +183,25 @@ class SearchResult:
     #: "embedded" (the model ran on the query) or "stored" (the query's content is indexed and
     #: its stored slice vectors were used).
     vectors: str = "embedded"
+    #: The query's intensity domain ("hu", "non-hu"; "" unknown) and why (from its voxels).
+    domain: str = ""
+    domain_reason: str = ""
+    #: the answer's volume, labels, ``confidence`` in [0, 1], ``uncertain`` and ``reason``
+    answer: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
+        ranking = [r.to_dict(with_matches) for r in self.ranking]
+        if ranking and self.answer:  # the answer is the first volume: its verdict on it too
+            ranking[0].update({k: self.answer[k] for k in ("confidence", "uncertain", "reason")})
         return {
             "query": {"volume_id": self.query_id, "source": self.query_source,
                       "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
-                      "weights": self.weights, "vectors": self.vectors},
+                      "weights": self.weights, "vectors": self.vectors,
+                      "domain": self.domain, "domain_reason": self.domain_reason},
             "model": self.model,
             "options": self.options,
-            "ranking": [r.to_dict(with_matches) for r in self.ranking],
+            "answer": self.answer,
+            "ranking": ranking,
             "slice_predictions": [m.__dict__ for m in self.slice_predictions],
             "timings": self.timings,
         }
@@ -198,10 +217,16 @@ class VectorSearch:
     weights: list[float]
     vote: VoteResult
     timings: dict[str, float]
+    #: the answer (the ranking's first volume) with its confidence (search.calibration)
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
-def check_collection(store: SliceStore, embedder: ModelId) -> str:
-    """The collection to query, or a clear error (empty store, other model, other version)."""
+def check_collection(store: SliceStore, embedder: ModelId, space: str | None = None) -> str:
+    """The collection to query, or a clear error (empty store, other model, other version).
+
+    ``space``: the vector space queried (:func:`medir.config.vector_space_id`; default the
+    model version alone)."""
+    space = space or embedder.embedder_id
     coll = collection_name(embedder.name)
     existing = store.collections()
     if coll not in existing:
@@ -221,10 +246,12 @@ def check_collection(store: SliceStore, embedder: ModelId) -> str:
     # the query is allowed when its own version is there, and search_vectors filters on it, so
     # vectors of two versions are never compared.
     versions = store.facet(coll, "embedder", READY)
-    if versions and embedder.embedder_id not in versions:
+    if versions and space not in versions:
         raise ModelMismatch(
             f"collection {coll} was built with {', '.join(map(str, versions))} but this query "
-            f"uses {embedder.embedder_id}; re-ingest the collection with this model version"
+            f"uses {space}; query with the collection's preprocessing (--intensity, "
+            "MEDIR_INTENSITY: a '+fov:<mm>' in the id is part of it) or re-ingest the "
+            "collection with this model version and preprocessing"
         )
     if store.collection_dim(coll) != embedder.dim:
         raise ModelMismatch(f"collection {coll} holds {store.collection_dim(coll)}-d vectors, "
@@ -233,7 +260,8 @@ def check_collection(store: SliceStore, embedder: ModelId) -> str:
 
 
 def _filter(options: QueryOptions, exclude_content: str | None,
-            exclude_volume: str | None = None, embedder_id: str | None = None) -> Filter:
+            exclude_volume: str | None = None, embedder_id: str | None = None,
+            domain: str = "") -> Filter:
     must: dict[str, Any] = dict(READY.must)
     if embedder_id:
         must["embedder"] = embedder_id
@@ -248,6 +276,8 @@ def _filter(options: QueryOptions, exclude_content: str | None,
         must_not["case_id"] = list(options.exclude_cases)
     if exclude_volume:
         must_not["volume_id"] = exclude_volume
+    if domain and not options.cross_modality:  # stored volumes of the other domain stay out;
+        must_not["domain"] = opposite(domain)  # those stored before domains (none) stay in
     return Filter(must, must_not)
 
 
@@ -263,11 +293,14 @@ def search_vectors(
     exclude_volume: str | None = None,
     slice_indices: np.ndarray | None = None,
     embedder_id: str | None = None,
+    domain: str = "",
 ) -> VectorSearch:
     """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
-    ``embedder_id`` restricts the hits to points of that embedder version.
+    ``embedder_id`` restricts the hits to points of that embedder version; ``domain`` (the
+    query's intensity domain) keeps out stored volumes of the other domain unless the options
+    ask for ``cross_modality``.
     """
     sampling, weighting = options.parsed()
     idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
@@ -278,7 +311,8 @@ def search_vectors(
     weights = weighting.weights(np.asarray(chosen_list), n_slices)
     t0 = time.perf_counter()
     hits = store.search_batch(coll, slice_vectors[rows], options.k,
-                              _filter(options, exclude_content, exclude_volume, embedder_id),
+                              _filter(options, exclude_content, exclude_volume, embedder_id,
+                                      domain),
                               exact=options.exact,
                               payload_keys=HIT_PAYLOAD_KEYS)
     t1 = time.perf_counter()
@@ -301,7 +335,12 @@ def search_vectors(
                                  result.ranking, options, embedder_id)
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
-    return VectorSearch(chosen_list, weights.tolist(), result, timings)
+    t3 = time.perf_counter()  # how sure the answer is (integration point: search.calibration)
+    verdict = judge_vote(result, weights.tolist(),
+                         collection_calibration(store, coll, embedder_id or ""))
+    timings["confidence_s"] = time.perf_counter() - t3
+    return VectorSearch(chosen_list, weights.tolist(), result, timings,
+                        answer_dict(result, verdict))
 
 
 def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
@@ -387,11 +426,12 @@ def search_indexed(
     volume_id: str, store: SliceStore, embedder: ModelId, options: QueryOptions
 ) -> SearchResult:
     """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
-    coll = check_collection(store, embedder)
+    space = vector_space_id(embedder.embedder_id, options.intensity)
+    coll = check_collection(store, embedder, space)
     # the live version only: during a re-ingest the old and new ones are briefly both ready
     records = sorted(live_records(list(store.scroll(
         coll, Filter({"volume_id": volume_id, **READY.must,
-                        "embedder": embedder.embedder_id}), with_vectors=True))),
+                        "embedder": space}), with_vectors=True))),
         key=lambda r: int(r.payload["slice"]))
     if not records:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll}")
@@ -403,13 +443,16 @@ def search_indexed(
     found = search_vectors(
         store, coll, vectors, n, spacing[2], options,
         exclude_volume=volume_id, slice_indices=slices,
-        embedder_id=embedder.embedder_id,
+        embedder_id=space, domain=str(first.get("domain", "")),
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
                         found.chosen_slices, found.weights, result_options(options),
                         found.vote.ranking, found.vote.slice_predictions,
                         {"embed_s": 0.0, **found.timings},
-                        "stored")
+                        "stored", str(first.get("domain", "")),
+                        "stored at ingest" if first.get("domain") else
+                        "not stored (indexed before domains; re-ingest with --force)",
+                        found.answer)
 
 
 def result_options(options: QueryOptions) -> dict[str, Any]:
@@ -417,6 +460,7 @@ def result_options(options: QueryOptions) -> dict[str, Any]:
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
             "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
+            "cross_modality": options.cross_modality,
             **({"max_slices": options.max_slices} if options.max_slices else {}),
             **({"like": list(options.like)} if options.like else {}),
             **({"unlike": list(options.unlike)} if options.unlike else {}),

@@ -191,6 +191,11 @@ def test_rerank_through_the_store(tmp_path: Path, method: str,
     with EdgeStore(tmp_path / "edge") as store:
         for v in (ordered, shuffled, query):
             index_volume(store, emb, v)
+        from search.calibration import collection_calibration
+
+        # the collection's confidence calibration: computed once per process and size, and
+        # kept (search.calibration); warm it so that only the query's own scrolls are counted
+        collection_calibration(store, "medir_test_tiny", emb.embedder_id)
         calls: list[object] = []
         real = store.scroll
 
@@ -244,7 +249,7 @@ def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     coll = _collection(tmp_path / "coll")
     out = tmp_path / "out"
     args = ["bench", "quality", "--dataset", str(coll), "--models", "test-tiny",
-            "--methods", "all,W,SW,W+zorder,W+maxsim", "--preps", "auto,auto-windows",
+            "--methods", "all,W,SW,W+zorder,W+maxsim,W+domain", "--preps", "auto,auto-windows",
             "--perturb", "z25,lps,no-hu", "--device", "cpu", "--cache", str(tmp_path / "c"),
             "--out", str(out), "--no-progress", "--query-slices", "4", "--allow-busy"]
     res = CliRunner().invoke(app, args)
@@ -252,8 +257,16 @@ def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     doc = json.loads((out / "quality.json").read_text())
     assert doc["git"]["commit"] and doc["machine"]["cpu_count"]
     assert doc["dataset"]["n_cases"] == 4 and doc["dataset"]["n_volumes"] == 5
-    assert len(doc["results"]) == 2 * 5
+    assert len(doc["results"]) == 2 * 6
     for r in doc["results"]:
+        if r["method"] != "SW":  # every answer's confidence, LOCO and leave-one-class-out
+            t = r["trust"]
+            assert {a["protocol"] for a in r["answers"]} == {"loco", "loclo"}
+            assert all(0.0 <= a["confidence"] <= 1.0 for a in r["answers"])
+            assert not any(a["right"] for a in r["answers"] if a["protocol"] == "loclo")
+            assert t["at_threshold"]["n"] == 5 and len(t["sweep"]) >= 10
+            assert t["at_threshold"]["n_loclo"] == sum(a["protocol"] == "loclo"
+                                                       for a in r["answers"])
         lo = r["loco"]
         n = lo["n"]["modality"]
         # LOCO: the crop shares its case with ct_a, so both leave together; 5 queries (SW: slices)
@@ -267,6 +280,8 @@ def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (out / "quality.md").read_text().count("| test-tiny |") >= 10
     assert (out / "quality_perturb.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "quality_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "quality_confidence.png").read_bytes()[:4] == b"\x89PNG"
+    assert "leave-one-class-out" in (out / "quality.md").read_text()
     # a second run reuses every embedding
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

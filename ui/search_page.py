@@ -187,6 +187,10 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
         k = int(c1.number_input("k neighbours per slice", 1, 100, s.search.k, key="k"))
         top = int(c2.number_input("Top-N volumes", 1, 100, s.search.top, key="top"))
         filters = _filter_inputs(collection_of(stats, model, s))
+        cross = st.checkbox("Cross-modality search", value=False, key="cross_modality",
+                            help="By default a CT query (voxels in Hounsfield units) only meets "
+                                 "CT volumes and an MR query only non-CT ones; tick to search "
+                                 "all.")
     with left:
         st.subheader("Query volume")
         choices = [UPLOAD_VOLUME, UPLOAD_DICOM, "An indexed volume"] + (
@@ -221,7 +225,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
     if pressed and query is not None:
         try:
             opts = configured_options(s.search, sampling=sampling, weighting=weighting, k=k,
-                                      top=top, filters=filters, intensity=s.intensity)
+                                      top=top, filters=filters, intensity=s.intensity,
+                                      cross_modality=cross)
         except MedirError as exc:  # e.g. a sampling spec typed wrong: one line, no query
             show_error(exc)
             return None
@@ -382,9 +387,22 @@ def _results(s: Settings, result: dict[str, Any]) -> None:
     t = result.get("timings", {})
     st.subheader("Results")
     left, right = st.columns([3, 2], vertical_alignment="center")
-    left.success(f"**Prediction: {md(views.labels_text(best.get('labels', {})))}**  \n"
-                 f"from {md(best['volume_id'])}, the most-voted volume "
-                 f"({best['score']:.0%} of the weighted vote)", icon=":material/target:")
+    answer = result.get("answer") or {}
+    said = (f"from {md(best['volume_id'])}, the most-voted volume "
+            f"({best['score']:.0%} of the weighted vote)")
+    labels = md(views.labels_text(best.get("labels", {})))
+    if answer.get("uncertain"):  # amber, not green: the nearest volumes are still listed
+        left.warning(f"**Uncertain: nearest is {labels}** (confidence "
+                     f"{answer['confidence']:.0%})  \n{md(answer['reason'])}.  \n" + said,
+                     icon=":material/help:")
+    else:
+        conf = f", confidence {answer['confidence']:.0%}" if answer else ""
+        left.success(f"**Prediction: {labels}**  \n" + said + conf, icon=":material/target:")
+    if q.get("domain"):
+        scope = ("all domains searched" if result.get("options", {}).get("cross_modality")
+                 else "results kept to this domain")
+        left.caption(f"Query intensity domain: {md(q['domain'])} "
+                     f"({md(q.get('domain_reason', ''))}); {scope}.")
     c = right.columns(2)
     c[0].metric("Query slices", f"{len(q['chosen_slices'])} / {q['n_slices']}")
     c[1].metric("Search time", f"{t.get('embed_s', 0) + t.get('knn_s', 0):.1f} s",

@@ -54,7 +54,9 @@ def ingest(
     labels: Annotated[Path | None, typer.Option(help="CSV with case_id or file, plus "
                                                 "modality, region, organ, dataset, split.")] = None,
     model: Annotated[str | None, typer.Option(help="Embedding model (see medir models).")] = None,
-    intensity: Annotated[str | None, typer.Option(help="auto | percentile | ct")] = None,
+    intensity: Annotated[str | None, typer.Option(
+        help="Preprocessing: auto | percentile | ct | ct-windows | auto-windows, optionally "
+             "+fov:<mm> (physical scale, e.g. auto+fov:400). Default: MEDIR_INTENSITY.")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="Submit to the Celery queue.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="With --queue: follow the jobs until done.")] = True,
@@ -218,6 +220,12 @@ def search(
     export: Annotated[Path | None, typer.Option(
         help="Also write the ranking as a cohort: .csv (pandas, and a labels CSV for "
              "medir ingest --labels) or .json.")] = None,
+    intensity: Annotated[str | None, typer.Option(
+        help="Preprocessing of the query, the collection's (e.g. auto+fov:400). Default: "
+             "MEDIR_INTENSITY.")] = None,
+    cross_modality: Annotated[bool, typer.Option(
+        "--cross-modality", help="Also search volumes of the other intensity domain (CT in HU "
+        "vs not), decided from the voxels; by default a query stays in its own.")] = False,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
@@ -247,11 +255,12 @@ def search(
         max_slices=max_slices,
         filters=_parse_filters(filter),
         exact=exact,
-        intensity=settings.intensity,
+        intensity=intensity or settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
         like=likes,
         unlike=unlikes,
+        cross_modality=cross_modality,
     )
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
@@ -294,6 +303,7 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
     out.print(f"query {safe_text(q['volume_id'])} ({q['n_slices']} slices, "
               f"{len(q['chosen_slices'])} chosen) model {safe_text(result['model'])}",
               highlight=False)
+    out.print(_domain_line(result), highlight=False)
     table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
     table.columns[1].no_wrap = True
     for r in result["ranking"]:
@@ -303,12 +313,35 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
         table.add_row(str(r["rank"]), safe_text(r["volume_id"]), f"{r['votes']:.2f}",
                       f"{r['score']:.3f}", f"{r['similarity']:.3f}", safe_text(labels), pairs)
     out.print(table)
+    out.print(_answer_line(result), highlight=False)
     t = result["timings"]
     embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
              if result["query"].get("vectors", "embedded") == "embedded"
              else "stored vectors (the query is indexed: no embedding)")
     out.print(f"{embed}, k-NN {t.get('knn_s', 0) * 1e3:.0f} ms,"
               f" vote {t.get('vote_s', 0) * 1e3:.1f} ms", highlight=False)
+
+
+def _answer_line(result: dict[str, Any]) -> str:
+    """The answer's verdict: its confidence, or "uncertain: <reason>" (the ranking above
+    still lists the nearest volumes)."""
+    a = result.get("answer") or {}
+    if not a:
+        return "no answer: nothing matched"
+    labels = " ".join(v for k, v in a.get("labels", {}).items() if k in ("modality", "region"))
+    what = f"{labels or a['volume_id']} (confidence {a['confidence']:.2f})"
+    return f"uncertain: {a['reason']}; nearest: {what}" if a["uncertain"] else f"answer: {what}"
+
+
+def _domain_line(result: dict[str, Any]) -> str:
+    """Which intensity domain the query is in, and whether the results were kept to it."""
+    q = result["query"]
+    name = {"hu": "CT in HU", "non-hu": "not HU (MR or other)"}.get(q.get("domain", ""))
+    if not name:
+        return "domain: unknown (" + (q.get("domain_reason") or "not decided") + "); all searched"
+    scope = ("all domains searched (--cross-modality)" if result["options"].get("cross_modality")
+             else "results kept to this domain (--cross-modality to search all)")
+    return f"domain: {name}, {q.get('domain_reason', '')}; {scope}"
 
 
 # ---- info / demo -------------------------------------------------------------------------------
@@ -435,7 +468,7 @@ def demo(
                                 f"{held[0]['modality']} {held[0]['region']})"), highlight=False)
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,
            sampling=None, weighting=None, k=None, top=5, filter=None, by_id=False,
-           index_4d=None, exact=False, as_json=False, explain=3)
+           index_4d=None, exact=False, as_json=False, explain=3, intensity=None)
 
 
 @app.command()
