@@ -58,6 +58,10 @@ class StoreSettings(BaseModel):
     on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
     shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
     replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
+    lock_wait_s: float = Field(
+        30.0, ge=0, le=86400, description="embedded store: seconds a second medir process "
+        "waits for the one holding the store (then one clear error; the holder is never "
+        "touched)")
 
 
 class SearchSettings(BaseModel):

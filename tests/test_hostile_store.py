@@ -1,0 +1,243 @@
+"""Issue 21, items 1 and 3: the embedded store against a second process, and prune.
+
+* A second medir process (``medir info``, ``volumes``, ``prune``, ``migrate``) started while
+  another one holds the embedded store waits its turn (bounded, with a message) or gives up
+  with one line; the holder's data is intact afterwards (item 3).
+* A kept-open store (the worker's) whose engine fails recovers by reopening.
+* The UI holds the store only while it serves a request.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pytest
+
+from medir.config import Settings
+from medir.errors import StoreUnavailable
+from search.store import SlicePoint, point_id
+from search.store_edge import EdgeStore
+from search.store_qdrant import QdrantStore
+
+REPO = Path(__file__).resolve().parents[1]
+DEADLINE_S = 120.0
+COLL = "medir_hold"
+
+# A process holding the store the way an ingest does: it keeps writing (flushing now and then)
+# until told to stop, and says when it holds the store. Run as ``python -c HOLDER READY STOP``.
+HOLDER = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+from medir.config import get_settings
+from search.store import SlicePoint, point_id
+from search.store_factory import open_store
+
+ready, stop = Path(sys.argv[1]), Path(sys.argv[2])
+rng = np.random.default_rng(0)
+n = 0
+with open_store(get_settings()) as store:
+    store.ensure_collection("medir_hold", 16)
+    i = 0
+    while not (i >= 5 and stop.exists()):
+        if i < 400:  # an ingest's writes, flushed every 10 batches
+            store.upsert("medir_hold", [SlicePoint(
+                point_id(f"v{i}", f"c{i}", s, "m@1"), rng.random(16).astype("float32"),
+                {"volume_id": f"v{i}", "slice": s, "state": "ready", "embedder": "m@1",
+                 "modality": "CT"}) for s in range(20)])
+            n += 20
+            if i % 10 == 9:
+                store.flush()
+        if i == 5:
+            ready.write_text("holding")
+        i += 1
+        time.sleep(0.01)  # pace the writes; not a synchronisation
+    store.flush()
+    print(n, store.count("medir_hold"), flush=True)
+"""
+
+
+def medir(*args: str | Path, env: dict[str, str] | None = None,
+          ) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "MEDIR_PLUGINS": "tests.plugin_embedder", "COLUMNS": "250",
+            **(env or {})}
+    return subprocess.run([sys.executable, "-m", "medir.cli", *map(str, args)], cwd=REPO,
+                          env=full, capture_output=True, text=True, timeout=DEADLINE_S)
+
+
+def wait_for(cond: object, what: str, timeout: float = DEADLINE_S) -> None:
+    """Wait for ``cond()`` to hold (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Holder:
+    proc: subprocess.Popen[str]
+    ready: Path
+    stop: Path
+
+    def finish(self) -> tuple[int, int]:
+        """Let it stop; (points it wrote, points it counts after its last flush)."""
+        self.stop.write_text("stop")
+        out, err = self.proc.communicate(timeout=DEADLINE_S)
+        assert self.proc.returncode == 0, err[-3000:]
+        written, counted = map(int, out.split())
+        return written, counted
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Holder]:
+    """A process holding the embedded store at ``MEDIR_STORE_PATH``, writing to it."""
+    ready, stop = tmp_path / "holder.ready", tmp_path / "holder.stop"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(ready), str(stop)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    h = Holder(proc, ready, stop)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, "the holder")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        yield h
+    finally:
+        stop.write_text("stop")
+        if proc.poll() is None:
+            try:
+                proc.communicate(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def _error_line(r: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# ---- a second process against the holder ------------------------------------------------------
+def test_second_process_gives_up_with_one_line_and_the_holder_is_intact(
+        holder: Holder, tmp_path: Path) -> None:
+    """Every store command, run while another process holds the store, fails with one line
+    naming the store and the holder's pid; the holder goes on and keeps every point."""
+    store = tmp_path / "store"
+    pid = str(holder.proc.pid)
+    no_wait = {"MEDIR_STORE__LOCK_WAIT_S": "0"}
+    results = [medir(*cmd, env=no_wait)
+               for cmd in (["info"], ["volumes"], ["prune", "--yes"], ["migrate"])]
+    written, counted = holder.finish()  # before: its next flush failed, the store damaged
+    assert counted == written  # nothing the holder wrote was lost
+    for r in results:
+        _error_line(r, f"store {store} is in use by another medir process (pid {pid})",
+                    "MEDIR_STORE__LOCK_WAIT_S")
+    with EdgeStore(store, lock_wait_s=0) as reopened:
+        assert reopened.count(COLL) == written
+    r = medir("info")
+    assert r.returncode == 0, r.stderr
+    assert f"{written} points" in r.stdout
+
+
+def test_second_process_waits_its_turn(holder: Holder, tmp_path: Path) -> None:
+    """``medir info`` with time to wait says it waits, then answers once the holder is done,
+    counting everything the holder wrote."""
+    proc = subprocess.Popen([sys.executable, "-m", "medir.cli", "info"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MEDIR_STORE__LOCK_WAIT_S": "300",
+                                 "COLUMNS": "250"})
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    err: IO[str] = proc.stderr
+
+    def pump() -> None:
+        for line in err:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = lines.get(timeout=DEADLINE_S)  # the first thing it says: that it waits
+    assert f"is in use by another medir process (pid {holder.proc.pid}); waiting" in seen
+    assert proc.poll() is None
+    written, counted = holder.finish()
+    out, _ = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+    assert counted == written
+    assert f"{written} points" in out
+
+
+def test_qdrant_local_mode_and_edge_take_the_same_lock(tmp_path: Path) -> None:
+    """qdrant-client's local mode is locked like the embedded store, before it reads."""
+    path = tmp_path / "q"
+    with QdrantStore(path=str(path)) as first:
+        first.ensure_collection("medir_c", 4)
+        with pytest.raises(StoreUnavailable, match="in use by another medir process"):
+            QdrantStore(path=str(path), lock_wait_s=0)
+        with pytest.raises(StoreUnavailable, match="in use by another medir process"):
+            EdgeStore(path, lock_wait_s=0)
+        assert first.collections() == ["medir_c"]
+    with QdrantStore(path=str(path), lock_wait_s=0) as again:
+        assert again.collections() == ["medir_c"]
+
+
+# ---- a kept-open store (the worker's) recovers ---------------------------------------------------
+def test_kept_open_store_fails_one_call_typed_then_reopens(tmp_path: Path) -> None:
+    from runner.local import LocalRunner, StoreFault
+
+    path = tmp_path / "worker-store"
+    runner = LocalRunner(Settings(store_path=path), keep_store_open=True)
+    try:
+        store = runner.store()
+        store.ensure_collection("medir_c", 4)
+        store.upsert("medir_c", [SlicePoint(point_id("v", "c", s, "m@1"),
+                                            np.ones(4, np.float32) + s,
+                                            {"volume_id": "v", "slice": s, "state": "ready"})
+                                 for s in range(3)])
+        assert runner.stats()["collections"][0]["points"] == 3
+        # the engine's handle goes bad behind the runner's back (what a second process did)
+        runner._store._inner._shards["medir_c"].close()  # type: ignore[union-attr]
+        with pytest.raises(StoreFault) as failed:
+            runner.stats()
+        assert "\n" not in str(failed.value) and str(path) in str(failed.value)
+        assert isinstance(failed.value, StoreUnavailable)  # the queue retries it
+        assert runner.stats()["collections"][0]["points"] == 3  # reopened, nothing lost
+    finally:
+        runner.close()
+    EdgeStore(path, lock_wait_s=0).close()  # closing the runner released the store
+
+
+# ---- the UI -------------------------------------------------------------------------------------
+def test_ui_holds_the_store_only_while_it_serves_a_request(make_nifti, tmp_path: Path) -> None:
+    from tests.test_pipeline import _blob_volume
+    from ui import backend
+
+    files = [make_nifti(_blob_volume(k, seed=k), name=f"ui{k}.nii.gz") for k in range(2)]
+    settings = Settings(store_path=tmp_path / "store", plugins="tests.plugin_embedder")
+    during: list[subprocess.CompletedProcess[str]] = []
+
+    def progress(volume_id: str, done: int, total: int) -> None:
+        if not during:  # mid-request: the UI process holds the store
+            during.append(medir("info", env={"MEDIR_STORE__LOCK_WAIT_S": "0"}))
+
+    reports = backend.ingest_here(settings, files, "test-tiny", None, progress)
+    assert [r.status for r in reports] == ["indexed", "indexed"]
+    _error_line(during[0], f"in use by another medir process (pid {os.getpid()})")
+    r = medir("info")  # between requests the CLI works beside the UI
+    assert r.returncode == 0 and "2 volumes" in r.stdout, r.stderr
+    assert backend.stats(settings)["collections"][0]["volumes"] == 2
+    assert backend.indexed_volumes(settings, "test-tiny") == ["ui0", "ui1"]
+    r = medir("volumes", "--json")
+    assert r.returncode == 0 and '"ui1"' in r.stdout, r.stderr
