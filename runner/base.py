@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ingest.collection import VolumeSource
     from ingest.pipeline import IngestReport
     from search.query import QueryOptions
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 ProgressFn = Callable[[str, int, int], None]
 ReportFn = Callable[["IngestReport"], None]
@@ -124,8 +124,9 @@ class Runner(ABC):
         """The indexed volumes (one model's collection, or all), with label ``filters``."""
 
     @abstractmethod
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
-        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
+    def prune(self, apply: bool) -> PruneResult:
+        """Every volume's source checked: present, gone or unknown (kept, with the reason);
+        with ``apply`` the gone ones are deleted."""
 
     @abstractmethod
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:

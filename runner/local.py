@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ingest.volume import Volume
     from search.query import QueryOptions
     from search.store import SliceStore
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 STORE_WAIT_S = 20.0
 
@@ -318,13 +318,20 @@ class LocalRunner(Runner):
                 raise NoCollection(f"no collection for model {model!r} at {store.location}")
             return list_volumes(store, colls, filters)
 
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
-        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
-        from search.volumes import gone_volumes, prune
+    def prune(self, apply: bool) -> PruneResult:
+        """Every volume's source checked (present, gone, unknown) and, with ``apply``, the
+        gone ones deleted. The checks (a PACS may be slow) run between two store sessions; the
+        second deletes a volume only if nothing was written to it since it was listed."""
+        from search.volumes import GONE, PruneResult, check_sources, list_volumes, prune
 
         with self.session() as store:
-            gone = gone_volumes(store)
-            return gone, (prune(store, gone) if apply and gone else 0)
+            volumes = list_volumes(store)
+        result = PruneResult(check_sources(volumes, self.settings.pacs), applied=apply)
+        gone = [c.volume for c in result.checks if c.state == GONE]
+        if apply and gone:
+            with self.session() as store:
+                result.removed_points = prune(store, gone)
+        return result
 
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:
         """Upgrade a store written before volume identities (in place, no re-embedding)."""

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ingest.collection import VolumeSource
     from runner.queue.submit import VolumeJob
     from search.query import QueryOptions
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 
 class QueueRunner(Runner):
@@ -93,7 +93,7 @@ class QueueRunner(Runner):
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
         return self._local.volumes(model, filters)
 
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
+    def prune(self, apply: bool) -> PruneResult:
         return self._local.prune(apply)
 
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:

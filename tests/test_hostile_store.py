@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -241,3 +243,115 @@ def test_ui_holds_the_store_only_while_it_serves_a_request(make_nifti, tmp_path:
     assert backend.indexed_volumes(settings, "test-tiny") == ["ui0", "ui1"]
     r = medir("volumes", "--json")
     assert r.returncode == 0 and '"ui1"' in r.stdout, r.stderr
+
+
+# ---- prune: only what is proved gone -------------------------------------------------------------
+def _tiny_runner(store: Path) -> object:
+    from runner.local import LocalRunner
+
+    return LocalRunner(Settings(store_path=store, plugins="tests.plugin_embedder",
+                                model="test-tiny"))
+
+
+def _case(make_nifti, root: Path, rel: str, seed: int) -> Path:
+    from tests.test_pipeline import _blob_volume
+
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(make_nifti(_blob_volume(seed % 3, n=6, seed=seed), name=f"case{seed}.nii.gz"))
+    return made.rename(path)
+
+
+def test_prune_removes_only_what_it_proves_gone(make_nifti, tmp_path: Path) -> None:
+    """A deleted file is pruned; a PACS series on an unreachable server, a folder not mounted
+    here (absent, or an empty mount point) and an unreadable one are kept, with the reason."""
+    from ingest.collection import file_source, scan_paths
+    from runner.base import IngestOptions
+    from search.volumes import GONE, PRESENT, UNKNOWN
+    from tests.conftest import free_port
+
+    store = tmp_path / "store"
+    data, nas, host = tmp_path / "data", tmp_path / "mnt" / "nas", tmp_path / "host" / "scans"
+    for i, (root, rel) in enumerate([(data, "p001/ct.nii.gz"), (data, "p002/ct.nii.gz"),
+                                     (data, "p002/mr.nii.gz"), (data, "p003/ct.nii.gz"),
+                                     (nas, "q001/ct.nii.gz"), (host, "h001/ct.nii.gz")]):
+        _case(make_nifti, root, rel, i)
+    runner: Any = _tiny_runner(store)
+    options = IngestOptions(model="test-tiny", intensity="auto")
+    assert runner.ingest(scan_paths([data, nas, host]).sources, options).failed == 0
+    # a series ingested from a PACS that cannot be reached from here
+    pacs_src = (f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web/studies/1.2.3/series/"
+                "1.2.3.4")
+    vol = file_source(data / "p001" / "ct.nii.gz").open().read()
+    vol.volume_id = vol.case_id = "1.2.3.4"
+    vol.source = pacs_src
+    assert runner.index_one(vol, options).status == "indexed"
+    before = {v.volume_id: v.points for v in runner.volumes()}
+    assert len(before) == 7
+
+    (data / "p002" / "ct.nii.gz").unlink()            # truly deleted: gone
+    shutil.rmtree(data / "p003")                       # a whole case removed: gone
+    nas.rename(tmp_path / "elsewhere")                 # the share is not mounted here...
+    nas.mkdir()                                        # ...its mount point is an empty folder
+    host.rename(tmp_path / "moved")                    # the host folder is not in this container
+
+    dry = runner.prune(apply=False)
+    states = {c.volume.volume_id: (c.state, c.reason) for c in dry.checks}
+    assert states["p001/ct"] == (PRESENT, "") and states["p002/mr"] == (PRESENT, "")
+    assert states["p002/ct"] == (GONE, f"not in {data}")
+    assert states["p003/ct"] == (GONE, f"not in {data}")
+    assert states["q001/ct"] == (UNKNOWN, f"ingest folder {nas} is empty (not mounted here?)")
+    assert states["h001/ct"] == (UNKNOWN,
+                                 f"ingest folder {host} is not there (not mounted here?)")
+    assert states["1.2.3.4"][0] == UNKNOWN
+    assert "PACS cannot be checked" in states["1.2.3.4"][1]
+    assert "unreachable" in states["1.2.3.4"][1]
+    assert dry.removed_points == 0 and {v.volume_id for v in runner.volumes()} == set(before)
+
+    done = runner.prune(apply=True)
+    assert done.removed_points == before["p002/ct"] + before["p003/ct"]
+    after = {v.volume_id: v.points for v in runner.volumes()}
+    assert after == {k: n for k, n in before.items() if k not in ("p002/ct", "p003/ct")}
+    assert done.counts() == {PRESENT: 2, GONE: 2, UNKNOWN: 3}
+
+    # the CLI: the states in JSON, the reasons of the kept ones in lines
+    r = medir("prune", "--yes", "--json", env={"MEDIR_STORE_PATH": str(store)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["counts"] == {PRESENT: 2, GONE: 0, UNKNOWN: 3}
+    assert {v["volume_id"]: v["source_state"] for v in out["volumes"]} == {
+        "q001/ct": UNKNOWN, "h001/ct": UNKNOWN, "1.2.3.4": UNKNOWN}
+    r = medir("prune", "--yes", env={"MEDIR_STORE_PATH": str(store)})
+    assert r.returncode == 0, r.stderr
+    assert "keeping 1 volume(s) that cannot be checked: ingest folder " \
+        f"{nas} is empty (not mounted here?)" in r.stdout
+    assert "nothing to prune: 2 present, 0 gone, 3 unknown (kept)" in r.stdout
+    assert {v.volume_id for v in runner.volumes()} == set(after)
+
+
+def test_prune_keeps_a_file_under_an_unreadable_or_emptied_subfolder(make_nifti,
+                                                                     tmp_path: Path) -> None:
+    """Below a present root, an empty folder on the way to the file (a nested mount point, or
+    a case folder whose only file was deleted) is no proof either; a removed folder is."""
+    from ingest.collection import scan_paths
+    from runner.base import IngestOptions
+    from search.volumes import GONE, UNKNOWN
+
+    data = tmp_path / "data"
+    _case(make_nifti, data, "share/p001/ct.nii.gz", 0)
+    _case(make_nifti, data, "local/p002/ct.nii.gz", 1)
+    _case(make_nifti, data, "local/p003/ct.nii.gz", 2)
+    runner: Any = _tiny_runner(tmp_path / "store")
+    options = IngestOptions(model="test-tiny", intensity="auto")
+    assert runner.ingest(scan_paths([data]).sources, options).failed == 0
+    shutil.rmtree(data / "share")
+    (data / "share").mkdir()  # the nested share is unmounted: an empty mount point
+    shutil.rmtree(data / "local" / "p002")
+    (data / "local" / "p003" / "ct.nii.gz").unlink()  # its folder is left, empty
+    states = {c.volume.volume_id: (c.state, c.reason) for c in runner.prune(True).checks}
+    assert states["share/p001/ct"] == (UNKNOWN,
+                                       f"folder {data / 'share'} is empty (not mounted here?)")
+    assert states["local/p002/ct"] == (GONE, f"not in {data}")
+    assert states["local/p003/ct"] == (
+        UNKNOWN, f"folder {data / 'local' / 'p003'} is empty (not mounted here?)")
+    assert [v.volume_id for v in runner.volumes()] == ["local/p003/ct", "share/p001/ct"]
