@@ -30,6 +30,7 @@ from medir.errors import StoreUnavailable
 from search.store import SlicePoint, point_id
 from search.store_edge import EdgeStore
 from search.store_qdrant import QdrantStore
+from tests.orthanc_fixture import PASSWORD, Orthanc, orthanc  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 120.0
@@ -355,3 +356,52 @@ def test_prune_keeps_a_file_under_an_unreadable_or_emptied_subfolder(make_nifti,
     assert states["local/p003/ct"] == (
         UNKNOWN, f"folder {data / 'local' / 'p003'} is empty (not mounted here?)")
     assert [v.volume_id for v in runner.volumes()] == ["local/p003/ct", "share/p001/ct"]
+
+
+def test_prune_checks_pacs_series_against_the_pacs(orthanc: Orthanc,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """Series ingested from a real PACS survive prune while the PACS lists them (or cannot be
+    asked: bad credentials); one deleted on the PACS is pruned."""
+    from pydicom.uid import generate_uid
+
+    from tests.dicom_fixtures import volume_to_datasets
+    from tests.test_pipeline import _blob_volume
+
+    series = []
+    for k in range(2):
+        ds = volume_to_datasets(_blob_volume(k, n=4, seed=k).astype(np.float64), np.eye(4),
+                                "CT", study=generate_uid(), slope=1.0, intercept=-1024.0,
+                                signed=False)
+        orthanc.upload(ds)
+        series.append(str(ds[0].SeriesInstanceUID))
+    env = {**orthanc.env(), "MEDIR_STORE_PATH": str(tmp_path / "store"),
+           "MEDIR_MODEL": "test-tiny"}
+    r = medir("ingest", "pacs", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = medir("prune", "--yes", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counts"] == {"present": 2, "gone": 0, "unknown": 0}
+
+    gone_uid, kept_uid = series
+    with orthanc.session() as s:  # the PACS deletes one series (and so its study)
+        found = s.post(orthanc.rest + "/tools/lookup", data=gone_uid, timeout=30).json()
+        assert s.delete(orthanc.rest + found[0]["Path"], timeout=30).status_code == 200
+
+    wrong = medir("prune", "--yes", "--json",
+                  env={**env, "MEDIR_PACS__PASSWORD": "not-the-password"})
+    assert wrong.returncode == 0, wrong.stderr
+    out = json.loads(wrong.stdout)
+    assert out["counts"] == {"present": 0, "gone": 0, "unknown": 2}
+    assert out["removed_points"] == 0
+    assert all("authentication failed" in v["reason"] for v in out["volumes"])
+
+    r = medir("prune", "--yes", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["counts"] == {"present": 1, "gone": 1, "unknown": 0}
+    assert [(v["volume_id"], v["source_state"]) for v in out["volumes"]] == [(gone_uid, "gone")]
+    assert out["removed_points"] == 4
+    r = medir("volumes", "--json", env=env)
+    assert [v["volume_id"] for v in json.loads(r.stdout)] == [kept_uid]
+    for text in (wrong.stdout, wrong.stderr, r.stdout, r.stderr):
+        assert PASSWORD not in text
