@@ -243,8 +243,10 @@ def check_pacs_sources(sources: Sequence[str], pacs: PacsSettings) -> dict[str, 
                     continue
                 try:
                     found = _series_listed(client, spec.study_uid, spec.series_uid)
-                    if found is True:
-                        out[source] = (PRESENT, "")
+                    if found is not False:
+                        out[source] = ((PRESENT, "") if found else (
+                            UNKNOWN, f"PACS {target.display} answered a search for one series "
+                                     "with other series (does it ignore the filter?)"))
                         continue
                     if known_empty is None:
                         known_empty = _holds_no_study(client)
@@ -260,8 +262,9 @@ def check_pacs_sources(sources: Sequence[str], pacs: PacsSettings) -> dict[str, 
     return out
 
 
-def _series_listed(client: Any, study_uid: str | None, series_uid: str) -> bool:
-    """Whether the PACS lists the series (False: an empty answer or HTTP 404)."""
+def _series_listed(client: Any, study_uid: str | None, series_uid: str) -> bool | None:
+    """Whether the PACS lists the series: True; False for an empty answer or HTTP 404 (the
+    only proof of absence); None for an answer listing only other series."""
     import requests
 
     def search() -> list[Any]:
@@ -276,8 +279,16 @@ def _series_listed(client: Any, study_uid: str | None, series_uid: str) -> bool:
             raise
 
     rows = client.call("QIDO-RS series search", search)
-    uid_tag = "0020000E"
-    return any(series_uid in ((row.get(uid_tag) or {}).get("Value") or []) for row in rows)
+    if not rows:
+        return False
+    return True if any(series_uid in _series_uids(row) for row in rows) else None
+
+
+def _series_uids(row: Any) -> list[Any]:
+    """The SeriesInstanceUID values of one QIDO-RS row (DICOM JSON); [] for a malformed row."""
+    element = row.get("0020000E") if isinstance(row, dict) else None
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
 
 
 def _holds_no_study(client: Any) -> bool:

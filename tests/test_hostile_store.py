@@ -405,3 +405,47 @@ def test_prune_checks_pacs_series_against_the_pacs(orthanc: Orthanc,  # noqa: F8
     assert [v["volume_id"] for v in json.loads(r.stdout)] == [kept_uid]
     for text in (wrong.stdout, wrong.stderr, r.stdout, r.stderr):
         assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(("series_answer", "studies_answer", "state", "reason"), [
+    (404, [{"0020000D": {"vr": "UI", "Value": ["9.9"]}}], "gone", "not on PACS"),
+    ([], [{"0020000D": {"vr": "UI", "Value": ["9.9"]}}], "gone", "not on PACS"),
+    ([], [], "unknown", "holds no study at all"),
+    (404, 404, "unknown", "HTTP 404 during QIDO-RS study search"),
+    ([{"0020000E": {"vr": "UI", "Value": ["7.7"]}}], [], "unknown", "with other series"),
+    ([{"0020000E": "junk"}], [], "unknown", "with other series"),
+    (500, [], "unknown", "HTTP 500"),
+])
+def test_prune_proves_a_series_gone_only_from_a_pacs_that_answers(
+        series_answer: object, studies_answer: object, state: str, reason: str) -> None:
+    """What a PACS answers (one that lies or breaks included) → the series' state: gone only
+    on an empty answer or 404 from a server that lists other studies."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from medir.config import PacsSettings
+    from search.volumes import check_pacs_sources
+
+    class Pacs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            answer = series_answer if "/series" in self.path else studies_answer
+            code = answer if isinstance(answer, int) else 200
+            body = b"" if isinstance(answer, int) else json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = (f"dicomweb+http://127.0.0.1:{server.server_port}/dicom-web/studies/1.2/series/"
+               "1.2.3")
+        got = check_pacs_sources([src], PacsSettings(timeout=10))[src]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got[0] == state and reason in got[1], got
