@@ -17,12 +17,9 @@ next run resumes after the last complete volume. Files are recognised without re
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +32,7 @@ from ingest.pipeline import embed_volume
 from ingest.preprocess import resolve_intensity
 from ingest.reader import open_volume
 from medir.errors import MedirError
+from medir.files import atomic_path
 
 
 class SliceEmbedder(Protocol):
@@ -89,20 +87,6 @@ class CachedVolume:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path next to ``target`` that replaces it on success (never half a file)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _entry_key(sha256: str, index_4d: int | None, embedder_id: str, intensity: str) -> str:

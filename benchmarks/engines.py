@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.cache import atomic_path
 from benchmarks.indexes import VectorIndex, as_unit, make_index, tie_aware_recall
-from benchmarks.machine import rss_bytes, stamp
+from benchmarks.machine import BenchGuard, rss_bytes, stamp
 from medir.errors import ConfigError
 
 DEFAULT_ENGINES = ("flat", "hnsw:M=32,efC=128", "qdrant:m=32,efc=128")
@@ -187,13 +187,15 @@ def bench_set(vs: VectorSet, engines: Sequence[str], efs: Sequence[int], k: int 
     return rows
 
 
-def write_engines(rows: list[dict[str, Any]], out: Path, config: dict[str, Any]) -> dict[str, Path]:
-    """``engines.json`` (with machine and commit), ``engines.csv`` and ``engines.md``."""
+def write_engines(rows: list[dict[str, Any]], out: Path, config: dict[str, Any],
+                  guard: BenchGuard | None = None) -> dict[str, Path]:
+    """``engines.json`` (with machine, commit and ``guard``'s load record), ``engines.csv``
+    and ``engines.md``."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "engines.json", "csv": out / "engines.csv",
              "markdown": out / "engines.md"}
     with atomic_path(files["json"]) as tmp:
-        tmp.write_text(json.dumps({"benchmark": "engines", **stamp(), "config": config,
+        tmp.write_text(json.dumps({"benchmark": "engines", **stamp(guard), "config": config,
                                    "results": rows}, indent=1))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     import csv

@@ -17,12 +17,12 @@ from numpy.typing import NDArray
 
 from benchmarks.cache import ArrayCache, SliceEmbedder
 from ingest.preprocess import (
-    INTENSITY_MODES,
     normalize_intensity,
     physical_scale,
     resolve_intensity,
 )
 from ingest.volume import Volume
+from medir.config import check_intensity
 from medir.errors import ConfigError
 
 
@@ -37,9 +37,10 @@ class Prep:
     def parse(cls, spec: str) -> Prep:
         text = spec.strip().lower()
         intensity, _, geo = text.partition("+")
-        if intensity not in INTENSITY_MODES:
-            raise ConfigError(f"bad preprocessing {spec!r}: intensity must be one of "
-                              f"{', '.join(INTENSITY_MODES)}")
+        try:
+            check_intensity(intensity)
+        except ConfigError as exc:
+            raise ConfigError(f"bad preprocessing {spec!r}: {exc}") from None
         if not geo:
             return cls(intensity)
         kind, _, value = geo.partition(":")

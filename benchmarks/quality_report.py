@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cache import atomic_path
-from benchmarks.machine import stamp
+from benchmarks.machine import BenchGuard, stamp
 from benchmarks.quality import QualityRun
 
 
@@ -170,9 +170,11 @@ def plots(run: QualityRun, out: Path) -> list[Path]:
     return files
 
 
-def write_quality(run: QualityRun, out: Path, *, with_plots: bool = True) -> dict[str, Path]:
+def write_quality(run: QualityRun, out: Path, *, with_plots: bool = True,
+                  guard: BenchGuard | None = None) -> dict[str, Path]:
+    """``quality.json`` (with ``guard``'s load record), ``quality.md`` and the plots."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = stamp()
+    meta = stamp(guard)
     doc = {**meta, "dataset": run.dataset, "config": run.config, "models": run.models,
            "results": run.results, "verdicts": verdicts(run), "seconds": run.seconds}
     files = {"json": out / "quality.json", "markdown": out / "quality.md"}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ingest.embedders.base import Embedder
-from ingest.pipeline import _open_collection, _write_volume
+from ingest.pipeline import open_collection, write_volume
 from ingest.volume import Volume
 from search.query import QueryOptions, search_indexed
 from search.store_edge import EdgeStore
@@ -31,13 +31,13 @@ def store_query_times(db: Database, embedder: Embedder, reranks: Sequence[str] =
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="medir-quality-store-") as tmp, \
             EdgeStore(Path(tmp) / "edge") as store:
-        coll = _open_collection(store, embedder)
+        coll = open_collection(store, embedder)
         for i, v in enumerate(db.volumes):
             step = float(v.z_mm[1] - v.z_mm[0]) if v.z_mm.size > 1 else v.z_spacing
             sha = hashlib.sha256(f"{i}:{v.volume_id}".encode()).hexdigest()
             vol = Volume(f"v{i}", f"v{i}", np.zeros((v.vectors.shape[0], 1, 1), np.float32),
                          (1.0, 1.0, step), "quality", sha)
-            _write_volume(store, coll, embedder, vol, v.vectors, "stored", 512, flush=False)
+            write_volume(store, coll, embedder, vol, v.vectors, "stored", 512, flush=False)
         store.flush()
         for rr in reranks:
             total: list[float] = []

@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.cache import atomic_path
 from benchmarks.datasets import LABEL_ORDERS
 from benchmarks.grid import GROUP_TITLES, CellResult, PaperRun
-from benchmarks.machine import stamp
+from benchmarks.machine import BenchGuard, stamp
 
 METRICS = ("recall", "precision")
 
@@ -201,12 +201,14 @@ def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.6g}"
 
 
-def write_report(run: PaperRun, out: Path, *, plots: bool = True) -> dict[str, Path]:
-    """Write every output file of a grid run under ``out``; returns them by kind."""
+def write_report(run: PaperRun, out: Path, *, plots: bool = True,
+                 guard: BenchGuard | None = None) -> dict[str, Path]:
+    """Write every output file of a grid run under ``out``; returns them by kind. ``guard``:
+    the run's load record (``busy``, load at start and end) for the JSON."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     levels = list(run.config.get("levels", ["modality", "region", "organ"]))
-    doc = {"benchmark": "paper", **stamp(), "config": run.config, "dataset": run.dataset,
+    doc = {"benchmark": "paper", **stamp(guard), "config": run.config, "dataset": run.dataset,
            "models": run.models, "searches": run.searches, "timings": run.timings,
            "cells": [c.to_dict() for c in run.cells]}
     files["json"] = out / "results.json"

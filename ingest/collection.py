@@ -11,7 +11,9 @@ with its ``case_id``.
 Everything under a folder that is not ingested is reported as a :class:`~ingest.dicom.Skipped`
 with its kind (unknown type, non-image DICOM, bad file, duplicate, unsafe path, ...). Safety: a
 symbolic link (to a file or a folder) under a folder given to ``ingest`` is followed only when
-its target lies inside that folder; devices, FIFOs and sockets are never opened.
+its target lies inside that folder; devices, FIFOs and sockets are never opened; a folder holding
+a :data:`PRIVATE_MARKER` file (the UI's query uploads: other users' patient data) is never
+walked.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from pathlib import Path
 
 from ingest import dicom
 from ingest.dicom import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, DicomSeries, Skipped
-from ingest.reader import Limits, VolumeFile, case_id_of, is_volume_file, open_volume
+from ingest.reader import Limits, VolumeFile, is_volume_file, open_volume
+from medir.ids import case_id_of, split_index
 
 LabelMap = Mapping[str, Mapping[str, str]]
+#: A file that marks its folder private: never walked, never ingested (ui/uploads.py puts one in
+#: the query-upload folder).
+PRIVATE_MARKER = ".medir-private"
 
 
 @dataclass
@@ -42,8 +48,10 @@ class VolumeSource:
 
     def open(self, limits: Limits | None = None) -> VolumeFile:
         """Open (headers only) as a :class:`VolumeFile` whose volume ids use ``volume_id``;
-        ``limits``: what a volume file may declare (:func:`ingest.reader.open_volume`)."""
-        vf = self.series.open() if self.series is not None else open_volume(self.path, limits)
+        ``limits``: what a volume file or DICOM series may declare
+        (:func:`ingest.reader.open_volume`, :meth:`ingest.dicom.DicomSeries.open`)."""
+        vf = (self.series.open(limits) if self.series is not None
+              else open_volume(self.path, limits))
         return dataclasses.replace(vf, case_id=self.volume_id)
 
     @property
@@ -93,6 +101,10 @@ def _walk(root: Path, skipped: list[Skipped]) -> Iterable[tuple[Path, str, bool]
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
             skipped.append(Skipped(str(folder), BAD_FILE, f"cannot list the folder ({exc})"))
+            continue
+        if any(e.name == PRIVATE_MARKER for e in entries):
+            skipped.append(Skipped(str(folder), UNSAFE_PATH, "a private folder (query uploads), "
+                                                             "never ingested"))
             continue
         for entry in entries:
             path = Path(entry.path)
@@ -207,8 +219,8 @@ def labels_for(labels: LabelMap | None, volume_id: str,
     if not labels:
         return {}
     keys = [volume_id]
-    base, sep, k = volume_id.rpartition("#")
-    if sep and k.isdigit():
+    base, index = split_index(volume_id)
+    if index is not None:
         keys.append(base)
     if source is not None:
         keys += [source.volume_id, *source.keys]
@@ -224,8 +236,7 @@ def source_for_job(path: str | Path, volume_id: str, index_4d: int | None,
                    dicom_files: Sequence[str] | None = None) -> VolumeSource:
     """The source a queued ingest task names: a file, or the DICOM series of ``dicom_files``
     (``volume_id`` is the full id the client computed, ``#k`` included for a 4D volume)."""
-    base = volume_id.rpartition("#")[0] if index_4d is not None and "#" in volume_id \
-        else volume_id
+    base = split_index(volume_id)[0] if index_4d is not None else volume_id
     if not dicom_files:
         return file_source(path, base)
     series, left = dicom.scan_dicom([Path(f) for f in dicom_files])

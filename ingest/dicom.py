@@ -2,10 +2,17 @@
 
 The folder walker (``ingest/collection.py``) hands every file that looks like DICOM to
 :func:`scan_dicom`, which groups them by SeriesInstanceUID, reads headers only
-(``stop_before_pixels``), and returns one :class:`DicomSeries` per usable image series plus one
-:class:`Skipped` per file or series left out, with its reason. :meth:`DicomSeries.open` returns a
+(``stop_before_pixels``, large values deferred) and keeps only the few fields grouping needs of
+each (:class:`_Instance`, never the data set), and returns one :class:`DicomSeries` per usable
+image series plus one :class:`Skipped` per file or series left out, with its reason.
+:meth:`DicomSeries.open` checks the series' declared size against the limits and returns a
 :class:`ingest.reader.VolumeFile` whose ``read()`` gives the same canonical RAS
-:class:`~ingest.volume.Volume` as the NIfTI of the same data; pixel data is decoded only then.
+:class:`~ingest.volume.Volume` as the NIfTI of the same data; pixel data is decoded only then,
+one file at a time, each file's header checked again against what the scan saw.
+
+Hostile files: a Deflated Explicit VR Little Endian data set is inflated as a bounded stream
+(:class:`_BoundedInflate`), never whole: at most :data:`HEADER_MAX_BYTES` before the pixel data
+while scanning, and the header plus the declared pixel bytes when decoding.
 
 Series can also be built from in-memory pydicom datasets (:func:`series_from_datasets`, used by
 the DICOMweb ingest), so nothing retrieved from a PACS has to touch the disk.
@@ -19,22 +26,34 @@ copied into a payload, a message or a log.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from ingest.digest import file_sha256
-from ingest.reader import VolumeFile, _read_proxy, _to_canonical
+from ingest.reader import (
+    MAX_VOXELS,
+    Limits,
+    VolumeFile,
+    _read_proxy,
+    _to_canonical,
+    check_declared_size,
+)
 from ingest.volume import Volume
 from medir.errors import VolumeError
 
@@ -47,6 +66,7 @@ INCONSISTENT_SERIES = "inconsistent series"
 LOCALIZER = "localizer"
 UNSAFE_PATH = "unsafe path"
 UNSUPPORTED_IMAGE = "unsupported image"  # colour, 2D projection (no patient geometry), ...
+TOO_LARGE = "too large"  # a header declaring more voxels or bytes than the limits
 
 # The only attributes copied out of a DICOM header (display and filters, never ranking).
 META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
@@ -62,6 +82,24 @@ TILT_TOL = 1e-2  # in-plane drift of the positions per mm along the normal (~0.6
 SPACING_REL_TOL = 0.01  # steps may differ from the median by 1 % ...
 SPACING_ABS_TOL = 0.01  # ... or 0.01 mm, whichever is larger
 DUPLICATE_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
+
+# Hostile-file bounds (see docs/dicom.md, "Hostile files").
+#: Inflated bytes a deflated data set may hold before its pixel data (its header). Enhanced
+#: multi-frame headers with per-frame functional groups for thousands of frames are a few MB.
+HEADER_MAX_BYTES = 64 << 20
+#: While scanning, values longer than this are not read (pydicom ``defer_size``); grouping needs
+#: none of them (UIDs, Rows/Columns, positions and orientations are short).
+DEFER_BYTES = 256 << 10
+#: Reads pydicom may make to parse one header (about two per element or sequence item): bounds
+#: the Python objects a small file of tiny sequence items makes (each costs about 300 bytes and
+#: 15 us; a 5,000-frame enhanced MR header needs under a million).
+MAX_HEADER_READS = 1 << 20
+_INFLATE_CHUNK = 1 << 20  # bytes inflated per step
+_INFLATE_KEEP = 1 << 20  # inflated bytes kept behind the read position (pydicom seeks back a few)
+#: What a scan allows a file to declare when it is given no limits: the absolute ceiling (the
+#: settings' limits, which may be raised up to it, are checked when a series is opened).
+SCAN_LIMITS = Limits(MAX_VOXELS, MAX_VOXELS * 8)
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # (Double)Float/PixelData
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,24 @@ class _Frame:
     thickness: float | None
 
 
+@dataclass(frozen=True)
+class _Instance:
+    """What a scan keeps of one instance's header: the fields that group it into a series, its
+    frames' geometry, and why it is left out. Never the data set of a file (a folder of large
+    or hostile headers is walked one header at a time)."""
+
+    name: str  # the file, or ``<label> instance <SOPInstanceUID>``
+    series_uid: str = ""
+    sop_uid: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+    frames: tuple[_Frame, ...] = ()
+    itemsize: int = 2  # bytes of one stored sample (BitsAllocated, rounded up)
+    skip: Skipped | None = None  # this instance is left out, and why
+    # (kind, reason): the instance's series is left out whole (bad geometry, too large, ...)
+    series_error: tuple[str, str] | None = None
+    dataset: Dataset | None = None  # in-memory data sets only (DICOMweb): the pixels are here
+
+
 @dataclass
 class DicomSeries:
     """One image series: its files (any order) and display metadata (no patient identifiers)."""
@@ -100,19 +156,27 @@ class DicomSeries:
     datasets: list[Dataset] = field(default_factory=list, repr=False)
     label: str = ""  # how messages name the series (a folder or a URL without credentials)
     _frames: list[_Frame] = field(default_factory=list, repr=False)
+    _itemsize: int = field(default=0, repr=False)  # largest stored sample, bytes (0: unknown)
 
     @property
     def n_slices(self) -> int:
         return len(self._frames)
 
-    def open(self) -> VolumeFile:
-        """Check the geometry and return a volume file whose ``read()`` decodes the pixels."""
+    def open(self, limits: Limits | None = None) -> VolumeFile:
+        """Check the declared size against ``limits`` (None: the defaults) and the geometry;
+        return a volume file whose ``read()`` decodes the pixels."""
         label = self.label or _series_label(self.files, self.series_uid)
-        frames = self._frames or _frames_of(self)
+        if self._frames:
+            frames, itemsize = self._frames, self._itemsize or 2
+        else:
+            frames, itemsize = _frames_of(self, limits)
+        if frames:
+            check_declared_size(Path(label), (frames[0].cols, frames[0].rows, len(frames)),
+                                itemsize, limits)
         geom = _geometry(frames, label)
         sources: list[Path | Dataset] = list(self.files) if self.files else list(self.datasets)
         ordered = [frames[i] for i in geom.order]
-        proxy = _SeriesPixels(sources, ordered, label)
+        proxy = _SeriesPixels(sources, ordered, label, itemsize)
         sha = _files_digest(self.files) if self.files else _datasets_digest(self.datasets)
         shape = (ordered[0].cols, ordered[0].rows, len(ordered))
         path = _common_parent(self.files) if self.files else Path(self.series_uid)
@@ -151,41 +215,218 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def scan_dicom(files: Sequence[Path]) -> tuple[list[DicomSeries], list[Skipped]]:
-    """Group DICOM files into image series; everything left out is reported with a reason."""
+def scan_dicom(files: Sequence[Path], limits: Limits | None = None
+               ) -> tuple[list[DicomSeries], list[Skipped]]:
+    """Group DICOM files into image series; everything left out is reported with a reason.
+
+    One header is read at a time and only its :class:`_Instance` is kept; a file declaring more
+    voxels or bytes than ``limits`` (None: :data:`SCAN_LIMITS`) leaves its series out."""
     skipped: list[Skipped] = []
-    headers: list[tuple[str, Dataset]] = []
+    instances: list[_Instance] = []
     for path in files:
         try:
             ds = _read_header(path)
         except VolumeError as exc:
             skipped.append(Skipped(str(path), BAD_FILE, exc.reason))
             continue
-        headers.append((str(path), ds))
-    series, more = _group(headers, is_file=True)
+        instances.append(_instance(str(path), ds, limits or SCAN_LIMITS))
+        del ds
+    series, more = _group(instances, is_file=True)
     return series, skipped + more
 
 
-def _read_header(path: Path, pixels: bool = False) -> Dataset:
-    """A DICOM header (Part 10, or a bare data set without preamble that names its SOP class)."""
-    errors = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError,
-              AttributeError, OverflowError, IndexError)
+_READ_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError,
+                AttributeError, OverflowError, IndexError)
+
+
+def _read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MAX_BYTES,
+                 why: str = "") -> Dataset:
+    """A DICOM header (Part 10, or a bare data set without preamble that names its SOP class).
+
+    Without ``pixels``: stops before the pixel data and leaves values over
+    :data:`DEFER_BYTES` unread. A deflated data set is inflated as a bounded stream: more than
+    ``max_inflated`` bytes (before the pixel data, or in all with ``pixels``) is refused, with
+    ``why`` (what the bound comes from) in the message."""
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels)
+        deflated = _deflated_start(path)
+    except _READ_ERRORS:
+        deflated = None  # not a Part 10 file meta: the reads below say what it is
+    ds: Dataset
+    if deflated is not None:
+        try:
+            ds = _read_deflated(path, *deflated, pixels, max_inflated, why)
+        except _READ_ERRORS as exc:
+            raise VolumeError(path, f"not a readable DICOM file ({_reason(exc)})") from None
+        if "SOPClassUID" not in ds:
+            raise VolumeError(path, "not a DICOM object (no SOP Class UID)")
+        return ds
+    try:
+        ds = _dcmread(path, pixels, force=False)
         if "SOPClassUID" not in ds:
             raise VolumeError(path, "not a DICOM object (no SOP Class UID)")
         return ds
     except InvalidDicomError:
         pass
-    except errors as exc:
+    except _READ_ERRORS as exc:
         raise VolumeError(path, f"not a readable DICOM file ({_reason(exc)})") from None
     try:  # old files without the 128-byte preamble and "DICM"
-        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, force=True)
+        ds = _dcmread(path, pixels, force=True)
         if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
             return ds
-    except errors:
+    except _READ_ERRORS:
         pass
     raise VolumeError(path, "not a DICOM file (no DICM header and no SOP Class UID)")
+
+
+def _dcmread(path: Path, pixels: bool, force: bool) -> Dataset:
+    """pydicom's read of a file (not deflated), its reads counted (:data:`MAX_HEADER_READS`);
+    without ``pixels`` it stops before them and defers long values (read from the file if
+    ever used)."""
+    with _CountedFile(path) as fh:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=not pixels, force=force,
+                                   defer_size=None if pixels else DEFER_BYTES)
+        except Exception:
+            if fh.refused is not None:  # pydicom rewraps some read errors as OSError
+                raise fh.refused from None
+            raise
+
+
+def _too_many_reads(name: str) -> VolumeError:
+    return VolumeError(name, f"the header needs more than {MAX_HEADER_READS} reads to parse "
+                             "(elements and sequence items); refused")
+
+
+class _CountedFile(io.BufferedReader):
+    """A file whose reads are counted: one header may take :data:`MAX_HEADER_READS`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(str(path), "rb"))
+        self.reads = 0
+        self.refused: VolumeError | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS:
+            self.refused = _too_many_reads(str(self.name))
+            raise self.refused
+        return super().read(size)
+
+
+def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def _at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) in _PIXEL_TAGS
+
+
+def _deflated_start(path: Path) -> tuple[bytes | None, FileMetaDataset, int] | None:
+    """(preamble, file meta, offset of the data set) of a file whose transfer syntax is
+    Deflated Explicit VR Little Endian, read the way pydicom reads them; None for any other
+    file (pydicom inflates a deflated data set whole, unbounded, so medir does it)."""
+    with open(path, "rb") as fh:
+        preamble = read_preamble(fh, True)
+        meta = FileMetaDataset(read_dataset(fh, is_implicit_VR=False, is_little_endian=True,
+                                            stop_when=_not_file_meta))
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        return preamble, meta, fh.tell()
+
+
+def _read_deflated(path: Path, preamble: bytes | None, meta: FileMetaDataset, offset: int,
+                   pixels: bool, max_inflated: int, why: str) -> FileDataset:
+    """The deflated data set of ``path`` (from ``offset``), inflated through a bounded stream;
+    its file meta says Explicit VR Little Endian, the encoding of the inflated data set (so
+    the pixels decode as native ones)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        stream = _BoundedInflate(fh, path, max_inflated,
+                                 why or ("" if pixels else " before its pixel data"))
+        try:
+            dataset = read_dataset(cast(BinaryIO, stream), is_implicit_VR=False,
+                                   is_little_endian=True,
+                                   stop_when=None if pixels else _at_pixels,
+                                   defer_size=None if pixels else DEFER_BYTES)
+        except Exception:
+            if stream.refused is not None:  # pydicom rewraps some read errors as OSError
+                raise stream.refused from None
+            raise
+        if stream.refused is not None:
+            raise stream.refused
+    inflated_meta = FileMetaDataset(meta)
+    inflated_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = FileDataset(str(path), dataset, preamble, inflated_meta, is_implicit_VR=False,
+                     is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset.original_character_set)
+    return ds
+
+
+class _BoundedInflate:
+    """A read-only file object over a raw deflate stream that never inflates more than
+    ``limit`` bytes and keeps only a window of them: a read or seek past the limit raises
+    (and records) one :class:`VolumeError` naming the file, without inflating further."""
+
+    def __init__(self, raw: Any, path: Path, limit: int, where: str) -> None:
+        self._raw = raw
+        self._dec = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._start = 0  # stream offset of _buf[0]
+        self._pos = 0
+        self._eof = False
+        self.limit = limit
+        self.name = str(path)
+        self._where = where
+        self.reads = 0
+        self.refused: VolumeError | None = None
+
+    def _refuse(self) -> VolumeError:
+        self.refused = VolumeError(self.name, f"deflated data set inflates to more than "
+                                              f"{self.limit} bytes{self._where}; refused")
+        return self.refused
+
+    def _fill(self, upto: int) -> None:
+        """Inflate until the stream holds ``upto`` bytes (or ends); drop what lies more than
+        the kept window behind the read position."""
+        while self._start + len(self._buf) < upto and not self._eof:
+            data = self._dec.unconsumed_tail or self._raw.read(_INFLATE_CHUNK)
+            out = self._dec.decompress(data, _INFLATE_CHUNK) if data else self._dec.flush()
+            self._eof = not data or self._dec.eof
+            drop = min(self._pos - _INFLATE_KEEP - self._start, len(self._buf))
+            if drop > 0:
+                del self._buf[:drop]
+                self._start += drop
+            self._buf += out
+            if self._start + len(self._buf) > self.limit:
+                raise self._refuse()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS:
+            self.refused = _too_many_reads(self.name)
+            raise self.refused
+        if size is None or size < 0:
+            size = self.limit + 1 - self._pos
+        if self._pos + size > self.limit:
+            raise self._refuse()
+        self._fill(self._pos + size)
+        if self._pos < self._start:
+            raise OSError("deflated stream: cannot seek that far back")
+        i = self._pos - self._start
+        with memoryview(self._buf) as view:
+            out = bytes(view[i:i + size])
+        self._pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset + (self._pos if whence == 1 else 0)
+        if whence not in (0, 1) or target < self._start:
+            raise OSError("deflated stream: cannot seek that far back")
+        self._pos = target
+        return target
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def series_from_datasets(datasets: Iterable[Dataset], label: str = ""
@@ -195,9 +436,9 @@ def series_from_datasets(datasets: Iterable[Dataset], label: str = ""
     ``label`` names the origin in messages (a URL without credentials); each dataset is named
     ``<label> instance <SOPInstanceUID>``.
     """
-    headers = [(f"{label} instance {ds.get('SOPInstanceUID', '?')}".strip(), ds)
-               for ds in datasets]
-    series, skipped = _group(headers, is_file=False)
+    instances = [_instance(f"{label} instance {ds.get('SOPInstanceUID', '?')}".strip(), ds,
+                           SCAN_LIMITS, keep=True) for ds in datasets]
+    series, skipped = _group(instances, is_file=False)
     for s in series:
         if label:
             s.label = label
@@ -236,52 +477,82 @@ def _is_localizer(ds: Dataset) -> bool:
     return "LOCALIZER" in values
 
 
-def _group(headers: list[tuple[str, Dataset]], is_file: bool
+def _itemsize(ds: Dataset) -> int:
+    """Bytes of one decoded stored sample (BitsAllocated 1 to 64, rounded up to whole bytes)."""
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if not 1 <= bits <= 64:
+        raise ValueError(f"BitsAllocated {bits}")
+    return (bits + 7) // 8
+
+
+def _declared(ds: Dataset) -> tuple[int, int, int]:
+    """(Rows, Columns, NumberOfFrames) as the header declares them."""
+    return (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
+            int(ds.get("NumberOfFrames", 1) or 1))
+
+
+def _instance(name: str, ds: Dataset, limits: Limits | None, keep: bool = False) -> _Instance:
+    """The grouping fields of one header and why it is left out (the data set itself only
+    with ``keep``); a header declaring more than ``limits`` leaves its series out before its
+    frames are listed."""
+    try:
+        reason = _non_image_reason(ds)
+        unsupported = None if reason else _unsupported_reason(ds)
+        localizer = not reason and not unsupported and _is_localizer(ds)
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        sop = str(ds.get("SOPInstanceUID", "") or "")
+    except _HEADER_ERRORS as exc:
+        return _Instance(name, skip=Skipped(name, BAD_FILE,
+                                            f"unreadable header ({_reason(exc)})"))
+    if reason:
+        return _Instance(name, skip=Skipped(name, NON_IMAGE_DICOM, reason))
+    if unsupported:
+        return _Instance(name, skip=Skipped(name, UNSUPPORTED_IMAGE, unsupported))
+    if localizer:
+        return _Instance(name, skip=Skipped(name, LOCALIZER, "localizer (ImageType LOCALIZER)"))
+    if not uid:
+        return _Instance(name, skip=Skipped(name, BAD_FILE, "no SeriesInstanceUID"))
+    base = _Instance(name, uid, sop, dataset=ds if keep else None)
+    try:
+        itemsize = _itemsize(ds)
+        rows, cols, n_frames = _declared(ds)
+        check_declared_size(Path(name), (cols, rows, n_frames), itemsize, limits)
+        frames = tuple(_frames_of_dataset(0, ds, name))
+        meta = _meta(ds)
+    except VolumeError as exc:
+        kind = TOO_LARGE if exc.reason.startswith("too large") else INCONSISTENT_SERIES
+        return dataclasses.replace(base, series_error=(kind, exc.reason))
+    except _HEADER_ERRORS as exc:  # hostile values pydicom cannot convert
+        return dataclasses.replace(base, series_error=(
+            BAD_FILE, f"unreadable geometry ({_reason(exc)})"))
+    return dataclasses.replace(base, meta=meta, frames=frames, itemsize=itemsize)
+
+
+def _group(instances: list[_Instance], is_file: bool
            ) -> tuple[list[DicomSeries], list[Skipped]]:
     skipped: list[Skipped] = []
-    by_series: dict[str, list[tuple[str, Dataset]]] = {}
+    by_series: dict[str, list[_Instance]] = {}
     seen_sop: dict[str, str] = {}
-    for name, ds in headers:
-        try:
-            reason = _non_image_reason(ds)
-            unsupported = None if reason else _unsupported_reason(ds)
-            localizer = not reason and not unsupported and _is_localizer(ds)
-            uid = str(ds.get("SeriesInstanceUID", "") or "")
-            sop = str(ds.get("SOPInstanceUID", "") or "")
-        except _HEADER_ERRORS as exc:
-            skipped.append(Skipped(name, BAD_FILE, f"unreadable header ({_reason(exc)})"))
-            continue
-        if reason:
-            skipped.append(Skipped(name, NON_IMAGE_DICOM, reason))
-            continue
-        if unsupported:
-            skipped.append(Skipped(name, UNSUPPORTED_IMAGE, unsupported))
-            continue
-        if localizer:
-            skipped.append(Skipped(name, LOCALIZER, "localizer (ImageType LOCALIZER)"))
-            continue
-        if not uid:
-            skipped.append(Skipped(name, BAD_FILE, "no SeriesInstanceUID"))
+    for inst in instances:
+        name, sop = inst.name, inst.sop_uid
+        if inst.skip is not None:
+            skipped.append(inst.skip)
             continue
         if sop and sop in seen_sop:
             skipped.append(Skipped(name, DUPLICATE, f"same SOPInstanceUID as {seen_sop[sop]}"))
             continue
         if sop:
             seen_sop[sop] = name
-        by_series.setdefault(uid, []).append((name, ds))
+        by_series.setdefault(inst.series_uid, []).append(inst)
 
     out: list[DicomSeries] = []
     for uid, members in by_series.items():
-        label = _series_label([Path(n) for n, _ in members], uid) if is_file else uid
-        try:
-            frames_by_member = [_frames_of_dataset(i, ds, name)
-                                for i, (name, ds) in enumerate(members)]
-        except VolumeError as exc:
-            skipped.append(Skipped(label, INCONSISTENT_SERIES, exc.reason))
+        label = _series_label([Path(m.name) for m in members], uid) if is_file else uid
+        error = next((m.series_error for m in members if m.series_error is not None), None)
+        if error is not None:
+            skipped.append(Skipped(label, *error))
             continue
-        except _HEADER_ERRORS as exc:  # hostile values pydicom cannot convert
-            skipped.append(Skipped(label, BAD_FILE, f"unreadable geometry ({_reason(exc)})"))
-            continue
+        frames_by_member = [list(m.frames) for m in members]
         members, frames_by_member, loc = _drop_other_orientations(members, frames_by_member)
         skipped.extend(loc)
         if not members:
@@ -296,21 +567,23 @@ def _group(headers: list[tuple[str, Dataset]], is_file: bool
         except VolumeError as exc:
             skipped.append(Skipped(label, INCONSISTENT_SERIES, exc.reason))
             continue
-        meta = _meta(members[0][1])
+        meta = dict(members[0].meta)
+        itemsize = max(m.itemsize for m in members)
         if is_file:
-            series = DicomSeries(uid, [Path(n) for n, _ in members], meta, label=label,
-                                 _frames=frames)
+            series = DicomSeries(uid, [Path(m.name) for m in members], meta, label=label,
+                                 _frames=frames, _itemsize=itemsize)
         else:
-            series = DicomSeries(uid, [], meta, datasets=[ds for _, ds in members],
-                                 label=label, _frames=frames)
+            series = DicomSeries(uid, [], meta, datasets=[m.dataset for m in members
+                                                          if m.dataset is not None],
+                                 label=label, _frames=frames, _itemsize=itemsize)
         out.append(series)
     out.sort(key=lambda s: s.series_uid)
     return out, skipped
 
 
 def _drop_other_orientations(
-    members: list[tuple[str, Dataset]], frames: list[list[_Frame]]
-) -> tuple[list[tuple[str, Dataset]], list[list[_Frame]], list[Skipped]]:
+    members: list[_Instance], frames: list[list[_Frame]]
+) -> tuple[list[_Instance], list[list[_Frame]], list[Skipped]]:
     """Instances whose orientation differs from the series' majority are localizers.
 
     Orientations are clustered (direction cosines within :data:`CLUSTER_TOL`). The largest
@@ -339,15 +612,15 @@ def _drop_other_orientations(
     (top, n_top), = counts.most_common(1)
     if top == -1 or n_top * 2 <= sum(counts.values()):
         return members, frames, []
-    keep_m: list[tuple[str, Dataset]] = []
+    keep_m: list[_Instance] = []
     keep_f: list[list[_Frame]] = []
     skipped: list[Skipped] = []
-    for (name, ds), key, group in zip(members, keys, frames, strict=True):
+    for inst, key, group in zip(members, keys, frames, strict=True):
         if key == {top}:
-            keep_m.append((name, ds))
+            keep_m.append(inst)
             keep_f.append(group)
         else:
-            skipped.append(Skipped(name, LOCALIZER, "orientation differs from the rest of its "
+            skipped.append(Skipped(inst.name, LOCALIZER, "orientation differs from the rest of its "
                                                     "series (scout or localizer)"))
     return keep_m, keep_f, skipped
 
@@ -453,16 +726,24 @@ def _opt_float(value: Any) -> float | None:
     return out if np.isfinite(out) else None
 
 
-def _frames_of(series: DicomSeries) -> list[_Frame]:
+def _frames_of(series: DicomSeries, limits: Limits | None) -> tuple[list[_Frame], int]:
+    """The frames of a series built without a scan, and its largest stored sample (bytes);
+    each header is checked against ``limits`` before its frames are listed."""
     frames: list[_Frame] = []
-    if series.files:
-        for i, path in enumerate(series.files):
-            ds = _read_header(path)
-            frames.extend(_frames_of_dataset(i, ds, str(path)))
-    else:
-        for i, ds in enumerate(series.datasets):
-            frames.extend(_frames_of_dataset(i, ds, series.label or series.series_uid))
-    return frames
+    itemsize = 1
+    sources: list[Path | Dataset] = list(series.files) if series.files else list(series.datasets)
+    for i, src in enumerate(sources):
+        name = str(src) if isinstance(src, Path) else (series.label or series.series_uid)
+        ds = _read_header(src) if isinstance(src, Path) else src
+        try:
+            size = _itemsize(ds)
+            rows, cols, n_frames = _declared(ds)
+        except _HEADER_ERRORS as exc:
+            raise VolumeError(name, f"unreadable header ({_reason(exc)})") from None
+        check_declared_size(Path(name), (cols, rows, n_frames), size, limits)
+        itemsize = max(itemsize, size)
+        frames.extend(_frames_of_dataset(i, ds, name))
+    return frames, itemsize
 
 
 @dataclass(frozen=True)
@@ -548,10 +829,12 @@ def _geometry(frames: list[_Frame], label: str) -> _Geometry:
 class _SeriesPixels:
     """Array proxy: ``proxy[...]`` decodes the slices into a (columns, rows, slices) array."""
 
-    def __init__(self, sources: list[Path | Dataset], frames: list[_Frame], label: str) -> None:
+    def __init__(self, sources: list[Path | Dataset], frames: list[_Frame], label: str,
+                 itemsize: int = 8) -> None:
         self.sources = sources
         self.frames = frames
         self.label = label
+        self.itemsize = itemsize  # largest stored sample the scan saw, bytes
         self.shape = (frames[0].cols, frames[0].rows, len(frames))
 
     def __getitem__(self, index: object) -> np.ndarray:
@@ -560,7 +843,7 @@ class _SeriesPixels:
         for k, f in enumerate(self.frames):
             by_instance.setdefault(f.instance, []).append((k, f))
         for inst, items in by_instance.items():
-            pixels = self._decode(inst)
+            pixels = self._decode(inst, items[0][1], len(items))
             for k, f in items:
                 plane = pixels[f.frame] if f.frame is not None else pixels
                 if plane.ndim != 2 or plane.shape != (f.rows, f.cols):
@@ -576,10 +859,29 @@ class _SeriesPixels:
             return f"{self.label} instance {src.get('SOPInstanceUID', '?')}"
         return str(src)
 
-    def _decode(self, inst: int) -> np.ndarray:
+    def _decode(self, inst: int, frame: _Frame, n_frames: int) -> np.ndarray:
+        """The pixels of one instance, after checking that its header still declares what
+        the scan saw (``n_frames`` frames like ``frame``), so that a decoder never allocates
+        more than the checked size; a deflated file inflates no more than that plus a header."""
         src = self.sources[inst]
         name = self._name(inst)
-        ds = src if isinstance(src, Dataset) else _read_header(src, pixels=True)
+        expected = frame.rows * frame.cols * n_frames * self.itemsize
+        ds = src if isinstance(src, Dataset) else _read_header(
+            src, pixels=True, max_inflated=HEADER_MAX_BYTES + expected,
+            why=f" (a header and the {expected} bytes of pixel data the scan saw declared)")
+        try:
+            rows, cols, frames = _declared(ds)
+            itemsize = _itemsize(ds)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        except _HEADER_ERRORS as exc:
+            raise VolumeError(name, f"unreadable header ({_reason(exc)})") from None
+        if ((rows, cols, frames, samples) != (frame.rows, frame.cols, n_frames, 1)
+                or itemsize > self.itemsize):
+            raise VolumeError(name, f"the header declares {rows}x{cols} pixels x {frames} "
+                                    f"frames x {samples} samples of {itemsize} bytes; the "
+                                    f"series was scanned as {frame.rows}x{frame.cols} x "
+                                    f"{n_frames} x 1 of at most {self.itemsize} (changed "
+                                    "since the scan?); not decoded")
         if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise VolumeError(name, "no pixel data")
         try:
@@ -650,14 +952,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def open_dicom_folder(folder: Path) -> VolumeFile:
-    """The one image series of a folder of DICOM files (recursively), e.g. as a query."""
+def open_dicom_folder(folder: Path, limits: Limits | None = None) -> VolumeFile:
+    """The one image series of a folder of DICOM files (recursively), e.g. as a query;
+    ``limits``: what the series may declare (None: the defaults)."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and looks_like_dicom(p))
     if not files:
         raise VolumeError(folder, "no DICOM files (Part 10, 'DICM' at byte 128) in this folder")
-    series, skipped = scan_dicom(files)
+    series, skipped = scan_dicom(files, limits)
     if len(series) != 1:
         why = "; ".join(sorted({f"{s.kind}: {s.reason}" for s in skipped}))[:300]
         raise VolumeError(folder, f"{len(series)} image series in this folder (give the folder "
                                   f"of one series){'; skipped ' + why if why else ''}")
-    return series[0].open()
+    return series[0].open(limits)

@@ -15,15 +15,23 @@ series' SOP Instance UIDs (one QIDO request) before anything is retrieved.
 
 Credentials (basic or bearer token) come from the settings or the URL's user info; they are
 never part of a source string, a message or a payload (:func:`mask`).
+
+The server is not trusted (docs/reliability.md): every exchange is bounded in time and bytes
+(:mod:`ingest.pacs_http`), a query in pages (``MEDIR_PACS__MAX_PAGES``, a repeated page stops
+it), and every field read from an answer is checked; a malformed row is skipped and counted. A
+server that refuses or cannot be reached raises :class:`PacsUnavailable` (every series would
+fail the same way); any other :class:`PacsError` concerns the one exchange, e.g. one series.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
@@ -31,13 +39,18 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ingest.dicom import series_from_datasets
+from ingest.pacs_http import AnswerTooLarge, BoundedSession, DeadlineExceeded
 from ingest.reader import VolumeFile
-from medir.config import PacsSettings, Settings
+from medir.config import LimitsSettings, PacsSettings, Settings
 from medir.errors import ConfigError, MedirError, VolumeError
+
+log = logging.getLogger(__name__)
 
 SCHEME_PREFIX = "dicomweb+"
 SETTINGS_SOURCE = "pacs"  # "the PACS of the settings"
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID = 64  # characters of a DICOM UID (PS3.5 9.1)
+PAGE_ROWS = 1000  # rows asked for per QIDO-RS page (limit); more in one answer are ignored
 # the payload key holding the digest of a series' SOP Instance UIDs (pre-retrieval skip)
 INSTANCES_KEY = "dicom_instances_sha256"
 
@@ -52,10 +65,21 @@ TAG_MODALITY = "00080060"
 TAG_BODY_PART = "00180015"
 TAG_STUDY_DATE = "00080020"
 TAG_N_INSTANCES = "00201209"
+KEYWORDS = {TAG_STUDY_UID: "StudyInstanceUID", TAG_SERIES_UID: "SeriesInstanceUID",
+            TAG_SOP_UID: "SOPInstanceUID", TAG_MODALITY: "Modality",
+            TAG_BODY_PART: "BodyPartExamined", TAG_STUDY_DATE: "StudyDate",
+            TAG_N_INSTANCES: "NumberOfSeriesRelatedInstances"}
+
+T = TypeVar("T")
 
 
 class PacsError(MedirError):
-    """The PACS refused, could not be reached, or answered something unusable (one line)."""
+    """The PACS answered something unusable, too large or too slow for one exchange (one
+    line); the exchanges after it may still succeed."""
+
+
+class PacsUnavailable(PacsError):
+    """The PACS refused us (authentication) or cannot be reached: every exchange would fail."""
 
 
 def normalise_source(text: str) -> str:
@@ -78,7 +102,11 @@ class Target:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds a connect or one read may stall
+    request_timeout: float = 600.0  # seconds one exchange may take in all
+    max_response_bytes: int = 16 << 20  # one JSON answer
+    max_series_bytes: int = 16 << 30  # one series retrieval (the reader limit, limits.max_bytes)
+    max_pages: int = 1000  # pages of one query / of the change feed per poll
 
     @property
     def display(self) -> str:
@@ -113,6 +141,7 @@ def parse_source(source: str, settings: Settings | PacsSettings) -> SourceSpec:
     """``dicomweb+http://...[/studies/S][/series/X]`` or ``pacs[/studies/S][/series/X]``
     (``pacs``: the server of the settings, whose credentials go only to that server)."""
     pacs = settings.pacs if isinstance(settings, Settings) else settings
+    limits = settings.limits if isinstance(settings, Settings) else LimitsSettings()
     text = normalise_source(source.strip())
     if text == SETTINGS_SOURCE or text.startswith(SETTINGS_SOURCE + "/"):
         if not pacs.url:
@@ -152,8 +181,9 @@ def parse_source(source: str, settings: Settings | PacsSettings) -> SourceSpec:
         username = pacs.username
         password = pacs.password.get_secret_value() if pacs.password else None
         token = pacs.token.get_secret_value() if pacs.token else None
-    return SourceSpec(Target(base, username, password, token, pacs.timeout), study_uid,
-                      series_uid)
+    target = Target(base, username, password, token, pacs.timeout, pacs.request_timeout,
+                    pacs.max_response_bytes, limits.max_bytes, pacs.max_pages)
+    return SourceSpec(target, study_uid, series_uid)
 
 
 def _same_server(base: str, configured: str | None) -> bool:
@@ -202,25 +232,90 @@ class SeriesRef:
     n_instances: int | None = None
 
 
-def _first(entry: dict[str, Any], tag: str) -> str:
-    value = (entry.get(tag) or {}).get("Value") or [""]
-    return str(value[0])
+class BadRow(ValueError):
+    """A QIDO-RS row that is not shaped like the DICOM JSON it should be (the reason)."""
+
+
+def _value(row: object, tag: str) -> object:
+    """The first value of ``tag`` in a DICOM JSON row; None when absent or empty."""
+    if not isinstance(row, dict):
+        raise BadRow("a row is not a JSON object")
+    element = row.get(tag)
+    if element is None:
+        return None
+    if not isinstance(element, dict):
+        raise BadRow(f"{KEYWORDS[tag]} is not a DICOM JSON element")
+    values = element.get("Value")
+    if values is None:
+        return None
+    if not isinstance(values, list):
+        raise BadRow(f"{KEYWORDS[tag]} has no Value list")
+    return values[0] if values else None
+
+
+def row_uid(row: object, tag: str) -> str:
+    """A UID of the row: present, a string, digits and dots, at most 64 characters (it becomes
+    part of WADO-RS URLs and sources)."""
+    value = _value(row, tag)
+    if value is None:
+        raise BadRow(f"no {KEYWORDS[tag]}")
+    if not isinstance(value, str) or len(value) > MAX_UID or not UID_RE.match(value):
+        raise BadRow(f"{KEYWORDS[tag]} is not a UID")
+    return value
+
+
+def row_text(row: object, tag: str, max_len: int = 64) -> str:
+    """A short printable text of the row, "" when absent."""
+    value = _value(row, tag)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
+        raise BadRow(f"{KEYWORDS[tag]} is not a short text")
+    return value.strip()
+
+
+def row_count(row: object, tag: str) -> int | None:
+    """An IS count of the row (JSON number or numeric string), None when absent."""
+    value = _value(row, tag)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 10**9:
+        raise BadRow(f"{KEYWORDS[tag]} is not a count")
+    return value
+
+
+def series_ref(row: object) -> SeriesRef:
+    """A series of a QIDO-RS series answer, every field checked (:class:`BadRow`)."""
+    date = row_text(row, TAG_STUDY_DATE)
+    return SeriesRef(row_uid(row, TAG_STUDY_UID), row_uid(row, TAG_SERIES_UID),
+                     row_text(row, TAG_MODALITY, 16), row_text(row, TAG_BODY_PART),
+                     date if re.fullmatch(r"\d{8}", date) else "",
+                     row_count(row, TAG_N_INSTANCES))
 
 
 class PacsClient:
-    """A dicomweb-client session on one server, with errors turned into one clear line."""
+    """A dicomweb-client session on one server: every exchange bounded (time, bytes), every
+    query paged and bounded, every error turned into one clear line."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, warn: Callable[[str], None] | None = None) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         self.target = target
-        self.session = requests.Session()
+        self.warn = warn or log.warning
+        self.session = BoundedSession(read_timeout=target.timeout,
+                                      request_timeout=target.request_timeout,
+                                      max_bytes=target.max_response_bytes)
         if target.token:
             self.session.headers["Authorization"] = f"Bearer {target.token}"
         elif target.username is not None:
             self.session.auth = (target.username, target.password or "")
         self.client = DICOMwebClient(target.base_url, session=self.session,
                                      timeout=target.timeout)
+        # one attempt per exchange: dicomweb-client would retry any exception (a refused
+        # connection, a cut-off answer) 5 times with growing waits
+        self.client.set_http_retry_params(retry=False)
 
     def close(self) -> None:
         self.session.close()
@@ -231,46 +326,102 @@ class PacsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one DICOMweb exchange; every failure becomes a :class:`PacsError`."""
+    def error(self, text: str) -> PacsError:
+        return PacsError(f"PACS {self.target.display}: {text}")
+
+    def call(self, what: str, fn: Callable[[], Any], *, series: bool = False) -> Any:
+        """Run one DICOMweb exchange within its bounds (``series``: a series retrieval, bounded
+        by the reader limit); every failure becomes a :class:`PacsError`."""
+        t = self.target
         try:
-            return fn()
+            with self.session.exchange(t.max_series_bytes if series else None):
+                return fn()
+        except DeadlineExceeded as exc:
+            raise self.error(f"{exc} (MEDIR_PACS__REQUEST_TIMEOUT) during {what}; the server "
+                             "is too slow or stalls") from None
+        except AnswerTooLarge as exc:
+            setting = "MEDIR_LIMITS__MAX_BYTES" if series else "MEDIR_PACS__MAX_RESPONSE_BYTES"
+            raise self.error(f"{exc} ({setting}) during {what}") from None
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             if code in (401, 403):
-                raise PacsError(f"PACS {self.target.display}: authentication failed (HTTP "
-                                f"{code}) during {what}; check MEDIR_PACS__USERNAME / "
-                                "MEDIR_PACS__PASSWORD or MEDIR_PACS__TOKEN") from None
-            raise PacsError(f"PACS {self.target.display}: HTTP {code} during {what}") from None
+                raise PacsUnavailable(
+                    f"PACS {t.display}: authentication failed (HTTP {code}) during {what}; "
+                    "check MEDIR_PACS__USERNAME / MEDIR_PACS__PASSWORD or MEDIR_PACS__TOKEN"
+                ) from None
+            raise self.error(f"HTTP {code} during {what}") from None
+        except requests.ConnectTimeout:
+            raise PacsUnavailable(f"PACS {t.display}: unreachable (timed out connecting after "
+                                  f"{t.timeout:g} s)") from None
         except requests.Timeout:
-            raise PacsError(f"PACS {self.target.display}: timed out after "
-                            f"{self.target.timeout:g} s during {what}") from None
+            raise self.error(f"timed out after {t.timeout:g} s during {what}") from None
         except requests.ConnectionError as exc:
-            raise PacsError(f"PACS {self.target.display}: unreachable "
-                            f"({_connection_reason(exc)})") from None
+            if "Read timed out" in str(exc):  # a stalled body (urllib3's ReadTimeoutError)
+                raise self.error(f"timed out after {t.timeout:g} s during {what}") from None
+            raise PacsUnavailable(f"PACS {t.display}: unreachable "
+                                  f"({_connection_reason(exc)})") from None
         except requests.RequestException as exc:
-            raise PacsError(f"PACS {self.target.display}: {type(exc).__name__} during "
-                            f"{what}") from None
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            msg = mask(str(exc).splitlines()[0] if str(exc) else "", self.target.secrets)
-            raise PacsError(f"PACS {self.target.display}: unusable answer during {what} "
-                            f"({type(exc).__name__}: {msg[:200]})") from None
+            raise self.error(f"{type(exc).__name__} during {what}") from None
+        except (MedirError, InvalidDicomError):
+            raise
+        except Exception as exc:  # anything the server's bytes make a parser raise
+            msg = mask(str(exc).splitlines()[0] if str(exc) else "", t.secrets)
+            raise self.error(f"unusable answer during {what} ({type(exc).__name__}: "
+                             f"{msg[:200]})") from None
+
+    def query(self, what: str, fetch: Callable[[int], Any], parse: Callable[[Any], T],
+              key: Callable[[T], Hashable]) -> list[T]:
+        """Every row of a paged QIDO-RS query (``fetch(offset)``), parsed, first of each key.
+
+        At most ``max_pages`` pages of :data:`PAGE_ROWS` rows (rows past that in one answer
+        are left for the next page); a page that repeats the previous one (a server that
+        ignores the offset) stops the query. Malformed rows are skipped and counted in one
+        warning.
+        """
+        found: dict[Hashable, T] = {}
+        bad: list[str] = []
+        previous: list[Hashable] | None = None
+        offset = 0
+        for number in range(1, self.target.max_pages + 1):
+            page = self.call(what, functools.partial(fetch, offset))
+            if not isinstance(page, list):
+                raise self.error(f"{what}: the answer is not a JSON array of rows")
+            if not page:
+                break
+            page = page[:PAGE_ROWS]
+            keys: list[Hashable] = []
+            for row in page:
+                try:
+                    item = parse(row)
+                except BadRow as exc:
+                    bad.append(str(exc))
+                    keys.append(None)
+                    continue
+                keys.append(key(item))
+                found.setdefault(keys[-1], item)
+            if keys == previous:
+                raise self.error(f"{what}: page {number} repeats page {number - 1} (the "
+                                 "server ignores the QIDO-RS offset); stopped")
+            previous = keys
+            offset += len(page)
+        else:
+            raise self.error(f"{what}: more than {self.target.max_pages} pages of "
+                             f"{PAGE_ROWS} rows; narrow the query or raise "
+                             "MEDIR_PACS__MAX_PAGES")
+        if bad:
+            reasons = "; ".join(sorted(set(bad))[:3])
+            self.warn(f"PACS {self.target.display}: {what}: skipped {len(bad)} malformed "
+                      f"row(s) ({reasons})")
+        return list(found.values())
 
     def search_series(self, filters: QidoFilters) -> list[SeriesRef]:
         """Every series matching the filters (QIDO-RS, all pages)."""
         fields = ["StudyDate", "Modality", "BodyPartExamined",
                   "NumberOfSeriesRelatedInstances"]
-        rows = self.call("QIDO-RS series search", lambda: self.client.search_for_series(
-            study_instance_uid=filters.study_uid, search_filters=filters.search_filters(),
-            fields=fields, get_remaining=True))
-        refs = []
-        for row in rows or []:
-            st, se = _first(row, TAG_STUDY_UID), _first(row, TAG_SERIES_UID)
-            if not st or not se:
-                continue
-            n = _first(row, TAG_N_INSTANCES)
-            refs.append(SeriesRef(st, se, _first(row, TAG_MODALITY), _first(row, TAG_BODY_PART),
-                                  _first(row, TAG_STUDY_DATE), int(n) if n.isdigit() else None))
+        search = filters.search_filters()
+        refs = self.query("QIDO-RS series search", lambda offset: self.client.search_for_series(
+            study_instance_uid=filters.study_uid, search_filters=search, fields=fields,
+            limit=PAGE_ROWS, offset=offset), series_ref, lambda r: r.series_uid)
         return sorted(refs, key=lambda r: (r.study_date, r.study_uid, r.series_uid))
 
     def find_series(self, series_uid: str, study_uid: str | None = None) -> SeriesRef:
@@ -281,17 +432,21 @@ class PacsClient:
         return refs[0]
 
     def instance_uids(self, ref: SeriesRef) -> list[str]:
-        rows = self.call("QIDO-RS instance search", lambda: self.client.search_for_instances(
-            study_instance_uid=ref.study_uid, series_instance_uid=ref.series_uid,
-            fields=["SOPInstanceUID"], get_remaining=True))
-        return sorted(u for u in (_first(r, TAG_SOP_UID) for r in rows or []) if u)
+        uids = self.query("QIDO-RS instance search", lambda offset:
+                          self.client.search_for_instances(
+                              study_instance_uid=ref.study_uid,
+                              series_instance_uid=ref.series_uid, fields=["SOPInstanceUID"],
+                              limit=PAGE_ROWS, offset=offset),
+                          lambda row: row_uid(row, TAG_SOP_UID), lambda u: u)
+        return sorted(uids)
 
     def iter_series(self, ref: SeriesRef) -> Iterator[Dataset]:
-        """The series' instances as datasets, streamed one part at a time (WADO-RS)."""
+        """The series' instances as datasets, streamed one part at a time (WADO-RS); the whole
+        retrieval is one exchange, bounded by the reader limit (``limits.max_bytes``)."""
         it = self.call("WADO-RS retrieve", lambda: self.client.iter_series(
-            ref.study_uid, ref.series_uid))
+            ref.study_uid, ref.series_uid), series=True)
         while True:
-            ds = self.call("WADO-RS retrieve", lambda: next(it, None))
+            ds = self.call("WADO-RS retrieve", lambda: next(it, None), series=True)
             if ds is None:
                 return
             yield ds
@@ -358,13 +513,15 @@ class PacsSeries:
         return vf
 
 
-def list_series(spec: SourceSpec, filters: QidoFilters) -> list[PacsSeries]:
-    """The series of a source (its study/series narrow the filters), in a stable order."""
+def list_series(spec: SourceSpec, filters: QidoFilters,
+                warn: Callable[[str], None] | None = None) -> list[PacsSeries]:
+    """The series of a source (its study/series narrow the filters), in a stable order;
+    ``warn`` gets the line about malformed rows skipped (default: the log)."""
     f = QidoFilters(study_uid=spec.study_uid or filters.study_uid,
                     series_uid=spec.series_uid or filters.series_uid,
                     modality=filters.modality, date_from=filters.date_from,
                     date_to=filters.date_to, body_part=filters.body_part)
-    with PacsClient(spec.target) as c:
+    with PacsClient(spec.target, warn) as c:
         refs = c.search_series(f)
     return [PacsSeries(spec.target, r) for r in refs]
 

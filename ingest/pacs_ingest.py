@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from ingest.dicomweb import (
     NON_IMAGE_MODALITIES,
     PacsClient,
-    PacsError,
     PacsSeries,
+    PacsUnavailable,
     Target,
     already_indexed,
 )
@@ -38,10 +38,11 @@ def ingest_series(
     progress: ProgressFn | None = None,
     on_report: Callable[[IngestReport], None] | None = None,
 ) -> list[IngestReport]:
-    """Index each series; a bad series is reported and the others go on.
+    """Index each series; a bad series (unreadable, undeliverable, too large or too slow to
+    retrieve) is reported as failed and the others go on.
 
-    A server problem (authentication, unreachable) raises :class:`PacsError`: it would fail
-    every series the same way.
+    A server that refuses us or cannot be reached raises :class:`PacsUnavailable`: it would
+    fail every series the same way.
     """
     reports: list[IngestReport] = []
     coll = collection_name(embedder.name)
@@ -63,11 +64,14 @@ def ingest_series(
                     rep = index_volume(store, embedder, vol, intensity=intensity,
                                        upsert_batch=upsert_batch, progress=progress)
                     del vol
-            except PacsError:
+            except PacsUnavailable:
                 raise
             except MedirError as exc:
+                text = str(exc)  # one line; a PACS error names the server, not the series
                 rep = IngestReport(s.source, s.volume_id, "failed",
-                                   seconds=time.perf_counter() - t0, error=str(exc))
+                                   seconds=time.perf_counter() - t0,
+                                   error=text if s.volume_id in text else
+                                   f"{s.volume_id}: {text}")
             reports.append(rep)
             if on_report is not None:
                 on_report(rep)

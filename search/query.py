@@ -1,9 +1,13 @@
-"""Volume queries: a volume → chosen slices → embeddings → one batch k-NN request → vote.
+"""The query steps over the store: options, collection checks, stored-vector reuse, then
+chosen slices → one batch k-NN request → vote → optional re-rank.
 
-The query volume can be a file (new or already indexed) or the id of an indexed volume, whose
-stored slice vectors are reused without re-embedding. The query volume itself is excluded from
-the results: by its volume id when querying by id, by content when querying with a file (a
-file whose content equals an indexed volume is that volume, under every id it is indexed as).
+:func:`search_vectors` runs the steps on vectors already computed (the benchmarks call it);
+:func:`search_indexed` queries with an indexed volume, reusing its stored slice vectors;
+:func:`stored_vectors` finds the stored vectors of a volume whose content is indexed. Opening
+a file, a DICOM folder or a PACS series and embedding it is the application's work
+(:mod:`runner.query_service`). The query volume itself is excluded from the results: by its
+volume id when querying by id, by content when querying with a file (a file whose content
+equals an indexed volume is that volume, under every id it is indexed as).
 """
 
 from __future__ import annotations
@@ -11,25 +15,21 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ingest.embedders.base import Embedder
-from ingest.preprocess import normalize_intensity, resolve_intensity
-from ingest.reader import Limits, open_volume
-from ingest.versions import check_layout, live_records
-from ingest.volume import Volume
 from medir.config import (
     DEFAULT_K,
     DEFAULT_SIGMA,
     DEFAULT_TOP,
     DEFAULT_WEIGHTING,
-    PacsSettings,
     SearchSettings,
+    check_intensity,
 )
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking, volume_vectors
+from search.live import check_layout, live_records
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import (
@@ -40,12 +40,25 @@ from search.store import (
     Record,
     SliceStore,
     collection_name,
-    content_id,
 )
 from search.vote import SliceMatch, VolumeResult, VoteResult, vote
 
 MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
 MAX_TOP = 10_000  # volumes in the ranking
+
+
+class ModelId(Protocol):
+    """What a query needs to know of the model that made the vectors (an
+    :class:`ingest.embedders.base.Embedder` is one): its name, its version id, its dimension."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def embedder_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
 
 
 @dataclass
@@ -71,6 +84,13 @@ class QueryOptions:
     #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
     rerank: str = "none"
     rerank_top: int = 10
+    #: At most this many query slices, evenly spaced among the sampling's (0: no cap): the
+    #: model's cost of a query is one forward pass per slice.
+    max_slices: int = 0
+    #: Relevance feedback (search.feedback): indexed volume ids marked "more like these" and
+    #: "not like those"; their own votes re-rank the query's, and they are left out.
+    like: Sequence[str] = ()
+    unlike: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,14 +106,18 @@ class QueryOptions:
             raise ConfigError("sampling and weighting must be strings")
         self.parsed()
         check_rerank(self.rerank)
+        for name, marks in (("like", self.like), ("unlike", self.unlike)):
+            if isinstance(marks, str) or not all(isinstance(v, str) and v for v in marks):
+                raise ConfigError(f"{name} takes a list of volume ids, got {marks!r}")
+        check_marks(self.like, self.unlike)
         if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
                 or not 1 <= self.rerank_top <= MAX_TOP:
             raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
-        from ingest.preprocess import INTENSITY_MODES
-
-        if self.intensity not in INTENSITY_MODES:
-            raise ConfigError(f"unknown intensity mode {self.intensity!r}; choose one of "
-                              f"{', '.join(INTENSITY_MODES)}")
+        if isinstance(self.max_slices, bool) or not isinstance(self.max_slices, int | np.integer) \
+                or self.max_slices < 0:
+            raise ConfigError(f"max_slices must be an integer >= 0 (0: no cap), got "
+                              f"{self.max_slices!r}")
+        check_intensity(self.intensity)
         if not isinstance(self.filters, Mapping):
             raise ConfigError("filters must map a label to its values")
         for key, values in self.filters.items():
@@ -104,25 +128,28 @@ class QueryOptions:
                 raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
 
     def parsed(self) -> tuple[Sampling, Weighting]:
-        """The parsed sampling and weighting (parsed on construction; again only if a spec
-        was changed since)."""
-        specs = (self.sampling, self.weighting)
+        """The parsed sampling (capped at ``max_slices``) and weighting (parsed on
+        construction; again only if a spec was changed since)."""
+        specs = (self.sampling, self.weighting, self.max_slices)
         cached = self.__dict__.get("_parsed")
         if cached is None or cached[0] != specs:
-            cached = (specs, (Sampling.parse(self.sampling), Weighting.parse(self.weighting)))
+            cached = (specs, (Sampling.parse(self.sampling).capped(int(self.max_slices)),
+                              Weighting.parse(self.weighting)))
             self.__dict__["_parsed"] = cached
         return cached[1]
 
 
 def configured_options(search: SearchSettings, *, intensity: str, sampling: str | None = None,
                        weighting: str | None = None, k: int | None = None,
-                       top: int | None = None, **rest: Any) -> QueryOptions:
+                       top: int | None = None, max_slices: int | None = None,
+                       **rest: Any) -> QueryOptions:
     """Query options from the settings' query defaults (``search``, ``MEDIR_SEARCH__*``) with
     what the user gave (None: the setting). A ``gaussian`` weighting without ``:SIGMA`` takes
     the settings' ``sigma``."""
     return QueryOptions(sampling=sampling or search.sampling,
                         weighting=weighting or default_weighting(search),
                         k=search.k if k is None else k, top=search.top if top is None else top,
+                        max_slices=search.max_slices if max_slices is None else max_slices,
                         intensity=intensity, **rest)
 
 
@@ -173,7 +200,7 @@ class VectorSearch:
     timings: dict[str, float]
 
 
-def check_collection(store: SliceStore, embedder: Embedder) -> str:
+def check_collection(store: SliceStore, embedder: ModelId) -> str:
     """The collection to query, or a clear error (empty store, other model, other version)."""
     coll = collection_name(embedder.name)
     existing = store.collections()
@@ -257,9 +284,17 @@ def search_vectors(
     t1 = time.perf_counter()
     method = check_rerank(options.rerank)
     n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
-    result = vote(chosen_list, weights.tolist(), hits, top=n_vote)
+    marked = [*options.like, *options.unlike]
+    result = vote(chosen_list, weights.tolist(), hits,
+                  top=max(n_vote, FEEDBACK_DEPTH) if marked else n_vote)
     t2 = time.perf_counter()
     timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
+    if marked:
+        liked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.like]
+        unliked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.unlike]
+        result.ranking = feedback_ranking(result, liked, unliked, marked, top=n_vote)
+        timings["feedback_s"] = time.perf_counter() - t2
+        t2 = time.perf_counter()
     if method != "none" and result.ranking:
         query_z = np.asarray(chosen_list, dtype=np.float64) * float(z_spacing)
         result.ranking = _rerank(store, coll, method, slice_vectors[rows], query_z, weights,
@@ -267,6 +302,22 @@ def search_vectors(
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
     return VectorSearch(chosen_list, weights.tolist(), result, timings)
+
+
+def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
+                 embedder_id: str | None) -> VoteResult:
+    """A marked volume's own vote: its stored slice vectors as a query (no model pass),
+    itself left out, ranked deep enough to be combined (:func:`feedback_ranking`)."""
+    found = volume_vectors(store, coll, volume_id, embedder_id)
+    if found is None:
+        raise MedirError(f"no indexed volume {volume_id!r} in collection {coll} to mark")
+    vectors, slices, n, dz = found
+    plain = QueryOptions(sampling=options.sampling, weighting=options.weighting, k=options.k,
+                         top=FEEDBACK_DEPTH, filters=options.filters, exact=options.exact,
+                         intensity=options.intensity, exclude_cases=options.exclude_cases,
+                         max_slices=options.max_slices)
+    return search_vectors(store, coll, vectors, n, dz, plain, exclude_volume=volume_id,
+                          slice_indices=slices, embedder_id=embedder_id).vote
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -309,34 +360,6 @@ def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_
     return out
 
 
-def search_volume(
-    volume: Volume, store: SliceStore, embedder: Embedder, options: QueryOptions
-) -> SearchResult:
-    """Query with a volume read from a file (embedding only the chosen slices)."""
-    coll = check_collection(store, embedder)
-    sampling, _ = options.parsed()
-    chosen = sampling.select(volume.n_slices, volume.spacing[2])
-    exclude = content_id(volume.sha256, volume.index_4d)
-    t0 = time.perf_counter()
-    mode = resolve_intensity(volume.data, options.intensity)  # concrete: decided once
-    stored = stored_vectors(store, coll, exclude, embedder.embedder_id, mode, chosen)
-    t_lookup = time.perf_counter() - t0
-    if stored is None:
-        vectors = embedder.embed(normalize_intensity(volume.data, mode, slices=chosen))
-    else:
-        vectors = stored
-    t_embed = time.perf_counter() - t0 - t_lookup
-    found = search_vectors(
-        store, coll, vectors, volume.n_slices, volume.spacing[2], options,
-        exclude_content=exclude, slice_indices=chosen, embedder_id=embedder.embedder_id,
-    )
-    return SearchResult(volume.volume_id, volume.source, embedder.name, volume.n_slices,
-                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
-                        found.vote.slice_predictions,
-                        {"lookup_s": t_lookup, "embed_s": t_embed, **found.timings},
-                        "embedded" if stored is None else "stored")
-
-
 def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
                    intensity: str, slices: np.ndarray) -> np.ndarray | None:
     """The stored embeddings of ``slices`` of an indexed volume with this exact content
@@ -360,33 +383,8 @@ def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
     return None
 
 
-def search_file(
-    path: str | Path, store: SliceStore, embedder: Embedder, options: QueryOptions,
-    index_4d: int | None = None, *, limits: Limits | None = None,
-    pacs: PacsSettings | None = None,
-) -> SearchResult:
-    """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume).
-
-    A PACS series (``dicomweb+http://.../series/<uid>`` or ``pacs/series/<uid>``) is retrieved
-    over DICOMweb (in memory, from the ``pacs`` settings) and used like a file. ``limits``:
-    what the file may declare (the settings', :meth:`ingest.reader.Limits.of`).
-    """
-    from ingest.dicomweb import is_dicomweb_source, open_pacs_source
-
-    if is_dicomweb_source(str(path)):
-        vf = open_pacs_source(str(path), pacs or PacsSettings())
-    elif Path(path).is_dir():  # the folder of one DICOM series
-        from ingest.dicom import open_dicom_folder
-
-        vf = open_dicom_folder(Path(path))
-    else:
-        vf = open_volume(path, limits)
-    vol = vf.read((index_4d or 0) if vf.is_4d else None)
-    return search_volume(vol, store, embedder, options)
-
-
 def search_indexed(
-    volume_id: str, store: SliceStore, embedder: Embedder, options: QueryOptions
+    volume_id: str, store: SliceStore, embedder: ModelId, options: QueryOptions
 ) -> SearchResult:
     """Query with an indexed volume, reusing its stored slice vectors (no re-embedding)."""
     coll = check_collection(store, embedder)
@@ -408,13 +406,18 @@ def search_indexed(
         embedder_id=embedder.embedder_id,
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
-                        found.chosen_slices, found.weights, _opts(options), found.vote.ranking,
-                        found.vote.slice_predictions, {"embed_s": 0.0, **found.timings},
+                        found.chosen_slices, found.weights, result_options(options),
+                        found.vote.ranking, found.vote.slice_predictions,
+                        {"embed_s": 0.0, **found.timings},
                         "stored")
 
 
-def _opts(options: QueryOptions) -> dict[str, Any]:
+def result_options(options: QueryOptions) -> dict[str, Any]:
+    """The options as a query result reports them (``SearchResult.options``)."""
     return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
             "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
             "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
+            **({"max_slices": options.max_slices} if options.max_slices else {}),
+            **({"like": list(options.like)} if options.like else {}),
+            **({"unlike": list(options.unlike)} if options.unlike else {}),
             **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

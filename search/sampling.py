@@ -3,7 +3,9 @@
 Pure numpy, no I/O. A :class:`Sampling` chooses slice indices; a :class:`Weighting` gives each
 chosen slice a weight. Specs are strings so they travel through the CLI, the queue and JSON:
 
-- sampling: ``all`` | ``every-n:N`` | ``every-mm:X`` | ``random:K[:SEED]``
+- sampling: ``all`` | ``every-n:N`` | ``every-mm:X`` | ``random:K[:SEED]``, each optionally
+  capped with ``,max=N``: at most N of the chosen slices, evenly spaced among them (the
+  query's ``max_slices`` option, ``MEDIR_SEARCH__MAX_SLICES``, sets the same cap)
 - weighting: ``none`` | ``gaussian[:SIGMA]`` (σ as a fraction of the volume's depth)
 
 Slice-wise (SW) prediction is an aggregation mode of the vote, see :mod:`search.vote`.
@@ -12,7 +14,7 @@ Slice-wise (SW) prediction is an aggregation mode of the vote, see :mod:`search.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,10 +33,26 @@ class Sampling:
     kind: str  # all | every-n | every-mm | random
     value: float = 0.0
     seed: int = DEFAULT_SEED
+    max_slices: int = 0  # at most this many of the chosen slices (0: no cap), see capped()
 
     @classmethod
     def parse(cls, spec: str) -> Sampling:
-        parts = spec.strip().lower().split(":")
+        base, comma, cap = spec.strip().lower().partition(",")
+        sampling = cls._parse_base(spec, base)
+        if not comma:
+            return sampling
+        key, eq, n = cap.strip().partition("=")
+        try:
+            if key.strip() == "max" and eq and int(n) >= 1:
+                return sampling.capped(int(n))
+        except ValueError:
+            pass
+        raise ConfigError(f"bad sampling {spec!r}: the cap after ',' is max=N (N >= 1), e.g. "
+                          "every-mm:7,max=20")
+
+    @classmethod
+    def _parse_base(cls, spec: str, base: str) -> Sampling:
+        parts = base.strip().split(":")
         kind = parts[0]
         try:
             if kind == "all" and len(parts) == 1:
@@ -59,20 +77,32 @@ class Sampling:
             pass
         raise ConfigError(
             f"bad sampling {spec!r}; use all, every-n:N (N >= 1), every-mm:X (finite X >= "
-            f"{MIN_STEP_MM:g} mm) or random:K[:SEED] (K >= 1, SEED >= 0)"
+            f"{MIN_STEP_MM:g} mm) or random:K[:SEED] (K >= 1, SEED >= 0), optionally ,max=N"
         )
 
     def __str__(self) -> str:
+        cap = f",max={self.max_slices}" if self.max_slices else ""
         if self.kind == "all":
-            return "all"
+            return "all" + cap
         if self.kind == "random":
-            return f"random:{int(self.value)}:{self.seed}"
+            return f"random:{int(self.value)}:{self.seed}" + cap
         if self.kind == "every-n":
-            return f"every-n:{int(self.value)}"
-        return f"every-mm:{self.value:g}"
+            return f"every-n:{int(self.value)}" + cap
+        return f"every-mm:{self.value:g}" + cap
+
+    def capped(self, max_slices: int) -> Sampling:
+        """This sampling with at most ``max_slices`` slices (0: unchanged; the smaller cap
+        wins when it already has one)."""
+        if max_slices <= 0 or 0 < self.max_slices <= max_slices:
+            return self
+        return replace(self, max_slices=int(max_slices))
 
     def select(self, n_slices: int, z_spacing_mm: float = 1.0) -> np.ndarray:
-        """Sorted indices of the chosen slices of a volume with ``n_slices`` slices."""
+        """Sorted indices of the chosen slices of a volume with ``n_slices`` slices (at most
+        ``max_slices`` of them when capped)."""
+        return evenly_among(self._select(n_slices, z_spacing_mm), self.max_slices)
+
+    def _select(self, n_slices: int, z_spacing_mm: float) -> np.ndarray:
         if n_slices <= 0:
             return np.zeros(0, dtype=np.int64)
         if self.kind == "all":
@@ -92,6 +122,17 @@ class Sampling:
         k = min(int(self.value), n_slices)
         rng = np.random.default_rng(self.seed)
         return np.sort(rng.choice(n_slices, size=k, replace=False).astype(np.int64))
+
+
+def evenly_among(chosen: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` of the sorted ``chosen`` indices, evenly spaced among them: the centres
+    of ``cap`` equal runs (index ⌊(i + ½)·m / cap⌋ of the m chosen), so one slice is the
+    middle one and the two ends are left alike. ``cap`` ≤ 0 or ≥ m: all of them."""
+    m = len(chosen)
+    if cap <= 0 or cap >= m:
+        return chosen
+    pos = ((np.arange(cap) + 0.5) * m / cap).astype(np.int64)  # distinct: steps of m/cap > 1
+    return chosen[pos]
 
 
 @dataclass(frozen=True)

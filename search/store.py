@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from medir.ids import with_index
+
 POINT_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-5f0b-9d43-6d6564697221")
 LABEL_KEYS = ("modality", "region", "organ", "dataset", "split")
 INDEXED_KEYWORDS = ("volume_id", "case_id", "content_id", "embedder", "state", "gen", "layout",
@@ -68,7 +70,7 @@ def new_generation() -> str:
 
 def content_id(sha256: str, index_4d: int | None) -> str:
     """Identifies a volume by content: the file hash plus the index in a 4D file."""
-    return sha256 if index_4d is None else f"{sha256}#{index_4d}"
+    return with_index(sha256, index_4d)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,10 @@ class SliceStore(ABC):
         self, name: str, flt: Filter | None = None, *, with_vectors: bool = False,
         batch: int = 1024,
     ) -> Iterator[Record]: ...
+
+    def check_space(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~medir.errors.DiskFull` when a write could fill the disk (the
+        embedded store checks its folder; a server manages its own disk)."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Persist pending writes (embedded engines)."""

@@ -20,6 +20,7 @@ import qdrant_edge as qe
 
 from medir.config import HnswSettings, StoreSettings
 from medir.errors import StoreUnavailable
+from search.disk import check_free, disk_full_error, is_disk_full
 from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
 from search.store_lock import StoreLock
 
@@ -31,6 +32,11 @@ def _condition(key: str, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return qe.FieldCondition(key=key, match=qe.MatchAny(any=list(value)))
     return qe.FieldCondition(key=key, match=qe.MatchValue(value=value))
+
+
+def _allocated(root: Path) -> int:
+    """Bytes of disk the files under ``root`` occupy."""
+    return sum(p.lstat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
 
 def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
@@ -109,24 +115,45 @@ class EdgeStore(SliceStore):
             self._shards[name] = shard
         return shard
 
+    def check_space(self) -> None:
+        """Refuse (DiskFull) to write when the disk cannot hold what the store's memory-mapped
+        files may still claim plus ``MEDIR_STORE__MIN_FREE_MB`` (:mod:`search.disk`)."""
+        check_free(self.path, self.storage.min_free_mb)
+
     def ensure_collection(self, name: str, dim: int) -> None:
         d = self._dir(name)
         if (d / _META).is_file():
             return
         self._locked()
+        self.check_space()
         d.mkdir(parents=True, exist_ok=True)
         try:
             shard = qe.EdgeShard.create(str(d / "shard"), self._config(dim))
         except Exception as exc:
+            shutil.rmtree(d, ignore_errors=True)  # never marked: nothing to keep
+            if is_disk_full(exc):
+                raise disk_full_error(d, exc) from None
             raise StoreUnavailable(f"{d}: cannot create the embedded store ({exc})") from None
-        for key in INDEXED_KEYWORDS:
-            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
-        shard.flush()
+        try:
+            self.check_space()  # the new shard's sparse files are now counted
+            for key in INDEXED_KEYWORDS:
+                shard.update(qe.UpdateOperation.create_field_index(key,
+                                                                   qe.PayloadSchemaType.Keyword))
+            shard.flush()
+            tmp = d / (_META + ".tmp")
+            tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge",
+                                       "storage": self.storage.model_dump(
+                                           exclude={"lock_wait_s"})}))
+        except Exception as exc:  # a half-made collection is removed, not left unmarked
+            try:
+                shard.close()
+            except Exception:
+                pass
+            shutil.rmtree(d, ignore_errors=True)
+            if is_disk_full(exc):
+                raise disk_full_error(d, exc) from None
+            raise
         self._shards[name] = shard
-        tmp = d / (_META + ".tmp")
-        tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge",
-                                   "storage": self.storage.model_dump(
-                                       exclude={"lock_wait_s"})}))
         tmp.replace(d / _META)  # the marker makes the collection visible, last
 
     def drop_collection(self, name: str) -> None:
@@ -141,11 +168,17 @@ class EdgeStore(SliceStore):
         if not points:
             return
         shard = self._shard(name)
-        shard.update(qe.UpdateOperation.upsert_points([
-            qe.Point(id=p.id, vector={_VECTOR: np.asarray(p.vector, np.float32).tolist()},
-                     payload=p.payload)
-            for p in points
-        ]))
+        self.check_space()  # a full disk under a memory map is a SIGBUS, not an error
+        try:
+            shard.update(qe.UpdateOperation.upsert_points([
+                qe.Point(id=p.id, vector={_VECTOR: np.asarray(p.vector, np.float32).tolist()},
+                         payload=p.payload)
+                for p in points
+            ]))
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self._dir(name), exc) from None
+            raise
 
     def delete(self, name: str, flt: Filter) -> None:
         if flt.empty:
@@ -170,6 +203,7 @@ class EdgeStore(SliceStore):
 
     def ensure_indexes(self, name: str) -> None:
         shard = self._shard(name)
+        self.check_space()
         for key in INDEXED_KEYWORDS:  # creating an existing index again is a no-op
             shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
 
@@ -178,7 +212,9 @@ class EdgeStore(SliceStore):
             shard.flush()
 
     def optimize(self, name: str) -> None:
-        """Build the HNSW index now (otherwise the engine does it when it decides)."""
+        """Build the HNSW index now (otherwise the engine does it when it decides); the new
+        segments may need as much disk as the collection holds."""
+        check_free(self.path, self.storage.min_free_mb, extra=_allocated(self._dir(name)))
         self._shard(name).optimize()
 
     # ---- reads ------------------------------------------------------------------------------

@@ -17,16 +17,13 @@ Prune deletes only what it can prove gone. Each volume's source is in one of thr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ingest.reader import case_id_of
+from medir.ids import case_id_of
 from search.store import COMPLETE, LABEL_KEYS, LAYOUT, PENDING, READY, Filter, SliceStore
-
-if TYPE_CHECKING:
-    from medir.config import PacsSettings
 
 OLD_GEN = "0" * 20  # the generation given to points written before generations existed
 
@@ -88,6 +85,8 @@ def list_volumes(store: SliceStore, collections: Sequence[str] | None = None,
 
 PRESENT, GONE, UNKNOWN = "present", "gone", "unknown"
 PACS_PREFIX = "dicomweb+"  # a series ingested from a PACS (ingest/dicomweb.py)
+# sources of PACS series -> (state, reason) of each: asks the PACS (runner/pacs_sources.py)
+PacsCheck = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
 
 
 @dataclass
@@ -190,112 +189,27 @@ def check_file_source(volume_id: str, source: str) -> tuple[str, str]:
     return GONE, f"not in {root}"
 
 
-def gone_volumes(store: SliceStore, pacs: PacsSettings | None = None) -> list[VolumeInfo]:
+def gone_volumes(store: SliceStore, pacs_check: PacsCheck | None = None) -> list[VolumeInfo]:
     """The volumes whose source is proved gone (unknown ones are not among them)."""
-    return [c.volume for c in check_sources(list_volumes(store), pacs) if c.state == GONE]
+    return [c.volume for c in check_sources(list_volumes(store), pacs_check)
+            if c.state == GONE]
 
 
 def check_sources(volumes: Sequence[VolumeInfo],
-                  pacs: PacsSettings | None = None) -> list[SourceCheck]:
-    """The state of every volume's source: files here, PACS series on their PACS."""
-    checks = [SourceCheck(v, UNKNOWN) for v in volumes]
+                  pacs_check: PacsCheck | None = None) -> list[SourceCheck]:
+    """The state of every volume's source: files here, PACS series through ``pacs_check``
+    (without it they are unknown)."""
+    checks = [SourceCheck(v, UNKNOWN, "PACS series are not checked here") for v in volumes]
     on_pacs = [c for c in checks if c.volume.source.startswith(PACS_PREFIX)]
     for c in checks:
         if not c.volume.source.startswith(PACS_PREFIX):
             c.state, c.reason = check_file_source(c.volume.volume_id, c.volume.source)
-    if on_pacs:
-        from medir.config import PacsSettings
-
-        states = check_pacs_sources(sorted({c.volume.source for c in on_pacs}),
-                                    pacs or PacsSettings())
+    if on_pacs and pacs_check is not None:
+        states = pacs_check(sorted({c.volume.source for c in on_pacs}))
         for c in on_pacs:
-            c.state, c.reason = states[c.volume.source]
+            c.state, c.reason = states.get(c.volume.source,
+                                           (UNKNOWN, "the PACS check gave no answer"))
     return checks
-
-
-def check_pacs_sources(sources: Sequence[str], pacs: PacsSettings) -> dict[str, tuple[str, str]]:
-    """(state, reason) of each PACS series source, by a QIDO-RS search for its series on its
-    server (the settings' credentials go only to the settings' server). A server that fails
-    once is not asked again: its remaining series are unknown with the same reason."""
-    from ingest.dicomweb import PacsClient, PacsError, parse_source
-    from medir.errors import MedirError
-
-    out: dict[str, tuple[str, str]] = {}
-    by_server: dict[str, list[tuple[str, Any]]] = {}
-    for source in sources:
-        try:
-            spec = parse_source(source, pacs)
-        except MedirError as exc:
-            out[source] = (UNKNOWN, f"not a usable PACS source ({exc})")
-            continue
-        if not spec.series_uid:
-            out[source] = (UNKNOWN, "the PACS source names no series")
-            continue
-        by_server.setdefault(spec.target.base_url, []).append((source, spec))
-    for items in by_server.values():
-        target = items[0][1].target
-        failed = ""
-        known_empty: bool | None = None  # whether the server holds no study at all
-        with PacsClient(target) as client:
-            for source, spec in items:
-                if failed:
-                    out[source] = (UNKNOWN, failed)
-                    continue
-                try:
-                    found = _series_listed(client, spec.study_uid, spec.series_uid)
-                    if found is not False:
-                        out[source] = ((PRESENT, "") if found else (
-                            UNKNOWN, f"PACS {target.display} answered a search for one series "
-                                     "with other series (does it ignore the filter?)"))
-                        continue
-                    if known_empty is None:
-                        known_empty = _holds_no_study(client)
-                except PacsError as exc:
-                    failed = f"PACS cannot be checked: {exc}"
-                    out[source] = (UNKNOWN, failed)
-                    continue
-                if known_empty:
-                    out[source] = (UNKNOWN, f"PACS {target.display} holds no study at all "
-                                            "(a new or wiped server?)")
-                else:
-                    out[source] = (GONE, f"not on PACS {target.display}")
-    return out
-
-
-def _series_listed(client: Any, study_uid: str | None, series_uid: str) -> bool | None:
-    """Whether the PACS lists the series: True; False for an empty answer or HTTP 404 (the
-    only proof of absence); None for an answer listing only other series."""
-    import requests
-
-    def search() -> list[Any]:
-        try:
-            return list(client.client.search_for_series(
-                study_instance_uid=study_uid,
-                search_filters={"SeriesInstanceUID": series_uid},
-                fields=["SeriesInstanceUID"], get_remaining=False) or [])
-        except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 404:
-                return []  # the study (or series) is not known there
-            raise
-
-    rows = client.call("QIDO-RS series search", search)
-    if not rows:
-        return False
-    return True if any(series_uid in _series_uids(row) for row in rows) else None
-
-
-def _series_uids(row: Any) -> list[Any]:
-    """The SeriesInstanceUID values of one QIDO-RS row (DICOM JSON); [] for a malformed row."""
-    element = row.get("0020000E") if isinstance(row, dict) else None
-    values = element.get("Value") if isinstance(element, dict) else None
-    return values if isinstance(values, list) else []
-
-
-def _holds_no_study(client: Any) -> bool:
-    """Whether the PACS answers a study search with nothing at all (one study asked for)."""
-    rows = client.call("QIDO-RS study search",
-                       lambda: client.client.search_for_studies(limit=1) or [])
-    return not rows
 
 
 def prune(store: SliceStore, gone: Sequence[VolumeInfo]) -> int:

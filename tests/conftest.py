@@ -19,6 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 # Redis server, per-test broker databases and worker subprocesses (issue: background queue).
 pytest_plugins = ["tests.queue_fixtures"]
 
+#: Fixtures that fetch the real sample collection or load a real model's weights: a test using
+#: one (directly or through another fixture) is ``slow`` without saying so.
+SLOW_FIXTURES = frozenset({"samples_dir", "indexed_samples", "sample_store", "onnx_cache"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test whose fixtures need the samples or a real model, so
+    ``-m "not slow"`` never downloads or embeds with a real model."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:

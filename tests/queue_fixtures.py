@@ -2,11 +2,15 @@
 
 - ``redis_server`` (session): ``MEDIR_REDIS_URL`` when it is set (tests then share that
   server, so its database must be disposable); otherwise a private ``redis-server`` on a free
-  port, without persistence, stopped at the end (``apt-get install -y redis-server``).
+  port, with a random password (a worker refuses a broker without one), without persistence,
+  stopped at the end (``apt-get install -y redis-server``).
 - ``queue_env`` (function): points this process at that broker (``MEDIR_REDIS_URL``) on a
   fresh database number, so tests do not see each other's queues and job records.
 - ``worker`` (function): a factory starting ``medir worker`` subprocesses on a store path with
   extra environment; it waits until the worker is consuming and stops leftovers afterwards.
+  A worker reads volumes from the system's temporary folder (the tests' files) and the sample
+  folder besides its data folder (``MEDIR_QUEUE__ROOTS``, unless the test sets it); on a given
+  broker URL without a password it runs with ``MEDIR_QUEUE__ALLOW_INSECURE_BROKER=1``.
 
 Worker-side test hooks (a worker started with ``MEDIR_PLUGINS=tests.queue_fixtures``):
 
@@ -24,15 +28,19 @@ fixtures into a test module).
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -141,12 +149,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
+    password = secrets.token_hex(16)
+    conf = workdir / "redis.conf"  # the password in a file, not on the command line
+    conf.write_text(f"requirepass {password}\n")
+    conf.chmod(0o600)
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--databases", "64"],
+        [exe, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--databases", "64"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while not _ping(url):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -203,6 +215,7 @@ class WorkerProcess:
             "PYTHONUNBUFFERED": "1",
             **{k: v for k, v in os.environ.items() if k in ("MEDIR_WEIGHTS_DIR",
                                                             "MEDIR_CACHE_DIR")},
+            **default_worker_env(self.redis_url),
             **self.env,
         })
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +268,19 @@ class WorkerProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def default_worker_env(redis_url: str) -> dict[str, str]:
+    """What a test worker needs besides the broker: the folders it reads volumes from (the
+    tests' temporary files, the samples) and, on a given broker without a password, the
+    development flag that lets it start."""
+    roots = [tempfile.gettempdir()]
+    if os.environ.get("MEDIR_TEST_SAMPLES"):
+        roots.append(os.environ["MEDIR_TEST_SAMPLES"])
+    env = {"MEDIR_QUEUE__ROOTS": json.dumps(roots)}
+    if not urlsplit(redis_url).password:
+        env["MEDIR_QUEUE__ALLOW_INSECURE_BROKER"] = "1"
+    return env
 
 
 StartWorker = Callable[..., WorkerProcess]

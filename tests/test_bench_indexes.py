@@ -121,7 +121,8 @@ def test_engines_cli_writes_json(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["engines", "--sizes", "800", "--dim", "16", "--engines",
                                    "flat", "--engines", "hnsw:M=8,efC=32", "--ef", "32",
                                    "--queries", "40", "--volume-queries", "3", "--single", "5",
-                                   "--out", str(tmp_path), "--no-progress"])
+                                   "--out", str(tmp_path), "--no-progress",
+                                   "--allow-busy"])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "engines.json").read_text())
     assert doc["git"]["commit"] and doc["machine"]["cpu_count"]

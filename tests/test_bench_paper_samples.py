@@ -33,7 +33,8 @@ def test_bench_paper_on_samples(samples_dir: Path, tmp_path: Path) -> None:
     args = ["bench", "paper", "--dataset", str(coll), "--models", MODEL,
             "--indexes", "flat", "--indexes", "hnsw:M=16,efC=64,efS=64",
             "--variants", "random:10,every-mm:7,every-n:3,all,W,SW", "--device", "cpu",
-            "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]
+            "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
+            "--allow-busy"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
 

@@ -53,6 +53,12 @@ def test_ingest_search_json_info(cohort: tuple[list[Path], Path], make_nifti) ->
     assert json.loads(r.stdout)[0]["volume_id"] == "case3"
     r = medir("search", query, "--model", "test-tiny", "--sampling", "every-n:4")
     assert r.returncode == 0 and "case" in r.stdout
+    # the slice cap (issue 24): an option, and the setting behind its default
+    r = medir("search", query, "--model", "test-tiny", "--sampling", "all", "--max-slices", "3")
+    assert r.returncode == 0 and "3 chosen" in r.stdout, r.stdout + r.stderr
+    r = medir("search", query, "--model", "test-tiny", "--sampling", "all",
+              env={"MEDIR_SEARCH__MAX_SLICES": "2"})
+    assert r.returncode == 0 and "2 chosen" in r.stdout, r.stdout + r.stderr
     r = medir("info")
     assert r.returncode == 0 and "6 volumes" in r.stdout and "modality: CT=4, MR=2" in r.stdout
 

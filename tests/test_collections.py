@@ -22,9 +22,10 @@ from ingest.embedders import get_embedder
 from ingest.embedders.base import Embedder
 from ingest.pipeline import index_volume, ingest_paths
 from ingest.reader import open_volume
-from ingest.versions import live_version
 from medir.errors import MedirError
-from search.query import QueryOptions, search_file, search_indexed
+from runner.query_service import search_file
+from search.live import live_version
+from search.query import QueryOptions, search_indexed
 from search.store import COMPLETE, READY, Filter, SlicePoint, SliceStore, collection_name
 from search.store_edge import EdgeStore
 from search.volumes import gone_volumes, list_volumes, migrate, prune
@@ -118,7 +119,7 @@ def test_same_content_under_two_names(tmp_path: Path, store: EdgeStore, emb: Emb
 
 def test_query_with_an_indexed_file_reuses_its_stored_vectors(
         cases: Path, store: EdgeStore, emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.query as sq
+    import runner.query_service as sq
 
     ingest_paths(scan_paths([cases]).sources, store, emb)
     counting = Counting(emb, monkeypatch)
@@ -224,7 +225,7 @@ def test_dicom_series_join_the_collection(tmp_path: Path, store: EdgeStore, emb:
         return ([dicom.DicomSeries("1.2.3.4", images, {"Modality": "CT"})],
                 [dicom.Skipped(str(sr), dicom.NON_IMAGE_DICOM, "SR document")])
 
-    def fake_open(self: dicom.DicomSeries) -> Any:
+    def fake_open(self: dicom.DicomSeries, limits: Any = None) -> Any:
         vf = open_volume(nifti)
         return type(vf)(**{**vf.__dict__, "meta": dict(self.meta)})
 

@@ -344,7 +344,8 @@ def test_query_with_a_dicom_folder_finds_its_nifti_twin(ct_ref: Path, mr_ref: Pa
     import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
     from ingest.embedders import get_embedder
     from ingest.pipeline import index_volume
-    from search.query import QueryOptions, search_file
+    from runner.query_service import search_file
+    from search.query import QueryOptions
     from search.store_edge import EdgeStore
 
     data, affine = _load(mr_ref)

@@ -21,7 +21,8 @@ from ingest.reader import Limits, open_volume
 from medir.config import Settings, get_settings
 from medir.errors import ConfigError, StoreUnavailable, VolumeError
 from medir.secrets import SecretFilter, mask_secrets, safe_url
-from search.query import QueryOptions, search_file
+from runner.query_service import search_file
+from search.query import QueryOptions
 from search.store import READY, Filter, SlicePoint, collection_name
 from search.store_edge import EdgeStore
 from tests.test_cli import medir

@@ -423,7 +423,7 @@ def test_prune_proves_a_series_gone_only_from_a_pacs_that_answers(
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from medir.config import PacsSettings
-    from search.volumes import check_pacs_sources
+    from runner.pacs_sources import check_pacs_sources
 
     class Pacs(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name

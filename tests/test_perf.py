@@ -132,14 +132,16 @@ def test_perf_cli_writes_json(tmp_path: Path, make_nifti) -> None:
         make_nifti(_volume((24, 20, 12), k), name=f"samples/v{k}.nii.gz")
     out = tmp_path / "out"
     run = CliRunner().invoke
-    common = ["--model", "test-tiny", "--device", "cpu", "--batch-size", "8", "--out", str(out)]
+    # --allow-busy: this checks the JSON, not figures; tests run beside other jobs
+    common = ["--model", "test-tiny", "--device", "cpu", "--batch-size", "8", "--out", str(out),
+              "--allow-busy"]
     res = run(app, ["ingest", *common, "--samples", str(samples), "--synthetic-scale", "0.05",
                     "--ceiling-batches", "1"])
     assert res.exit_code == 0, res.output
     res = run(app, ["query", *common, "--samples", str(samples), "--query", "v1.nii.gz",
                     "--repeats", "1"])
     assert res.exit_code == 0, res.output
-    res = run(app, ["store", "--out", str(out), "--points", "1500", "--ef", "32",
+    res = run(app, ["store", "--out", str(out), "--allow-busy", "--points", "1500", "--ef", "32",
                     "--repeats", "2"])
     assert res.exit_code == 0, res.output
     res = run(app, ["memory", *common, "--size-gb", "0.002", "--shape", "32x32x8"])
@@ -167,3 +169,147 @@ def test_perf_cli_writes_json(tmp_path: Path, make_nifti) -> None:
     m = docs["memory"]["results"]
     assert m["runs"]["full"]["indexed"] == m["runs"]["full"]["n_volumes"]
     assert m["peak_rss_bytes"] > 0 and m["peak_ratio_full_vs_quarter"] > 0
+
+
+# ---- one pass over a .nii.gz (issue 24) -------------------------------------------------------
+def _scaled_image(shape: tuple[int, ...], seed: int, kind: str) -> Any:
+    """A NIfTI image whose file data is int16 with slope/intercept, uint8, float32 with a NaN,
+    or big-endian int16, on an oblique, flipped affine."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    affine = np.array([[-0.9, 0.1, 0.0, 10.0], [0.0, 0.8, 0.2, -5.0], [0.0, 0.0, 2.5, 3.0],
+                       [0.0, 0.0, 0.0, 1.0]])
+    if kind == "scaled":
+        img = nib.Nifti1Image(rng.normal(-300.0, 400.0, shape), affine)
+        img.set_data_dtype(np.int16)  # nibabel picks scl_slope / scl_inter on save
+    elif kind == "uint8":
+        img = nib.Nifti1Image(rng.integers(0, 255, shape, dtype=np.uint8), affine)
+    elif kind == "float-nan":
+        data = rng.normal(0.0, 1.0, shape).astype(np.float32)
+        data[0, 0, 0] = np.nan
+        img = nib.Nifti1Image(data, affine)
+    else:  # big-endian
+        img = nib.Nifti1Image(rng.integers(-1000, 1000, shape, dtype=np.int16), affine,
+                              nib.Nifti1Header(endianness=">"))
+    return img
+
+
+@pytest.fixture
+def gz_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts of what the reader does with a .nii.gz: bytes its bounded decompression yields,
+    gzip streams it (re)opens to read voxels, separate sha256 passes over the file."""
+    import ingest.reader as reader
+
+    counts = {"decompressed": 0, "reopened": 0, "hashed": 0}
+    real_decompressor, real_open, real_sha = (reader.gzip_decompressor, reader.open_gzip,
+                                              reader.file_sha256)
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = real_decompressor()
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out: bytes = self.inner.decompress(data, max_length)
+            counts["decompressed"] += len(out)
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    def reopen(p: Any) -> Any:
+        counts["reopened"] += 1
+        return real_open(p)
+
+    def sha(p: Any) -> str:
+        counts["hashed"] += 1
+        return real_sha(p)
+
+    monkeypatch.setattr(reader, "gzip_decompressor", Counting)
+    monkeypatch.setattr(reader, "open_gzip", reopen)
+    monkeypatch.setattr(reader, "file_sha256", sha)
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["scaled", "uint8", "float-nan", "big-endian", "two-members"])
+def test_nii_gz_read_in_one_pass(tmp_path: Path, kind: str, gz_counts: dict[str, int]) -> None:
+    """Size check, content hash and voxels come from ONE decompression of a 3D .nii.gz, and
+    equal bit for bit what the two-pass reading gave (hash of the file's bytes, voxels read
+    through a fresh gzip stream) and what the uncompressed file gives."""
+    import nibabel as nib
+
+    from ingest.digest import file_sha256
+
+    img = _scaled_image((40, 36, 12), 5, "scaled" if kind == "two-members" else kind)
+    path = tmp_path / "vol.nii.gz"
+    nib.save(img, str(path))
+    plain = tmp_path / "vol.nii"
+    nib.save(img, str(plain))
+    if kind == "two-members":  # a valid gzip file of two members (e.g. concatenated parts)
+        raw = plain.read_bytes()
+        path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
+    decoded_size = plain.stat().st_size
+
+    vf = open_volume(path)
+    vol = vf.read()
+    assert gz_counts == {"decompressed": decoded_size, "reopened": 0, "hashed": 0}
+    assert vol.sha256 == file_sha256(path)  # the content identity of stored points is unchanged
+
+    again = vf.read()  # a second read streams the file again: the two-pass path's voxels
+    assert gz_counts["reopened"] == 1
+    reference = open_volume(plain).read()
+    for other in (again, reference):
+        assert other.data.dtype == vol.data.dtype and other.spacing == vol.spacing
+        assert np.array_equal(other.data, vol.data, equal_nan=True)
+        assert other.data.tobytes() == vol.data.tobytes()
+    assert vol.warnings == again.warnings
+
+
+def test_large_or_4d_gz_not_kept_after_opening(tmp_path: Path, make_nifti,
+                                               gz_counts: dict[str, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4D file (read one volume at a time) and a 3D file above ONE_PASS_MAX_BYTES keep
+    nothing from the opening pass (their voxels come from a fresh stream); the hash still
+    comes from it."""
+    import ingest.reader as reader
+    from ingest.digest import file_sha256
+
+    series = make_nifti(_volume((16, 16, 4, 3), 1), name="series.nii.gz")
+    vf = open_volume(series)
+    assert vf.sha256 == file_sha256(series) and gz_counts["hashed"] == 0
+    vf.read(2)
+    assert gz_counts["reopened"] == 1
+
+    monkeypatch.setattr(reader, "ONE_PASS_MAX_BYTES", 100)
+    big = make_nifti(_volume((16, 16, 4), 2), name="big.nii.gz")
+    vf = open_volume(big)
+    assert vf.sha256 == file_sha256(big) and gz_counts["hashed"] == 0
+    assert vf.read().n_slices == 4 and gz_counts["reopened"] == 2
+
+
+def test_query_latency_bench_interleaves_variants(tmp_path: Path, make_nifti) -> None:
+    """``bench perf query-latency`` (issue 24's one command for the query levers): a resampled
+    query, variants (model × capped sampling) interleaved over rounds, medians, spread and
+    per-round ratios to the first variant, and the load. No figure is checked, only shape."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    make_nifti(_volume((24, 20, 12), 0), name="samples/db.nii.gz")
+    make_nifti(_volume((24, 20, 10), 1), np.diag([1.0, 1.0, 3.0, 1.0]), name="samples/q.nii.gz")
+    out = tmp_path / "ql.json"
+    res = CliRunner().invoke(app, [
+        "query-latency", "--out", str(out), "--models", "test-tiny", "--samples", str(samples),
+        "--index", "db.nii.gz", "--query", "q.nii.gz", "--resample-query", "24x20x30",
+        "--resample-z-mm", "1", "--sampling", "every-mm:2", "--sampling", "every-mm:2,max=4",
+        "--repeats", "3", "--warmup", "1", "--batch-size", "8", "--allow-busy"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    r = doc["results"]
+    base, capped = "test-tiny|every-mm:2", "test-tiny|every-mm:2,max=4"
+    assert r["baseline"] == base and set(r["rows"]) == {base, capped}
+    assert r["rows"][base]["query_slices"] == 30 and r["rows"][base]["slices"] == 15
+    assert r["rows"][capped]["slices"] == 4
+    assert len(r["rounds"]) == 3 and r["rounds"][0]["order"] != r["rounds"][1]["order"]
+    assert r["vs_baseline"][base]["total_s_ratio"] == [1.0, 1.0, 1.0]
+    assert len(r["spread"][capped]["total_s"]["rounds"]) == 3
+    assert {"read_s", "embed_s", "knn_s", "vote_s", "knn_vote_fraction"} <= r["rows"][capped].keys()
+    assert "busy" in doc and doc["load"]["start"]["load_1min"] is not None

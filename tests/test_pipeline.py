@@ -12,7 +12,8 @@ from ingest.embedders import get_embedder
 from ingest.pipeline import ingest_paths
 from ingest.reader import open_volume
 from medir.errors import EmptyStore, ModelMismatch
-from search.query import QueryOptions, search_file, search_indexed
+from runner.query_service import search_file
+from search.query import QueryOptions, search_indexed
 from search.store import READY, Filter, collection_name
 from search.store_edge import EdgeStore
 

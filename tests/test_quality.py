@@ -19,5 +19,5 @@ def test_ruff_clean() -> None:
 
 
 def test_mypy_clean() -> None:
-    r = _run("mypy", "medir", "ingest", "search", "ui", "benchmarks")
+    r = _run("mypy", "medir", "ingest", "search", "ui", "benchmarks", "runner")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]

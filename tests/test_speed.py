@@ -240,3 +240,34 @@ def test_perf_store_storage_option_parses_like_the_engine_spec() -> None:
     for bad, why in (("q=int4", "quantization"), ("os=x", "float"), ("m=16", "unknown")):
         with pytest.raises(ConfigError, match=why):
             parse_storage(bad)
+
+
+@pytest.mark.parametrize("size", pk.SMALLER_INPUTS)
+def test_smaller_input_variants(size: int) -> None:
+    """``dinov2-s-onnx-<S>``: the packaged graph run at S px (its input declared any size)
+    gives the torch module's CLS token at that size; ``-int8-<S>`` stays close to it; each has
+    its own embedder id (issue 24: the input size as a lever on the model's cost)."""
+    import torch
+
+    from ingest.embedders.dinov2_torch import build_from_onnx
+
+    emb = get_embedder(f"dinov2-s-onnx-{size}", device="cpu", batch_size=4)
+    q = get_embedder(f"dinov2-s-onnx-int8-{size}", device="cpu", batch_size=4)
+    ids = {emb.embedder_id, q.embedder_id, model_info("dinov2-s-onnx").embedder_id,
+           model_info("dinov2-s-onnx-int8").embedder_id}
+    assert len(ids) == 4 and emb.info.input_size == q.info.input_size == size
+
+    yy, xx = np.mgrid[0:200, 0:180] / 200.0
+    slices = np.stack([np.clip(0.5 + 0.4 * np.sin(6 * xx + k) * np.cos(4 * yy - k), 0, 1)
+                       for k in range(4)]).astype(np.float32)
+    x = emb.prepare(slices)
+    assert tuple(x.shape) == (4, 3, size, size)
+    got = emb.forward(x)
+    base = get_embedder("dinov2-s-onnx", device="cpu")
+    net = build_from_onnx(base._model_path(base.cache_dir / "onnx"))  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(net(x)[:, 0], dim=1).numpy()
+    assert np.sum(got * ref, axis=1).min() >= TORCH_COSINE_FLOOR
+    assert np.abs(got - ref).max() <= TORCH_MAX_ABS
+    cos = np.sum(q.embed(slices) * emb.embed(slices), axis=1)
+    assert cos.min() >= INT8_COSINE_FLOOR, cos

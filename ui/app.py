@@ -20,6 +20,14 @@ import streamlit as st  # noqa: E402
 from ui import collection_page, ingest_page, search_page  # noqa: E402
 
 
+@st.cache_resource(show_spinner=False)
+def _sweep_at_start(base: str, max_age_s: float) -> int:
+    """Once per server process: remove the query uploads a previous run left behind."""
+    from ui.uploads import sweep_query_uploads
+
+    return sweep_query_uploads(Path(base), max_age_s)
+
+
 def main() -> None:
     """Configure the page and run the selected one."""
     st.set_page_config(page_title="medir · volume search", page_icon=":material/radiology:",
@@ -42,6 +50,7 @@ def main() -> None:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
+    _sweep_at_start(str(settings.query_uploads), settings.ui.query_upload_ttl_min * 60)
     nav = st.navigation(pages)
     with st.sidebar:
         st.markdown("### :material/radiology: medir")

@@ -19,27 +19,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ingest.collection import VolumeSource
-from ingest.pipeline import IngestReport
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable
+from medir.errors import MedirError, QueueUnavailable, StoreUnavailable
 from medir.secrets import mask_secrets, safe_url
-from runner import IngestOptions, get_runner
-from runner.local import LocalRunner
-from search.query import QueryOptions
+from runner import IngestOptions, get_runner, queue_on, store_is_server
+from runner.library import IngestReport, QueryOptions, VolumeSource
 
-
-class QueueUnavailable(MedirError):
-    """Redis or the Celery worker cannot be reached (queue mode)."""
+__all__ = ["QueueUnavailable", "indexed_volumes", "ingest_here", "mode_text", "queue_calls",
+           "queue_error", "queue_mode", "search", "stats"]
 
 
 def queue_mode(settings: Settings) -> bool:
-    return bool(settings.redis_url)
+    """Whether work goes to the queue (the runner's decision, :func:`runner.queue_on`)."""
+    return queue_on(settings)
 
 
 def mode_text(settings: Settings) -> str:
     """One line naming where searches run and which store they use."""
-    store = f"Qdrant server {safe_url(settings.qdrant_url)}" if settings.qdrant_url else (
+    store = f"Qdrant server {safe_url(settings.qdrant_url)}" if store_is_server(settings) else (
         f"embedded store {settings.store_path}")
     runner = (f"queue at {safe_url(settings.redis_url)}" if queue_mode(settings)
               else "in this process")
@@ -87,15 +84,8 @@ def stats(settings: Settings) -> dict[str, Any]:
 def indexed_volumes(settings: Settings, model: str) -> list[str] | None:
     """Ids of the complete volumes indexed with ``model``; None when this process cannot read
     the store (queue mode with the embedded store, which the worker owns)."""
-    from search.store import READY, collection_name
-
-    if queue_mode(settings) and not settings.qdrant_url:
-        return None
-    coll = collection_name(model)
-    with LocalRunner(settings).session() as store:
-        if not store.has_collection(coll):
-            return []
-        return sorted(str(v) for v in store.facet(coll, "volume_id", READY, limit=1_000_000))
+    with get_runner(settings) as runner:
+        return runner.volume_ids(model)
 
 
 def search(
@@ -126,5 +116,5 @@ def ingest_here(
 ) -> list[IngestReport]:
     """Ingest in this process (no broker): every volume of every file; bad files are reported."""
     options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
-    with LocalRunner(settings) as runner:
+    with get_runner(settings, queue=False) as runner:
         return runner.ingest(files, options, progress=progress, on_report=on_report).reports

@@ -11,8 +11,8 @@ from typing import Any
 import streamlit as st
 
 from medir.config import Settings
-from medir.errors import EmptyStore, MedirError, ModelMismatch, StoreUnavailable
-from search.store import collection_name
+from runner.library import collection_name
+from runner.library import model_names as registered_models
 from ui import backend
 
 
@@ -45,11 +45,7 @@ def indexed_volumes(s: Settings, model: str) -> list[str] | None:
 
 @st.cache_data(show_spinner=False)
 def _model_names(plugins: tuple[str, ...]) -> list[str]:
-    from ingest.embedders import model_names as names
-    from ingest.embedders import use_plugins
-
-    use_plugins(plugins)
-    return names()
+    return registered_models(plugins)
 
 
 def model_names(s: Settings) -> list[str]:
@@ -77,23 +73,19 @@ def collection_of(stats: dict[str, Any], model: str, s: Settings) -> dict[str, A
 
 def show_error(exc: BaseException) -> None:
     """One clear message per kind of failure, with what to do next (credentials masked)."""
+    from medir.errors import MedirError, error_kind
     from medir.secrets import mask_secrets
 
     text = mask_secrets(exc)
-    if isinstance(exc, backend.QueueUnavailable):
-        st.error(f"**Worker not running or queue unavailable.** {text}",
-                 icon=":material/power_off:")
-    elif isinstance(exc, EmptyStore):
-        st.warning(f"**The store is empty.** {text} Open **Ingest** in the sidebar to add "
-                   "volumes.", icon=":material/inbox:")
-    elif isinstance(exc, ModelMismatch):
-        st.error(f"**Model mismatch.** {text}", icon=":material/explore_off:")
-    elif isinstance(exc, StoreUnavailable):
-        st.error(f"**Store unavailable.** {text}", icon=":material/lock:")
-    elif isinstance(exc, MedirError):
-        st.error(text, icon=":material/warning:")
-    else:
-        st.error(f"Unexpected error: {type(exc).__name__}: {text}", icon=":material/error:")
+    kind = error_kind(exc)
+    if not isinstance(exc, MedirError):  # a bug: name the exception
+        text = f"{kind.title} {type(exc).__name__}: {text}"
+    elif kind.title:
+        text = f"**{kind.title}** {text}"
+    if kind.hint:
+        text = f"{text} {kind.hint}"
+    show = st.warning if kind.level == "warning" else st.error
+    show(text, icon=kind.icon)
 
 
 def header(title: str, caption: str, s: Settings) -> None:

@@ -14,10 +14,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ingest.collection import VolumeSource, scan_paths
-from ingest.pipeline import IngestReport
 from medir.config import Settings
 from medir.errors import MedirError
+from runner.library import IngestReport, Limits, VolumeSource, scan_paths
 from ui import backend, jobs
 from ui.common import forget_stats, header, model_names, show_error
 from ui.paths import resolve_in_roots, resolved_roots
@@ -59,7 +58,7 @@ def render(s: Settings) -> None:
                             placeholder="samples")
         if st.button("Ingest folder", type="primary", disabled=not raw.strip(),
                      key="ingest_folder_go"):
-            files = _folder_files(raw, roots)
+            files = _folder_files(raw, roots, s)
     if files:
         label_map = {f.volume_id: labels for f in files} if labels else None
         if backend.queue_mode(s):
@@ -73,8 +72,6 @@ def render(s: Settings) -> None:
 
 
 def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
-    from ingest.reader import Limits
-
     saved: list[VolumeSource] = []
     for up in uploads:
         try:
@@ -86,9 +83,9 @@ def _save_uploads(uploads: list[Any], s: Settings) -> list[VolumeSource]:
     return saved
 
 
-def _folder_files(raw: str, roots: list[Path]) -> list[VolumeSource]:
+def _folder_files(raw: str, roots: list[Path], s: Settings) -> list[VolumeSource]:
     try:
-        target = resolve_in_roots(raw, roots)
+        target = resolve_in_roots(raw, roots, private=[s.query_uploads])
         scan = scan_paths([target])
     except MedirError as exc:
         st.error(f"**Folder not allowed.** {exc}", icon=":material/block:")

@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ingest.collection import VolumeSource
 from medir.config import Settings
 from runner import IngestOptions, JobState, get_runner
+from runner.library import VolumeSource
 from ui.backend import QueueUnavailable, queue_calls
 
 NO_WORKER_AFTER_S = 10.0
@@ -42,15 +42,13 @@ def states(settings: Settings, ids: Sequence[str]) -> list[JobState]:
 
 def check_worker(settings: Settings, jobs: Sequence[JobState]) -> None:
     """Raise :class:`NoWorker` when every job has waited a while and no worker answers."""
-    from runner.queued import QueueRunner
-
     waiting = [j for j in jobs if j.state == "PENDING"]
     if not jobs or len(waiting) < len(jobs):
         return
     if time.time() - min(j.submitted or time.time() for j in waiting) < NO_WORKER_AFTER_S:
         return
     with queue_calls(settings):
-        alive = QueueRunner(settings).workers_alive()
+        alive = get_runner(settings).workers_alive()
     if not alive:
         raise NoWorker(f"{len(waiting)} job(s) wait in the queue at {settings.redis_url} and no "
                        "worker answers: start one with `medir worker` (the jobs will run then).")

@@ -6,7 +6,7 @@ import string
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from ingest.dicomweb import UID_RE
+from runner.library import UID_RE
 
 
 def viewer_url(template: str | None, dicom: Mapping[str, str]) -> str | None:

@@ -1,8 +1,9 @@
 """Server-side folders the UI may ingest from: only inside the configured ``ui.ingest_roots``.
 
 A user types a folder path; it is accepted only when its fully resolved location (``..`` and
-symlinks followed) lies inside one of the resolved roots. Relative paths are taken relative to
-the first root, never to the server's working directory. Pure functions, no Streamlit.
+symlinks followed) lies inside one of the resolved roots, and not inside a private folder (the
+query uploads: other users' patient data). Relative paths are taken relative to the first root,
+never to the server's working directory. Pure functions, no Streamlit.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ def resolved_roots(roots: Sequence[Path]) -> list[Path]:
     return [Path(r).expanduser().resolve() for r in roots]
 
 
-def resolve_in_roots(raw: str, roots: Sequence[Path]) -> Path:
-    """The existing folder or volume file ``raw`` names, if it lies inside an ingest root.
+def resolve_in_roots(raw: str, roots: Sequence[Path], private: Sequence[Path] = ()) -> Path:
+    """The existing folder or volume file ``raw`` names, if it lies inside an ingest root and
+    outside every ``private`` folder.
 
     Raises :class:`PathNotAllowed` for an empty input, a path outside every root (including
-    ``..`` tricks and symlinks pointing out of a root), or a path that does not exist.
+    ``..`` tricks and symlinks pointing out of a root), a path inside a private folder, or a
+    path that does not exist.
     """
     text = raw.strip()
     if not text:
@@ -44,6 +47,9 @@ def resolve_in_roots(raw: str, roots: Sequence[Path]) -> Path:
         raise PathNotAllowed(
             f"{text!r} is outside the allowed ingest folders ({', '.join(map(str, allowed))})"
         )
+    for folder in resolved_roots(private):
+        if target == folder or target.is_relative_to(folder):
+            raise PathNotAllowed(f"{text!r} is a private folder (query uploads), never ingested")
     if not target.exists():
         raise PathNotAllowed(f"{text!r} does not exist")
     return target

@@ -3,10 +3,15 @@
 The query is an uploaded file (NIfTI or NRRD, within ``ui.upload_limit_mb``) or an indexed
 volume (its stored slice vectors are reused). Results show the weighted vote per volume, each
 result's mid-slice, which query slices voted for whom along z, and matched slice pairs.
+
+An uploaded query is checked when it arrives and written to disk only while its query runs, in
+this browser session's folder outside every ingest root (:func:`ui.uploads.query_upload`); the
+display slices of the pair viewer are kept in the session, not the file.
 """
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +19,17 @@ import numpy as np
 import streamlit as st
 from numpy.typing import NDArray
 
-from ingest.reader import Limits
 from medir.config import DEFAULT_SAMPLING, Settings
 from medir.errors import MedirError
-from search.query import QueryOptions, configured_options
-from search.sampling import Sampling, Weighting
-from search.store import LABEL_KEYS
+from runner.library import (
+    LABEL_KEYS,
+    Limits,
+    QueryOptions,
+    Sampling,
+    Weighting,
+    configured_options,
+)
+from runner.library import display_volume as read_display_volume
 from ui import backend, views
 from ui.common import (
     collection_models,
@@ -32,16 +42,20 @@ from ui.common import (
     store_stats,
 )
 from ui.pacs_links import viewer_url
-from ui.uploads import UPLOAD_TYPES, save_upload, upload_dir
+from ui.uploads import UPLOAD_TYPES, query_upload
 
 RESULT_KEY = "search_result"
+QUERY_SLICES_KEY = "search_query_slices"  # display slices of an uploaded query, by index
+CHECKED_KEY = "search_upload_checked"  # (file id, error or "") of the last checked upload
+SESSION_KEY = "search_upload_session"  # this browser session's query-upload folder name
+UPLOADED = "(uploaded file)"  # the query of the search form when it is an upload
 FILTER_KEYS = [k for k in LABEL_KEYS if k in ("modality", "region", "organ", "dataset")]
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def _display_volume(source: str, index_4d: int | None, mtime: float,
                     limits: tuple[int, int]) -> NDArray[np.uint8]:
-    return views.display_volume(source, index_4d, Limits(*limits))
+    return read_display_volume(source, index_4d, Limits(*limits))
 
 
 def display_volume(s: Settings, source: str, volume_id: str = "") -> NDArray[np.uint8] | None:
@@ -81,7 +95,7 @@ def render(s: Settings) -> None:
         return
     query = _query_inputs(s, stats, stored)
     if query is not None:
-        _run(s, *query)
+        _run(s, *query, upload=st.session_state.get("upload") if query[0] == UPLOADED else None)
     result = st.session_state.get(RESULT_KEY)
     if result is not None:
         _results(s, result)
@@ -181,16 +195,13 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
                 f"NIfTI (.nii, .nii.gz) or NRRD (.nrrd), up to {s.ui.upload_limit_mb} MB",
                 type=list(UPLOAD_TYPES), max_upload_size=s.ui.upload_limit_mb, key="upload")
             if upload is not None:
-                try:
-                    path = save_upload(upload.name, upload.getvalue(),
-                                       upload_dir(s.data_dir), s.ui.upload_limit_mb,
-                                       Limits.of(s.limits))
-                except MedirError as exc:
-                    st.error(f"**Bad upload.** {exc}", icon=":material/block:")
+                error = _check_upload(s, upload)
+                if error:
+                    st.error(f"**Bad upload.** {error}", icon=":material/block:")
                 else:
-                    query = str(path.resolve())
-                    st.caption(f"Saved as `{path.name}`; a 4D file is searched with its first "
-                               "volume.")
+                    query = UPLOADED
+                    st.caption("Kept on the server only while its query runs; a 4D file is "
+                               "searched with its first volume.")
         pressed = st.button("Search", type="primary", icon=":material/search:",
                             disabled=query is None, key="go")
     if pressed and query is not None:
@@ -202,6 +213,37 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
             return None
         return query, model, opts, by_id
     return None
+
+
+def _session_id() -> str:
+    """This browser session's name for its query-upload folder (random, per session)."""
+    sid: str = st.session_state.setdefault(SESSION_KEY, secrets.token_hex(16))
+    return sid
+
+
+def _check_upload(s: Settings, upload: Any) -> str:
+    """Why an uploaded query cannot be used ("" when it can): checked once per file, by reading
+    it from a copy deleted right after."""
+    checked = st.session_state.get(CHECKED_KEY)
+    if checked is not None and checked[0] == upload.file_id:
+        return str(checked[1])
+    try:
+        with query_upload(upload.name, upload.getvalue(), s, _session_id()):
+            error = ""
+    except MedirError as exc:
+        error = str(exc)
+    st.session_state[CHECKED_KEY] = (upload.file_id, error)
+    return error
+
+
+def _query_slices(s: Settings, path: Path, result: dict[str, Any]) -> dict[int, NDArray[np.uint8]]:
+    """The 8-bit display slices the pair viewer shows of a query file (its chosen slices)."""
+    try:
+        vol = read_display_volume(str(path), None, Limits.of(s.limits))
+    except (OSError, MedirError):
+        return {}
+    return {int(k): vol[int(k)].copy() for k in result["query"]["chosen_slices"]
+            if 0 <= int(k) < vol.shape[0]}
 
 
 def _indexed_input(s: Settings, model: str) -> str | None:
@@ -240,16 +282,29 @@ def _filter_inputs(coll: dict[str, Any] | None) -> dict[str, list[str]]:
     return out
 
 
-def _run(s: Settings, query: str, model: str, options: QueryOptions, by_id: bool) -> None:
+def _run(s: Settings, query: str, model: str, options: QueryOptions, by_id: bool,
+         upload: Any = None) -> None:
+    """Answer a query; an uploaded query file exists on disk only during this call."""
     st.session_state.pop(RESULT_KEY, None)
+    st.session_state.pop(QUERY_SLICES_KEY, None)
+    slices: dict[int, NDArray[np.uint8]] = {}
     try:
         with st.spinner("Embedding the query's slices and voting…"):
-            result = backend.search(s, query, model, options, by_id=by_id)
+            if upload is None:
+                result = backend.search(s, query, model, options, by_id=by_id)
+            else:
+                with query_upload(upload.name, upload.getvalue(), s, _session_id()) as path:
+                    result = backend.search(s, str(path), model, options, by_id=False)
+                    slices = _query_slices(s, path, result)
     except Exception as exc:
         show_error(exc)
         return
     forget_stats()
-    if not by_id:
+    if upload is not None:
+        result["query"]["file"] = ""  # deleted: the pair viewer uses the kept slices
+        result["query"]["source"] = upload.name
+        st.session_state[QUERY_SLICES_KEY] = slices
+    elif not by_id:
         result["query"]["file"] = query
     st.session_state[RESULT_KEY] = result
 
@@ -314,13 +369,20 @@ def _pair_viewer(s: Settings, result: dict[str, Any]) -> None:
     qs = int(c2.select_slider("Query slice", chosen, value=centre, key="pair_slice"))
     in_volume, best = views.match_for(result, target, qs)
     match = in_volume or best
-    query_vol = display_volume(s, q.get("file") or q.get("source", ""), q["volume_id"])
+    kept = st.session_state.get(QUERY_SLICES_KEY)
+    query_img = None
+    if kept is not None:  # an uploaded query: its file is gone, its slices were kept
+        if qs in kept:
+            query_img = views.slice_image(kept[qs][None], 0, size=420)
+    else:
+        query_vol = display_volume(s, q.get("file") or q.get("source", ""), q["volume_id"])
+        if query_vol is not None:
+            query_img = views.slice_image(query_vol, qs, size=420)
     left, right = st.columns(2)
     with left:
-        if query_vol is not None:
-            st.image(views.slice_image(query_vol, qs, size=420), width=420,
-                     caption=f"Query · slice {qs} of {q['n_slices']} · "
-                             f"weight {weights.get(qs, 0):.2f}")
+        if query_img is not None:
+            st.image(query_img, width=420, caption=f"Query · slice {qs} of {q['n_slices']} · "
+                                                   f"weight {weights.get(qs, 0):.2f}")
         else:
             st.info("The query file is not readable from this server.")
     with right:

@@ -21,26 +21,14 @@ import pandas as pd
 from numpy.typing import NDArray
 from PIL import Image
 
-from ingest.preprocess import normalize_intensity
-from ingest.reader import Limits, open_volume
+from medir.ids import split_index
 
 OTHER = "other volumes"
 
 
 def index_4d_of(volume_id: str) -> int | None:
     """The 4th-axis index of a volume id ``<case>#<k>``, or None for a 3D volume."""
-    case, sep, k = volume_id.rpartition("#")
-    return int(k) if sep and case and k.isdigit() else None
-
-
-def display_volume(source: str, index_4d: int | None = None,
-                   limits: Limits | None = None) -> NDArray[np.uint8]:
-    """A volume file as 8-bit display slices (Z, Y, X); raises VolumeError when unreadable
-    (``limits``: what the file may declare, the settings')."""
-    vf = open_volume(source, limits)
-    vol = vf.read((index_4d or 0) if vf.is_4d else None)
-    norm = normalize_intensity(vol.data, "auto")
-    return np.asarray(np.clip(norm, 0.0, 1.0) * 255.0 + 0.5, dtype=np.uint8)
+    return split_index(volume_id)[1]
 
 
 def slice_image(volume: NDArray[np.uint8], index: int, size: int | None = None) -> Image.Image:

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.machine import stamp
+from benchmarks.machine import BenchGuard, stamp
 from ingest.embedders import Embedder, get_embedder
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
@@ -33,13 +33,14 @@ def load_average() -> list[float]:
 
 
 def write_result(out: Path, bench: str, params: dict[str, Any],
-                 results: dict[str, Any]) -> Path:
-    """Write ``{bench, params, results, time, machine, git, load_average}``; ``out`` is a
-    ``.json`` file or a folder (then ``<folder>/<bench>.json``)."""
+                 results: dict[str, Any], guard: BenchGuard | None = None) -> Path:
+    """Write ``{bench, params, results, time, machine, git, load_average_end}`` and, with the
+    run's ``guard``, ``busy`` and ``load`` (start and end); ``out`` is a ``.json`` file or a
+    folder (then ``<folder>/<bench>.json``)."""
     path = out if out.suffix == ".json" else out / f"{bench}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"bench": bench, **stamp(), "load_average_end": load_average(), "params": params,
-           "results": results}
+    doc = {"bench": bench, **stamp(guard), "load_average_end": load_average(),
+           "params": params, "results": results}
     path.write_text(json.dumps(doc, indent=2, default=_jsonable))
     log(f"wrote {path}")
     return path

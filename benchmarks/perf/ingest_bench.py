@@ -20,9 +20,9 @@ from benchmarks.perf.common import log
 from ingest.embedders import Embedder
 from ingest.pipeline import (
     PipelineStats,
-    _open_collection,
-    _write_volume,
     ingest_paths,
+    open_collection,
+    write_volume,
 )
 from ingest.preprocess import normalize_intensity, resolve_intensity
 from ingest.reader import open_volume
@@ -72,7 +72,7 @@ def run_sequential(files: list[Path], embedder: Embedder, store_dir: Path) -> di
     t_wall = time.perf_counter()
     b = max(embedder.batch_size, 1)
     with EdgeStore(store_dir) as store, torch.inference_mode():
-        coll = _open_collection(store, embedder)
+        coll = open_collection(store, embedder)
         for path in files:
             t0 = time.perf_counter()
             vf = open_volume(path)
@@ -94,7 +94,7 @@ def run_sequential(files: list[Path], embedder: Embedder, store_dir: Path) -> di
                     t["intensity_resize_s"] += t1 - t0
                     t["embed_s"] += time.perf_counter() - t1
                 t0 = time.perf_counter()
-                _write_volume(store, coll, embedder, vol, vectors, mode, 512)
+                write_volume(store, coll, embedder, vol, vectors, mode, 512)
                 t["upsert_s"] += time.perf_counter() - t0
                 slices += vol.n_slices
     wall = time.perf_counter() - t_wall

@@ -26,13 +26,11 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import os
 import sys
-import tempfile
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -46,6 +44,7 @@ from ingest.embedders.base import Embedder, ModelInfo
 from ingest.embedders.registry import register
 from ingest.preprocess import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 from medir.errors import ModelUnavailable
+from medir.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +52,13 @@ __all__ = [
     "DINOV2_CUT",
     "DinoV2SmallOnnx",
     "DinoV2SmallOnnxInt8",
+    "SMALLER_INPUTS",
     "DinoV2SmallTorch",
     "EfficientNetLite0",
     "LiteMedSAMEncoder",
     "MobileNetV2",
     "PackagedWeights",
+    "any_size_onnx_path",
     "extracted_onnx_path",
     "quantized_onnx_path",
 ]
@@ -502,16 +503,9 @@ def _cached_file(target: Path, lock: threading.Lock, write: Callable[[Path], Non
     with lock:
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".onnx")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        # mode 0644: other workers may run as other users
+        with atomic_path(target, suffix=".onnx", mode=0o644) as tmp:
             write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other workers may run as other users
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -700,3 +694,60 @@ class DinoV2SmallOnnxInt8(DinoV2SmallOnnx):
 
     def _model_path(self, cache_dir: Path) -> Path:
         return quantized_onnx_path(super()._model_path(cache_dir), cache_dir)
+
+
+# ---- DINOv2-S at a smaller input: fewer tokens, less arithmetic per slice -----------------------
+#: Input sizes (multiples of the 14-px patch) registered as ``dinov2-s-onnx-<S>`` and
+#: ``dinov2-s-onnx-int8-<S>``: 168 px is 12×12 + 1 = 145 tokens, 112 px 8×8 + 1 = 65, against
+#: 257 at 224 px; the linear layers' cost scales with the tokens, attention's with their square.
+SMALLER_INPUTS = (168, 112)
+_any_size_lock = threading.Lock()
+
+
+def any_size_onnx_path(float_path: Path, cache_dir: Path) -> Path:
+    """``float_path`` with the input's height and width declared symbolic, cached beside it.
+
+    The export declares a 224×224 input, but the graph computes the position embeddings from
+    the input's shape (a bicubic ``Resize`` of the 37×37 grid), so it runs at any multiple of
+    14 px once the declaration allows it. Checked at 112 and 168 px: the tokens equal the torch
+    module's (``dinov2_torch``, which resizes the same grid) within 2e-5. The 224-px models keep
+    the graph as exported (their vectors stay bit-identical)."""
+    target = cache_dir / f"{float_path.stem}-anysize.onnx"
+
+    def declare(tmp: Path) -> None:
+        import onnx
+
+        model = onnx.load(str(float_path))
+        (image,) = [i for i in model.graph.input if i.name == DINOV2_INPUT]
+        dims = image.type.tensor_type.shape.dim  # (batch, 3, 224, 224)
+        for dim, name in ((dims[2], "height"), (dims[3], "width")):
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+        onnx.save(model, str(tmp))
+
+    return _cached_file(target, _any_size_lock, declare)
+
+
+def _smaller_input(base: type[DinoV2SmallOnnx], size: int) -> type[DinoV2SmallOnnx]:
+    """``base`` (the float or int8 model) at a ``size``-px input, registered under
+    ``<base name>-<size>`` with its own version (its vectors never mix with the 224-px ones).
+    On CUDA the float one runs the torch module at that size, like ``dinov2-s-onnx``."""
+    int8 = issubclass(base, DinoV2SmallOnnxInt8)
+    info = replace(base.info, name=f"{base.info.name}-{size}", input_size=size,
+                   version=f"{base.info.version}.{size}px",
+                   description=f"{base.info.description}, {size}-px input")
+
+    def model_path(self: DinoV2SmallOnnx, cache_dir: Path) -> Path:
+        path = any_size_onnx_path(DinoV2SmallOnnx._model_path(self, cache_dir), cache_dir)
+        return quantized_onnx_path(path, cache_dir) if int8 else path
+
+    tokens = (size // 14) ** 2 + 1
+    cls = type(f"{base.__name__}{size}", (base,), {
+        "__doc__": f"``{base.info.name}`` at a {size}-px input ({tokens} tokens).",
+        "__module__": __name__, "info": info, "_model_path": model_path})
+    return register(cls)
+
+
+for _size in SMALLER_INPUTS:
+    _smaller_input(DinoV2SmallOnnx, _size)
+    _smaller_input(DinoV2SmallOnnxInt8, _size)

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from benchmarks.machine import check_machine
+from medir.cli.bench_perf import AllowBusyOpt
 from medir.cli.bench_perf import app as perf_app
 from medir.cli.common import user_errors
 from medir.config import get_settings
@@ -31,14 +33,16 @@ _errors = user_errors
 
 def _split(values: list[str] | None) -> list[str]:
     """Repeated options and comma lists alike: ``--models a,b --models c`` → [a, b, c].
-    Index specs carry commas inside (``hnsw:M=32,efC=128``): a piece with '=' but no ':' is
-    glued back to the previous one."""
+    Index specs carry commas inside (``hnsw:M=32,efC=128``), and so do capped samplings
+    (``W:every-mm:7,max=12``, ``all,max=20``): a piece with '=' but no ':' is glued back to
+    the previous one (a ``max=N`` piece always)."""
     out: list[str] = []
     for v in values or []:
         for piece in (p.strip() for p in v.split(",")):
             if not piece:
                 continue
-            if out and "=" in piece and ":" not in piece and ":" in out[-1]:
+            glue = "=" in piece and ":" not in piece and (":" in out[-1] if out else False)
+            if out and (glue or piece.lower().startswith("max=")):
                 out[-1] += "," + piece
             else:
                 out.append(piece)
@@ -73,8 +77,10 @@ def paper(
     tasks: Annotated[str | None, typer.Option(help="MSD task numbers, e.g. 1,4,9.")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
     """Replicate the paper's Table III: every model × index × sampling/aggregation column."""
+    guard = check_machine(allow_busy)
     from benchmarks.datasets import load_dataset
     from benchmarks.grid import GridConfig, run_grid
     from benchmarks.report import write_report
@@ -105,7 +111,7 @@ def paper(
 
     run = run_grid(ds, model_list, cfg, cache or settings.cache_dir / "embeddings", factory,
                    progress=progress)
-    files = write_report(run, out, plots=plots)
+    files = write_report(run, out, plots=plots, guard=guard)
     typer.echo(f"{len(run.cells)} cells, {run.timings['total_seconds']:.1f} s → "
                f"{files['markdown']}", err=True)
 
@@ -144,8 +150,10 @@ def quality(
     batch_size: Annotated[int | None, typer.Option(help="Slices per model batch.")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
     """Leave-one-case-out and the perturbation suite for models × preprocessings × methods."""
+    guard = check_machine(allow_busy)
     from benchmarks.datasets import load_dataset
     from benchmarks.perturb import get_perturbations
     from benchmarks.quality import DEFAULT_METHODS, QualityConfig, parse_method, run_quality
@@ -174,9 +182,61 @@ def quality(
     run = run_quality(ds, _split(models) or [settings.model], cfg,
                       cache or settings.cache_dir / "quality", factory, suite,
                       progress=progress)
-    files = write_quality(run, out, with_plots=plots)
+    files = write_quality(run, out, with_plots=plots, guard=guard)
     typer.echo(files["markdown"].read_text(), nl=False)
     print(f"→ {files['json']}", file=sys.stderr)
+
+
+@app.command("audit")
+@_errors
+def audit(
+    dataset: Annotated[Path | None, typer.Option(
+        help="A folder with manifest.csv (default: data/eval).")] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model (default: configured).")
+                     ] = None,
+    prep: Annotated[str, typer.Option(help="Preprocessing (as in bench quality).")] = "auto",
+    perturb: Annotated[list[str] | None, typer.Option(
+        help="Perturbations that make the known duplicates (default: z50, upper, crop180, "
+             "half-res, thick5, lps, noise).")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours per slice in the audit.")] = 8,
+    db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
+    db_max_slices: Annotated[int, typer.Option(help="At most this many per volume.")] = 40,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/audit"),
+    cache: Annotated[Path | None, typer.Option(
+        help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_busy: AllowBusyOpt = False,
+) -> None:
+    """Precision and recall of `medir audit duplicates` on known duplicates (perturbed copies)
+    and known non-duplicates (distinct cases), over a grid of thresholds."""
+    guard = check_machine(allow_busy)
+    from benchmarks.audit_eval import AUDIT_PERTURBATIONS, run_audit_eval
+    from benchmarks.cache import ArrayCache
+    from benchmarks.datasets import load_dataset
+    from benchmarks.machine import stamp
+    from benchmarks.perturb import get_perturbations
+    from ingest.embedders import configured_embedder
+
+    settings = get_settings()
+    name = model or settings.model
+    suite = get_perturbations(_split(perturb) or list(AUDIT_PERTURBATIONS))
+    ds = load_dataset(dataset or settings.data_dir / "eval")
+    embedder = configured_embedder(name, settings, device=settings.device,
+                                   batch_size=settings.batch_size)
+    result = run_audit_eval(ds, embedder, ArrayCache(cache or settings.cache_dir / "quality",
+                                                      name),
+                            suite, prep=prep, k=k, stride_mm=db_stride,
+                            max_slices=db_max_slices, progress=progress)
+    result = {**stamp(guard), "model": name, **result}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "audit.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    b = result["best"]
+    typer.echo(f"best: slice >= {b['slice_min']}, pair >= {b['pair_min']}: precision "
+               f"{b['precision']:.2f}, recall {b['recall']:.2f} ({b['tp']} found, {b['fp']} "
+               f"false, {b['fn']} missed) over {result['n_volumes']} volumes")
+    print(f"→ {path}", file=sys.stderr)
 
 
 @app.command("engines")
@@ -203,8 +263,10 @@ def engines(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/engines"),
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
     """FAISS exact, FAISS HNSW and the Qdrant store on the same vectors."""
+    guard = check_machine(allow_busy)
     import numpy as np
 
     from benchmarks.engines import (
@@ -243,8 +305,8 @@ def engines(
         vs = VectorSet(name, vectors, np.asarray(volume_of, np.int64), q, vq)
         rows += bench_set(vs, specs, efs, k=k, volume_k=volume_k, n_single=single,
                           progress=progress)
-        write_engines(rows, out, config)  # after each set: a long run keeps what it measured
-    files = write_engines(rows, out, config)
+        write_engines(rows, out, config, guard)  # after each set: a long run keeps what it measured
+    files = write_engines(rows, out, config, guard)
     typer.echo(files["markdown"].read_text(), nl=False)
     print(f"→ {files['json']}", file=sys.stderr)
 
@@ -261,8 +323,10 @@ def speed(
     slices: Annotated[int, typer.Option(help="Synthetic slices timed per pass.")] = 64,
     repeats: Annotated[int, typer.Option(help="Timed passes (best and median reported).")] = 3,
     out: Annotated[Path | None, typer.Option(help="JSON file (default: stdout).")] = None,
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
     """Embedder throughput: slices/s through Embedder.embed on synthetic 256×256 slices."""
+    guard = check_machine(allow_busy)
     import torch
 
     from benchmarks.embedder_speed import DEFAULT_MODELS, run_speed
@@ -275,7 +339,7 @@ def speed(
     torch.set_num_threads(threads)
     report = run_speed(_split(models) or list(DEFAULT_MODELS), device=device, batch=batch,
                        slices=slices, repeats=repeats, on_row=say)
-    text = json.dumps(report, indent=2)
+    text = json.dumps({**report, **guard.record()}, indent=2)
     if out is None:
         print(text)
     else:

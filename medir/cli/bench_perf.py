@@ -3,7 +3,9 @@
     medir bench perf all --out results/perf          # what docs/perf.md reports
     medir bench perf store --points 100000 --points 440000 --out results/perf
 
-Every document carries the machine, library versions, load average and git commit.
+Every document carries the machine, library versions, git commit and the load at the run's
+start and end; a run refuses to start on a busy machine unless ``--allow-busy`` is given
+(:func:`benchmarks.machine.check_machine`), and then its JSON says ``"busy": true``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from benchmarks.machine import check_machine
 from benchmarks.perf.common import (
     SAMPLES,
     load_average,
@@ -33,6 +36,9 @@ OutOpt = Annotated[Path, typer.Option(help="Folder (one <bench>.json each) or a 
 ModelOpt = Annotated[str, typer.Option(help="Embedding model.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 BatchOpt = Annotated[int, typer.Option(help="Embedder batch size.")]
+AllowBusyOpt = Annotated[bool, typer.Option(
+    "--allow-busy", help="Run even when the 1-minute load is above 0.75 per CPU (1.5 on 2 "
+                         "cores); the JSON then says \"busy\": true.")]
 
 
 @app.command("ingest")
@@ -48,8 +54,10 @@ def ingest_cmd(
     sequential: Annotated[bool, typer.Option(
         help="Also run the sequential reference loop and compare vectors.")] = True,
     ceiling_batches: Annotated[int, typer.Option(help="Forward passes for the ceiling.")] = 8,
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """End-to-end ingest slices/s by stage vs the forward-only ceiling."""
+    guard = check_machine(allow_busy)
     from benchmarks.perf.ceiling import forward_only
     from benchmarks.perf.ingest_bench import bench_collection, scaled_specs
 
@@ -71,7 +79,7 @@ def ingest_cmd(
                 "synthetic", syn, emb, ceiling["slices_per_s"], sequential)
     # the ceiling again at the end: the load on a shared machine drifts during a run
     results["ceiling_end"] = forward_only(emb, batches=ceiling_batches)
-    write_result(out, "ingest", params, results)
+    write_result(out, "ingest", params, results, guard)
     return results
 
 
@@ -86,8 +94,10 @@ def query_cmd(
     query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
         "mr_head_face_pydeface.nii.gz",
     repeats: Annotated[int, typer.Option(help="Queries per size (median reported).")] = 5,
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """Query latency split into embed, k-NN and vote for 10, 100 and all slices."""
+    guard = check_machine(allow_busy)
     from benchmarks.perf.query_bench import bench_queries
 
     emb = make_embedder(model, device, batch_size)
@@ -98,7 +108,7 @@ def query_cmd(
     params = {"model": model, "device": str(emb.device), "batch_size": batch_size,
               "query": qfile.name, "load_average_start": load_average()}
     results = bench_queries(files, qfile, emb, repeats=repeats)
-    write_result(out, "query", params, results)
+    write_result(out, "query", params, results, guard)
     return results
 
 
@@ -106,27 +116,67 @@ def query_cmd(
 @user_errors
 def query_latency_cmd(
     out: OutOpt = Path("results/perf"),
-    models: Annotated[list[str] | None, typer.Option(help="Models (repeatable).")] = None,
-    sampling: Annotated[list[str] | None, typer.Option(help="Samplings (repeatable).")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        help="Models (repeatable): e.g. dinov2-s-onnx, dinov2-s-onnx-int8, the smaller inputs "
+             "dinov2-s-onnx[-int8]-168 / -112.")] = None,
+    sampling: Annotated[list[str] | None, typer.Option(
+        help="Samplings (repeatable), with an optional cap: every-mm:7, every-mm:7,max=20.")
+    ] = None,
     samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
     index: Annotated[list[str] | None, typer.Option(help="File names to index.")] = None,
-    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES.")] =
+    query: Annotated[str, typer.Option(help="Query file name inside SAMPLES (or a path).")] =
         "ct_head_atlas_totalseg.nii.gz",
-    repeats: Annotated[int, typer.Option(help="Interleaved rounds.")] = 1,
+    resample_query: Annotated[str | None, typer.Option(
+        help="Query with QUERY resampled to XxYxZ voxels (int16 .nii.gz, written to a "
+             "temporary folder first), e.g. 512x512x300.")] = None,
+    resample_z_mm: Annotated[float | None, typer.Option(
+        help="Slice spacing of the resampled query in mm (default: the same field of view).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Interleaved rounds (medians reported).")] = 1,
+    warmup: Annotated[int, typer.Option(help="Unrecorded rounds before them.")] = 1,
     batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
-    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling."""
-    from benchmarks.perf.query_bench import bench_latency
+    """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling,
+    interleaved round by round: medians, spread and per-round ratios to the first variant."""
+    guard = check_machine(allow_busy)
+    from benchmarks.perf.query_bench import bench_latency, resampled_query
+    from search.sampling import Sampling
 
     model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
     samplings = sampling or [DEFAULT_SAMPLING]
+    for s in samplings:
+        Sampling.parse(s)  # a typo is one line now, not after the indexing
     files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
     params = {"models": model_list, "sampling": samplings, "query": query,
-              "index": [f.name for f in files], "load_average_start": load_average()}
-    results = bench_latency(files, samples / query, model_list, samplings,
-                            lambda m: make_embedder(m, "cpu", batch_size), repeats=repeats)
-    write_result(out, "query_latency", params, results)
+              "resample_query": resample_query, "resample_z_mm": resample_z_mm,
+              "index": [f.name for f in files], "repeats": repeats, "warmup": warmup,
+              "batch_size": batch_size, "device": device,
+              "load_average_start": load_average()}
+    with tempfile.TemporaryDirectory(prefix="medir-perf-q300-") as tmp:
+        qfile = samples / query
+        if resample_query:
+            shape = _shape(resample_query)
+            qfile = resampled_query(qfile, Path(tmp) / f"{qfile.name.split('.')[0]}_"
+                                    f"{resample_query}.nii.gz", shape, resample_z_mm)
+            log(f"query resampled to {resample_query}: {qfile}")
+        results = bench_latency(files, qfile, model_list, samplings,
+                                lambda m: make_embedder(m, device, batch_size), repeats=repeats,
+                                warmup=warmup)
+    write_result(out, "query_latency", params, results, guard)
     return results
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    """``XxYxZ`` → (X, Y, Z), or one clear error."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise typer.BadParameter(f"shape {text!r}: expected XxYxZ, e.g. 512x512x300")
+    return dims[0], dims[1], dims[2]
 
 
 @app.command("store")
@@ -144,8 +194,10 @@ def store_cmd(
     storage: Annotated[str, typer.Option(
         help="Vector storage: q=none|int8 (scalar quantization), os=oversampling, "
              "dt=float32|float16, e.g. q=int8,os=2,dt=float16.")] = "",
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """The embedded store at scale: upsert rate, build time, 100-slice query p50, memory."""
+    guard = check_machine(allow_busy)
     from benchmarks.indexes import parse_storage
     from benchmarks.perf.store_scale import bench_store
 
@@ -161,7 +213,7 @@ def store_cmd(
         results[str(n)] = bench_store(n, dim=dim, m=m, ef_construct=ef_construct, efs=efs,
                                       repeats=repeats, storage=store_settings)
         results[str(n)]["load_average"] = load_average()
-    write_result(out, "store", params, results)
+    write_result(out, "store", params, results, guard)
     return results
 
 
@@ -176,18 +228,18 @@ def memory_cmd(
     shape: Annotated[str, typer.Option(help="Per-volume shape XxYxZ (int16).")] = "512x512x64",
     gz: Annotated[bool, typer.Option(help="Write .nii.gz instead of .nii.")] = False,
     workdir: Annotated[Path | None, typer.Option(help="Where to write the file.")] = None,
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """Peak RSS of ingesting a large 4D volume, and for a quarter of its volumes."""
+    guard = check_machine(allow_busy)
     from benchmarks.perf.memory import bench_memory
 
-    dims = tuple(int(v) for v in shape.lower().split("x"))
-    if len(dims) != 3:
-        raise typer.BadParameter(f"shape {shape!r}: expected XxYxZ")
+    dims = _shape(shape)
     params = {"size_gb": size_gb, "model": model, "device": device, "batch_size": batch_size,
               "shape": list(dims), "gz": gz, "load_average_start": load_average()}
-    results = bench_memory(size_gb, model, device, batch_size, (dims[0], dims[1], dims[2]),
+    results = bench_memory(size_gb, model, device, batch_size, dims,
                            gz=gz, workdir=workdir)
-    write_result(out, "memory", params, results)
+    write_result(out, "memory", params, results, guard)
     return results
 
 
@@ -198,15 +250,17 @@ def peak_cmd(
     batch_size: BatchOpt = 16,
     rounds: Annotated[int, typer.Option(help="Interleaved rounds per runner.")] = 3,
     samples: Annotated[Path, typer.Option(help="Folder of the sample collection.")] = SAMPLES,
+    allow_busy: AllowBusyOpt = False,
 ) -> dict[str, Any]:
     """Matrix-multiply peak vs the default model's forward pass (float, int8, torch, ORT
     options), interleaved in one run; fraction of peak = slices/s × FLOPs/slice ÷ peak."""
+    guard = check_machine(allow_busy)
     from benchmarks.perf.peak import bench_peak
 
     params = {"batch_size": batch_size, "rounds": rounds, "load_average_start": load_average()}
     results = bench_peak(samples, batch_size=batch_size, rounds=rounds,
                          onnx_cache=get_settings().cache_dir / "onnx")
-    write_result(out, "peak", params, results)
+    write_result(out, "peak", params, results, guard)
     return results
 
 
@@ -222,12 +276,16 @@ def all_cmd(
     size_gb: Annotated[float, typer.Option(help="4D file size for ``memory``.")] = 2.0,
     memory_shape: Annotated[str, typer.Option(help="Per-volume shape for memory.")] =
         "512x512x64",
+    allow_busy: AllowBusyOpt = False,
 ) -> None:
-    """Every benchmark, one JSON each under OUT (a folder)."""
-    ingest_cmd(out=out, model=model, device=device, batch_size=batch_size,
-               synthetic_scale=synthetic_scale)
-    query_cmd(out=out, model=model, device=device, batch_size=batch_size)
-    store_cmd(out=out, points=points)
-    memory_cmd(out=out, size_gb=size_gb, model=model, device=device, batch_size=batch_size,
-               shape=memory_shape)
+    """Every benchmark, one JSON each under OUT (a folder). The machine is checked once, at
+    the start: each part records its own start and end load under this run's decision."""
+    guard = check_machine(allow_busy)
+    with guard.covering():
+        ingest_cmd(out=out, model=model, device=device, batch_size=batch_size,
+                   synthetic_scale=synthetic_scale)
+        query_cmd(out=out, model=model, device=device, batch_size=batch_size)
+        store_cmd(out=out, points=points)
+        memory_cmd(out=out, size_gb=size_gb, model=model, device=device,
+                   batch_size=batch_size, shape=memory_shape)
 

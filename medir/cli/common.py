@@ -1,4 +1,5 @@
-"""What every ``medir`` sub-command shares: user errors as one line and exit status 2."""
+"""What every ``medir`` sub-command shares: user errors as one line and exit status 2, and
+consoles that show untrusted text literally (:func:`medir.terminal.safe_text`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from medir.errors import MedirError
+from medir.errors import MedirError, error_kind
 from medir.secrets import mask_secrets
+from medir.terminal import safe_text
 
 F = TypeVar("F", bound=Callable[..., Any])
-err_console = Console(stderr=True)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console of the CLI: emoji codes (``:smile:``) in names stay text."""
+    return Console(stderr=stderr, emoji=False)
+
+
+err_console = console(stderr=True)
+
+
+def error_line(exc: BaseException) -> None:
+    """The one line of a user error on stderr: credentials masked, the message shown
+    literally (it carries file names and ids)."""
+    err_console.print("[bold red]error:[/] " + safe_text(mask_secrets(exc)), highlight=False,
+                      soft_wrap=True)
 
 
 def user_errors(fn: F) -> F:
@@ -25,8 +40,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MedirError as exc:
-            err_console.print("[bold red]error:[/] " + escape(mask_secrets(exc)),
-                              highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            error_line(exc)
+            raise typer.Exit(error_kind(exc).exit_code) from None
 
     return wrapper  # type: ignore[return-value]

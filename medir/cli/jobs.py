@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from medir.cli.common import console, error_line
 from medir.errors import MedirError
 from medir.secrets import mask_secrets
+from medir.terminal import safe_text
 
 app = typer.Typer(help="Background jobs on the Celery queue.", invoke_without_command=True,
                   add_completion=False)
-out = Console()
-err = Console(stderr=True)
+out = console()
 
 
 def _when(ts: float) -> str:
@@ -44,7 +44,7 @@ def jobs(
         except redis.RedisError as exc:
             raise MedirError(f"cannot read job records from the broker ({exc})") from None
     except MedirError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        error_line(exc)
         raise typer.Exit(2) from None
     if as_json:
         print(mask_secrets(json.dumps([j.to_dict() for j in found], indent=2)))
@@ -56,8 +56,10 @@ def jobs(
                   "seconds")
     for j in found:
         color = {"SUCCESS": "green", "FAILURE": "red", "RETRY": "yellow"}.get(j.state, "cyan")
-        table.add_row(j.id[:8], j.kind, Path(j.file).name if j.file else "-", j.volume or "-",
-                      f"[{color}]{j.state}[/]", f"{j.done}/{j.total}" if j.total else "-",
-                      j.error or "", _when(j.submitted),
+        table.add_row(safe_text(j.id[:8]), safe_text(j.kind),
+                      safe_text(Path(j.file).name if j.file else "-"), safe_text(j.volume or "-"),
+                      f"[{color}]{safe_text(j.state)}[/]",
+                      f"{j.done}/{j.total}" if j.total else "-",
+                      safe_text(mask_secrets(j.error or "")), _when(j.submitted),
                       f"{j.seconds:.1f}" if j.started else "-")
     out.print(table)

@@ -20,6 +20,7 @@ from ingest.embedders.base import Embedder
 from ingest.embedders.registry import all_models, model_class
 from ingest.embedders.weights import weights_root
 from medir.errors import MedirError
+from medir.terminal import visible_text
 
 app = typer.Typer(
     help="The embedding models: list them, put their weights in place.",
@@ -36,7 +37,7 @@ WeightsDirOpt = Annotated[
 
 
 def _fail(exc: MedirError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+    typer.echo(f"error: {visible_text(exc)}", err=True)
     return typer.Exit(2)
 
 

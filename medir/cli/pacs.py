@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
 from ingest.dicomweb import PacsError, PacsSeries, QidoFilters, list_series, mask, parse_source
 from ingest.pipeline import IngestReport, LabelMap
-from medir.config import Settings, get_settings
+from medir.config import get_settings
 from medir.errors import MedirError
+from medir.terminal import safe_text
+from runner import IngestOptions, get_runner
 
 
 def _report_line(r: IngestReport) -> str:
+    """One report as plain text (ids, paths and errors come from the PACS: print it through
+    :func:`medir.terminal.safe_text`)."""
     if r.status == "failed":
         return f"failed   {r.error}"
     if r.error:
@@ -24,45 +27,36 @@ def _report_line(r: IngestReport) -> str:
     return f"{r.status:8s} {r.volume_id} ({r.n_slices} slices) {r.path}"
 
 
-@contextmanager
-def _embedding(settings: Settings, model: str) -> Iterator[tuple[Any, Any]]:
-    """The store and the model of an in-process PACS ingest (the runner's)."""
-    from runner.local import LocalRunner
-
-    runner = LocalRunner(settings)
-    with runner.session() as store:
-        yield store, runner.embedder(model)
-
-
 def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str,
                      intensity: str | None, queue: bool, wait: bool,
                      labels: LabelMap | None, console: Console) -> bool:
     """Index every matching series of each source; True when none failed."""
     settings = get_settings()
+    options = IngestOptions(model=model, intensity=intensity or settings.intensity,
+                            labels=labels)
+    runner = get_runner(settings, queue=queue)
     ok = True
     for source in sources:
         spec = parse_source(source, settings)
-        series = list_series(spec, filters)
-        console.print(f"{spec.target.display}: {len(series)} series match", highlight=False)
+        series = list_series(spec, filters,
+                             warn=lambda text: console.print(safe_text(text), highlight=False))
+        console.print(f"{safe_text(spec.target.display)}: {len(series)} series match",
+                      highlight=False)
         if not series:
             continue
-        if queue:
-            from runner.queue.submit import _app, follow, submit_series
-
-            jobs = submit_series(series, model, intensity or settings.intensity, settings)
-            console.print(f"submitted {len(jobs)} series to the ingest queue (model {model})",
-                          highlight=False)
+        outcome = runner.ingest_pacs(
+            series, options, target=spec.target,
+            on_report=lambda r: console.print(safe_text(_report_line(r)), highlight=False))
+        if outcome.queued:
+            console.print(f"submitted {len(outcome.job_ids)} series to the ingest queue "
+                          f"(model {safe_text(model)})", highlight=False)
             if wait:
-                ok = follow(_app(settings), jobs, console) and ok
+                ok = runner.follow(outcome.job_ids, console) and ok
             continue
-        from ingest.pacs_ingest import ingest_series
-
-        with _embedding(settings, model) as (store, embedder):
-            reports = ingest_series(
-                series, store, embedder, target=spec.target, labels=labels,
-                intensity=intensity or settings.intensity, upsert_batch=settings.upsert_batch,
-                on_report=lambda r: console.print(_report_line(r), highlight=False))
-        ok = ok and all(r.status != "failed" for r in reports)
+        counts = Counter(r.status for r in outcome.reports)
+        console.print(safe_text(f"{spec.target.display}: " + ", ".join(
+            f"{counts[k]} {k}" for k in ("indexed", "skipped", "failed"))), highlight=False)
+        ok = ok and outcome.failed == 0 and not counts["failed"]
     return ok
 
 
@@ -76,10 +70,10 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
     stop = threading.Event()
     secrets = spec.target.secrets
 
-    def say(text: str) -> None:
-        console.print(mask(text, secrets), highlight=False)
+    def say(text: str) -> None:  # text from the PACS: ids, sources, errors
+        console.print(safe_text(mask(text, secrets)), highlight=False)
 
-    def run(handle: Callable[[PacsSeries], None]) -> None:
+    def run(handle: Callable[[PacsSeries], str | None]) -> None:
         f = Follower(spec.target, settings.pacs.follow_state, handle, mode=mode,
                      changes_url=settings.pacs.changes_url, log=say)
         try:
@@ -98,27 +92,28 @@ def follow_pacs(source: str | None, *, model: str, mode: str, once: bool, from_n
         finally:
             f.close()
         say(f"stopped at {f.mode} position "
-            f"{f.state.last_change if f.mode == 'changes' else f.state.qido_since or '-'}")
+            f"{f.state.last_change if f.mode == 'changes' else f.state.qido_since or '-'}"
+            + (f"; {len(f.state.failed)} failed series listed in {settings.pacs.follow_state}"
+               " (retry one with medir ingest SOURCE)" if f.state.failed else ""))
 
+    options = IngestOptions(model=model, intensity=settings.intensity)
     if queue:
-        from runner.queue.submit import submit_series
+        queued = get_runner(settings, queue=True)
 
         def enqueue(s: PacsSeries) -> None:
-            submit_series([s], model, settings.intensity, settings)
+            queued.ingest_pacs([s], options, target=spec.target)
             say(f"queued   {s.volume_id} {s.source}")
 
         run(enqueue)
         return
 
-    from ingest.pacs_ingest import ingest_series
-
-    with _embedding(settings, model) as (store, embedder):
-        def index(s: PacsSeries) -> None:
-            reports = ingest_series([s], store, embedder, target=spec.target,
-                                    intensity=settings.intensity,
-                                    upsert_batch=settings.upsert_batch)
-            for r in reports:
+    # in this process: the store stays open while following, the model loads once
+    with get_runner(settings, queue=False, keep_store_open=True) as here:
+        def index(s: PacsSeries) -> str | None:
+            outcome = here.ingest_pacs([s], options, target=spec.target)
+            for r in outcome.reports:
                 say(_report_line(r))
+            return next((r.error for r in outcome.reports if r.status == "failed"), None)
 
         try:
             run(index)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,16 +20,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medir.cli import bench, jobs, models, samples
-from medir.cli.common import user_errors
+from medir.cli import audit, bench, jobs, models, samples
+from medir.cli.common import console as make_console
+from medir.cli.common import err_console, user_errors
 from medir.config import get_settings
 from medir.errors import MedirError
+from medir.ids import split_index
 from medir.secrets import install_log_filter, mask_secrets, safe_url
+from medir.terminal import safe_text
 
 app = typer.Typer(help="medir: search 3D medical volumes by weighted slice voting.",
                   no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)
+out = make_console()
 
 
 def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
@@ -107,30 +109,27 @@ def ingest(
         raise MedirError(f"no volume files found in {', '.join(map(str, paths))}"
                          + (f" (left out: {left})" if left else ""))
     from runner import IngestOptions, get_runner
-    from runner.local import LocalRunner
-    from runner.queued import QueueRunner
 
     options = IngestOptions(model=model_name, intensity=intensity or settings.intensity,
                             force=force, labels=label_map, ids=ids)
+    # without --queue, ingest here even with a broker
+    runner = get_runner(settings, queue=queue)
     if queue:
-        qr = QueueRunner(settings)
-        outcome = qr.ingest(scan.sources, options)
+        outcome = runner.ingest(scan.sources, options)
         out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
-                  f"to queue 'ingest' (model {model_name})", highlight=False)
+                  f"to queue 'ingest' (model {safe_text(model_name)})", highlight=False)
         if wait:
-            ok = qr.follow(outcome.job_ids, out)
+            ok = runner.follow(outcome.job_ids, out)
         else:
             for j in outcome.job_ids:
-                out.print(f"  {j}  {qr.volume_of(j)}", highlight=False)
+                out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",
+                          highlight=False)
             out.print("follow them with: medir jobs", highlight=False)
             ok = True
         _print_left_out(summary)
         raise typer.Exit(0 if ok else 1)
     from ingest.pipeline import IngestReport
 
-    runner = get_runner(settings)
-    if not isinstance(runner, LocalRunner):  # without --queue, ingest here even with a broker
-        runner = LocalRunner(settings)
     t0 = time.perf_counter()
     total_slices = 0
     with Progress(
@@ -142,7 +141,8 @@ def ingest(
         vol_task = bar.add_task("slices", total=1, rate="")
 
         def progress(vid: str, done: int, total: int) -> None:
-            bar.update(vol_task, description=f"  {vid[:40]}", completed=done, total=total)
+            bar.update(vol_task, description=f"  {safe_text(vid[:40])}", completed=done,
+                       total=total)
 
         seen: set[str] = set()
 
@@ -150,15 +150,16 @@ def ingest(
             nonlocal total_slices
             summary.reports.append(r)
             if r.status == "failed":
-                bar.console.print(f"[red]failed[/] {r.error}", highlight=False)
+                bar.console.print(f"[red]failed[/] {safe_text(r.error)}", highlight=False)
             else:
                 total_slices += r.n_slices if r.status == "indexed" else 0
                 dup = f", same content as {', '.join(r.duplicate_of)}" if r.duplicate_of else ""
-                bar.console.print(f"{r.status:8s} {r.volume_id} ({r.n_slices} slices{dup})",
-                                  highlight=False)
+                bar.console.print(f"{r.status:8s} {safe_text(r.volume_id)} ({r.n_slices} slices"
+                                  f"{safe_text(dup)})", highlight=False)
                 for w in r.warnings:
-                    bar.console.print(f"[yellow]warning[/] {r.volume_id}: {w}", highlight=False)
-            seen.add(r.volume_id.rpartition("#")[0] if "#" in r.volume_id else r.volume_id)
+                    bar.console.print(f"[yellow]warning[/] {safe_text(r.volume_id)}: "
+                                      f"{safe_text(w)}", highlight=False)
+            seen.add(split_index(r.volume_id)[0])
             rate = total_slices / max(time.perf_counter() - t0, 1e-9)
             bar.update(files_task, completed=len(seen), rate=f"{rate:.1f} slices/s")
 
@@ -167,7 +168,7 @@ def ingest(
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
-        out.print(summary.line(), highlight=False)
+        out.print(safe_text(summary.line()), highlight=False)
         _print_left_out(summary)
     if summary.failed:
         console.print(f"[red]{summary.failed} volume(s) failed[/], the others were indexed")
@@ -177,7 +178,7 @@ def ingest(
 def _print_left_out(summary: Any) -> None:
     for kind, items in summary.left_out().items():
         shown = ", ".join(s.path for s in items[:3]) + (" ..." if len(items) > 3 else "")
-        out.print(f"  left out ({kind}): {len(items)}: {shown}", highlight=False)
+        out.print(f"  left out ({kind}): {len(items)}: {safe_text(shown)}", highlight=False)
 
 
 # ---- search ------------------------------------------------------------------------------------
@@ -188,8 +189,11 @@ def search(
                                           "--id.")] = "",
     model: Annotated[str | None, typer.Option(help="Embedding model.")] = None,
     sampling: Annotated[str | None, typer.Option(
-        help="all | every-n:N | every-mm:X | random:K[:SEED]")] = None,
+        help="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")] = None,
     weighting: Annotated[str | None, typer.Option(help="none | gaussian[:SIGMA]")] = None,
+    max_slices: Annotated[int | None, typer.Option(
+        help="At most N query slices, evenly spaced among the sampling's (0: no cap; default "
+             "MEDIR_SEARCH__MAX_SLICES).")] = None,
     k: Annotated[int | None, typer.Option(help="Neighbours per query slice.")] = None,
     top: Annotated[int | None, typer.Option(help="Number of volumes to return.")] = None,
     filter: Annotated[list[str] | None, typer.Option(
@@ -206,10 +210,23 @@ def search(
         help="Stage 2 over the vote's top volumes: none | maxsim | zorder (docs/quality.md).")
     ] = "none",
     rerank_top: Annotated[int, typer.Option(help="Volumes the re-ranker re-orders.")] = 10,
+    like: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find more like (repeat or comma-separate); without a "
+             "VOLUME the first one is the query.")] = None,
+    unlike: Annotated[list[str] | None, typer.Option(
+        help="Indexed volume ids to find fewer like (repeat or comma-separate).")] = None,
+    export: Annotated[Path | None, typer.Option(
+        help="Also write the ranking as a cohort: .csv (pandas, and a labels CSV for "
+             "medir ingest --labels) or .json.")] = None,
 ) -> None:
     """Rank the indexed volumes most similar to a query volume (a file, an indexed id, or a
     PACS series: dicomweb+http://host/dicom-web/series/UID)."""
     settings = get_settings()
+    likes, unlikes = _ids(like), _ids(unlike)
+    if export is not None:
+        _check_export(export)
+    if not volume and not pacs_series and likes:
+        volume, by_id = likes[0], True
     from ingest.dicomweb import is_dicomweb_source, normalise_source
 
     if pacs_series:
@@ -227,33 +244,64 @@ def search(
         weighting=weighting,
         k=k,
         top=top,
+        max_slices=max_slices,
         filters=_parse_filters(filter),
         exact=exact,
         intensity=settings.intensity,
         rerank=rerank,
         rerank_top=rerank_top,
+        like=likes,
+        unlike=unlikes,
     )
     with get_runner(settings) as runner:
         result = runner.search(volume, opts, model=model or settings.model, by_id=by_id,
                                index_4d=index_4d)
+    if export is not None:
+        _write_export(export, result)
     if as_json:
         print(mask_secrets(json.dumps([r for r in result["ranking"]], indent=2)))
         return
     _print_ranking(result, explain)
 
 
+def _ids(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: ``--like a,b --like c`` → [a, b, c]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _check_export(path: Path) -> None:
+    from search.cohort import COHORT_FORMATS
+
+    if path.suffix.lower() not in COHORT_FORMATS:
+        raise MedirError(f"{path}: a cohort is written as {' or '.join(COHORT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise MedirError(f"{path}: folder {path.parent} does not exist")
+
+
+def _write_export(path: Path, result: dict[str, Any]) -> None:
+    """The ranking as a cohort file, written whole or not at all."""
+    from medir.files import atomic_write_text
+    from search.cohort import cohort_rows, cohort_text
+
+    rows = cohort_rows(result["ranking"], result.get("confidence"))
+    atomic_write_text(path, cohort_text(rows, path.suffix.lower()))
+    err_console.print(f"cohort of {len(rows)} volumes → {safe_text(str(path))}",
+                      highlight=False)
+
+
 def _print_ranking(result: dict[str, Any], explain: int) -> None:
     q = result["query"]
-    out.print(f"query {q['volume_id']} ({q['n_slices']} slices, {len(q['chosen_slices'])} "
-              f"chosen) model {result['model']}", highlight=False)
+    out.print(f"query {safe_text(q['volume_id'])} ({q['n_slices']} slices, "
+              f"{len(q['chosen_slices'])} chosen) model {safe_text(result['model'])}",
+              highlight=False)
     table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
     table.columns[1].no_wrap = True
     for r in result["ranking"]:
         labels = " ".join(f"{v}" for k, v in r["labels"].items() if k != "dataset")
         best = sorted(r["matches"], key=lambda m: -m["similarity"])[:explain]
         pairs = ", ".join(f"{m['query_slice']}→{m['db_slice']}" for m in best)
-        table.add_row(str(r["rank"]), r["volume_id"], f"{r['votes']:.2f}", f"{r['score']:.3f}",
-                      f"{r['similarity']:.3f}", labels, pairs)
+        table.add_row(str(r["rank"]), safe_text(r["volume_id"]), f"{r['votes']:.2f}",
+                      f"{r['score']:.3f}", f"{r['similarity']:.3f}", safe_text(labels), pairs)
     out.print(table)
     t = result["timings"]
     embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
@@ -280,17 +328,19 @@ def info(
         print(json.dumps({**stats, "default_model": settings.model,
                           "queue": settings.redis_url is not None}, indent=2, default=str))
         return
-    out.print(mask_secrets(f"store: {stats['mode']} at {stats['location']}"), highlight=False)
-    out.print(f"default model: {settings.model}; queue: {safe_url(settings.redis_url) or 'off'}",
+    out.print(safe_text(mask_secrets(f"store: {stats['mode']} at {stats['location']}")),
               highlight=False)
+    out.print(safe_text(f"default model: {settings.model}; queue: "
+                        f"{safe_url(settings.redis_url) or 'off'}"), highlight=False)
     if not stats["collections"]:
         out.print("no collections yet: medir ingest PATH...")
     for c in stats["collections"]:
-        out.print(f"- {c['name']}: {c['volumes']} volumes, {c['points']} points "
-                  f"(dim {c['dim']}), models {c['embedders']}", highlight=False)
+        out.print(safe_text(f"- {c['name']}: {c['volumes']} volumes, {c['points']} points "
+                            f"(dim {c['dim']}), models {c['embedders']}"), highlight=False)
         for key, counts in c["facets"].items():
             if counts:
-                out.print(f"    {key}: " + ", ".join(f"{v}={n}" for v, n in counts.items()),
+                out.print(safe_text(f"    {key}: "
+                                    + ", ".join(f"{v}={n}" for v, n in counts.items())),
                           highlight=False)
 
 
@@ -313,8 +363,9 @@ def volumes(
     table = Table("volume", "source", "slices", "labels", "embedder", "state")
     table.columns[0].no_wrap = True
     for v in rows:
-        table.add_row(v.volume_id, v.source, str(v.n_slices),
-                      " ".join(f"{k}={x}" for k, x in v.labels.items()), v.embedder, v.state)
+        table.add_row(safe_text(v.volume_id), safe_text(v.source), str(v.n_slices),
+                      safe_text(" ".join(f"{k}={x}" for k, x in v.labels.items())),
+                      safe_text(v.embedder), safe_text(v.state))
     out.print(table)
     out.print(f"{len(rows)} volume(s)", highlight=False)
 
@@ -344,12 +395,12 @@ def prune(
     gone = result.of(GONE)
     for c in gone:
         v = c.volume
-        out.print(mask_secrets(f"{'removing' if yes else 'would remove'} {v.volume_id} "
-                               f"({v.collection}; {v.source} is gone: {c.reason})"),
-                  highlight=False, markup=False)
+        out.print(f"{'removing' if yes else 'would remove'} {safe_text(v.volume_id)} "
+                  f"({safe_text(v.collection)}; {safe_text(mask_secrets(v.source))} is gone: "
+                  f"{safe_text(c.reason)})", highlight=False)
     for reason, n in result.unknown_reasons().items():
-        out.print(mask_secrets(f"keeping {n} volume(s) that cannot be checked: {reason}"),
-                  highlight=False, markup=False)
+        out.print(f"keeping {n} volume(s) that cannot be checked: "
+                  f"{safe_text(mask_secrets(reason))}", highlight=False)
     counts = result.counts()
     summary = (f"{counts[PRESENT]} present, {counts[GONE]} gone, {counts[UNKNOWN]} unknown "
                "(kept)")
@@ -378,7 +429,7 @@ def migrate(
     if not done:
         out.print("nothing to migrate: the store is current")
     for coll, n in done.items():
-        out.print(f"migrated {coll}: {n} points", highlight=False)
+        out.print(f"migrated {safe_text(coll)}: {n} points", highlight=False)
 
 
 @app.command()
@@ -401,8 +452,8 @@ def demo(
     files = [manifest.parent / r["file"] for r in rows if r["case_id"] != query]
     ingest(files, labels=manifest, model=model, intensity=None, queue=False, wait=True,
            force=False, as_json=False)
-    out.print(f"\nquery: {query} (held out, not in the index; truth: "
-              f"{held[0]['modality']} {held[0]['region']})", highlight=False)
+    out.print("\n" + safe_text(f"query: {query} (held out, not in the index; truth: "
+                                f"{held[0]['modality']} {held[0]['region']})"), highlight=False)
     search(str(manifest.parent / held[0]["file"]), model=model or settings.model,
            sampling=None, weighting=None, k=None, top=5, filter=None, by_id=False,
            index_4d=None, exact=False, as_json=False, explain=3)
@@ -424,10 +475,11 @@ def follow(
 ) -> None:
     """Follow a PACS and index every new series (queued when MEDIR_REDIS_URL is set)."""
     from medir.cli.pacs import follow_pacs
+    from runner import queue_on
 
     settings = get_settings()
     follow_pacs(source, model=model or settings.model, mode=mode, once=once, from_now=from_now,
-                queue=bool(settings.redis_url), interval=interval, console=out)
+                queue=queue_on(settings), interval=interval, console=out)
 
 
 @app.command()
@@ -453,6 +505,8 @@ app.add_typer(samples.app, name="samples")
 app.add_typer(models.app, name="models", help="List models and install their weights.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: the paper's grid, engines, performance.")
 app.add_typer(jobs.app, name="jobs", help="Background jobs on the Celery queue.")
+app.add_typer(audit.app, name="audit",
+              help="Audits of a collection: near-duplicates and leakage between splits.")
 
 
 def _start() -> None:

@@ -22,16 +22,28 @@ SEARCH_QUEUE = "search"
 INGEST_TASK = "medir.ingest_volume"
 SEARCH_TASK = "medir.search_volume"
 STATS_TASK = "medir.store_stats"
+AUDIT_TASK = "medir.audit_duplicates"
 
 
 class TaskFailed(MedirError):
     """A task that failed for a reason retrying cannot fix (bad file, unknown model, ...).
 
-    It carries one message, so Celery can rebuild it on the client from the result backend.
+    It carries the message and the class name of the worker's error (``kind``: ``EmptyStore``,
+    ``VolumeError``, ...), so Celery can rebuild it on the client from the result backend and
+    the client can raise the same :class:`MedirError` subclass (:func:`medir.errors.error_named`).
     """
 
-    def __init__(self, message: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "", kind: str = "") -> None:
+        super().__init__(message, kind)
+        self.message, self.kind = message, kind
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TaskRefused(TaskFailed):
+    """A message the worker does not run: a file outside its folders, another PACS, a field
+    of the wrong type or size (runner/queue/checks.py). Nothing was read or stored."""
 
 
 __all__ = [
@@ -40,5 +52,7 @@ __all__ = [
     "SEARCH_QUEUE",
     "SEARCH_TASK",
     "STATS_TASK",
+    "AUDIT_TASK",
     "TaskFailed",
+    "TaskRefused",
 ]

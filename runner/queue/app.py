@@ -26,6 +26,7 @@ from celery import Celery
 from medir.config import QueueSettings, Settings
 from medir.errors import ConfigError
 from runner.queue import (
+    AUDIT_TASK,
     INGEST_QUEUE,
     INGEST_TASK,
     SEARCH_QUEUE,
@@ -65,6 +66,7 @@ def celery_config(redis_url: str, qs: QueueSettings) -> dict[str, Any]:
             INGEST_TASK: {"queue": INGEST_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
             STATS_TASK: {"queue": SEARCH_QUEUE},
+            AUDIT_TASK: {"queue": SEARCH_QUEUE},
         },
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -42,6 +42,8 @@ class Job:
     model: str = ""
     state: str = "PENDING"
     error: str = ""
+    #: The class of the error (a :class:`medir.errors.MedirError` subclass's name).
+    error_type: str = ""
     done: int = 0
     total: int = 0
     retries: int = 0

@@ -31,8 +31,17 @@ from rich.progress import (
 
 from ingest.collection import VolumeSource
 from medir.config import Settings
-from medir.errors import MedirError, StoreUnavailable, VolumeError
-from runner.queue import INGEST_QUEUE, INGEST_TASK, SEARCH_QUEUE, SEARCH_TASK, STATS_TASK
+from medir.errors import MedirError, StoreUnavailable, VolumeError, error_named
+from medir.terminal import safe_text
+from runner.queue import (
+    AUDIT_TASK,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    SEARCH_QUEUE,
+    SEARCH_TASK,
+    STATS_TASK,
+    TaskFailed,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -40,6 +49,7 @@ if TYPE_CHECKING:
 
     from ingest.dicomweb import PacsSeries
     from ingest.reader import Limits
+    from search.audit import AuditOptions
     from search.query import QueryOptions
 
 POLL_S = 0.5
@@ -161,10 +171,10 @@ def submit_ingest(
     jobs = submit_jobs(files, model, labels, intensity=intensity or settings.intensity,
                        settings=settings, force=force)
     console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
-                  f"{INGEST_QUEUE!r} (model {model})", highlight=False)
+                  f"{INGEST_QUEUE!r} (model {safe_text(model)})", highlight=False)
     if not wait:
         for j in jobs:
-            console.print(f"  {j.task_id}  {j.volume_id}", highlight=False)
+            console.print(f"  {j.task_id}  {safe_text(j.volume_id)}", highlight=False)
         console.print("follow them with: medir jobs", highlight=False)
         return True
     return follow(_app(settings), jobs, console)
@@ -192,8 +202,8 @@ def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
                     first_start = first_start or time.monotonic()
                     j.done, j.total = int(res.info.get("done", 0)), int(res.info.get("total", 0))
                     if tid not in rows:
-                        rows[tid] = bar.add_task(f"  {j.volume_id[:40]}", total=j.total or 1,
-                                                 info="")
+                        rows[tid] = bar.add_task(f"  {safe_text(j.volume_id[:40])}",
+                                                 total=j.total or 1, info="")
                     bar.update(rows[tid], completed=j.done, total=j.total or 1)
                     running += j.done
                 elif state == "STARTED":
@@ -204,14 +214,15 @@ def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
                         j.result = res.result
                         if j.result.get("status") == "indexed":
                             slices_done += int(j.result.get("n_slices", 0))
-                        msg = (f"{j.result.get('status', 'done'):8s} {j.volume_id} "
+                        msg = (f"{safe_text(j.result.get('status', 'done')):8s} "
+                               f"{safe_text(j.volume_id)} "
                                f"({j.result.get('n_slices', 0)} slices, "
                                f"{float(j.result.get('task_seconds', 0)):.1f} s)")
                         bar.console.print(msg, highlight=False)
                     else:
                         j.error = _error_of(res)
-                        bar.console.print(f"[red]failed[/]   {j.volume_id}: {j.error}",
-                                          highlight=False)
+                        bar.console.print(f"[red]failed[/]   {safe_text(j.volume_id)}: "
+                                          f"{safe_text(j.error)}", highlight=False)
                     if tid in rows:
                         bar.remove_task(rows.pop(tid))
                     del pending[tid]
@@ -260,6 +271,9 @@ def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
                                    f"is `medir worker` running on queue {SEARCH_QUEUE!r}?")
         time.sleep(0.05)
     if res.state != "SUCCESS":
+        info = res.info
+        if isinstance(info, TaskFailed) and info.kind:  # the worker's error, same class
+            raise error_named(info.kind, str(info))
         raise MedirError(_error_of(res))
     out = res.result
     res.forget()
@@ -293,6 +307,18 @@ def submit_search(
         "index_4d": index_4d,
     })
     return _wait(res, settings.queue.search_timeout, f"query {volume}")
+
+
+def submit_audit(model: str, options: AuditOptions, settings: Settings) -> list[dict[str, Any]]:
+    """The near-duplicate audit of one model's collection, run by the worker that owns it."""
+    app = _app(settings)
+    res = app.send_task(AUDIT_TASK, queue=SEARCH_QUEUE,
+                        kwargs={"model": model, "options": options.to_dict()})
+    out = _wait(res, settings.queue.search_timeout * 6, f"audit of {model}")
+    pairs = out.get("pairs")
+    if not isinstance(pairs, list):
+        raise MedirError(f"audit of {model}: unexpected answer")
+    return pairs
 
 
 def submit_stats(settings: Settings, timeout: float | None = None) -> dict[str, Any]:

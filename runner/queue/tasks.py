@@ -16,6 +16,10 @@ same store path refuses to start instead of failing every task.
 Failures: :class:`~medir.errors.StoreUnavailable` and connection errors are retried with
 exponential backoff; any other :class:`~medir.errors.MedirError` (a bad file, an unknown model,
 missing weights) fails the task at once as :class:`~runner.queue.TaskFailed` with its message.
+
+Trust: a worker runs no message as it comes. Every task's arguments are checked first
+(:mod:`runner.queue.checks`: files inside the worker's folders, its own PACS, bounded fields);
+a message that breaks a rule fails as :class:`~runner.queue.TaskRefused`, recorded in its job.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from celery.signals import (
 
 from medir.config import Settings, get_settings
 from medir.errors import MedirError, StoreUnavailable
-from runner.queue import INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
+from runner.queue import AUDIT_TASK, INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
 
 if TYPE_CHECKING:
     from runner.local import LocalRunner
@@ -137,9 +141,12 @@ def acquire_owner_lock(s: Settings) -> None:
 
 @worker_init.connect
 def _on_worker_init(**_: Any) -> None:
+    from runner.queue.worker import check_broker_auth
+
     try:
+        check_broker_auth(worker_settings())  # `celery -A runner.queue.app worker` too
         acquire_owner_lock(worker_settings())
-    except StoreUnavailable as exc:
+    except MedirError as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from None  # Celery logs and swallows Exceptions from handlers
 
@@ -233,10 +240,13 @@ def _refuse_poison(task: Task) -> None:
     n = jobs.count_delivery(task.request.id, task.request.retries or 0)
     limit = worker_settings().queue.max_deliveries
     if n > limit:
+        from runner.queue.checks import shown
+
         args = list(task.request.args or [])
         what = (task.request.kwargs or {}).get("path") or (args[0] if args else "")
-        msg = (f"{what + ': ' if what else ''}killed its worker {n - 1} times (delivered {n} "
-               f"times; the limit is {limit}, MEDIR_QUEUE__MAX_DELIVERIES): not run again")
+        msg = (f"{shown(what) + ': ' if what else ''}killed its worker {n - 1} times "
+               f"(delivered {n} times; the limit is {limit}, MEDIR_QUEUE__MAX_DELIVERIES): "
+               "not run again")
         _record(task, state="FAILURE", error=msg, finished=time.time())
         raise TaskFailed(msg)
 
@@ -259,8 +269,9 @@ def _run(task: Task, kind: str, body: Callable[[], T]) -> T:
         _record(task, state="RETRY", error=f"{exc} (retry {n + 1} in {delay:.0f} s)")
         raise task.retry(exc=exc, countdown=delay, max_retries=qs.max_retries) from None
     except MedirError as exc:
-        _record(task, state="FAILURE", error=str(exc), finished=time.time())
-        raise TaskFailed(str(exc)) from None
+        _record(task, state="FAILURE", error=str(exc), error_type=type(exc).__name__,
+                finished=time.time())
+        raise TaskFailed(str(exc), type(exc).__name__) from None
     except Exception as exc:
         _record(task, state="FAILURE", error=f"{type(exc).__name__}: {exc}",
                 finished=time.time())
@@ -336,6 +347,13 @@ def search_volume_body(
     return worker_runner().search(volume, opts, model=model, by_id=by_id, index_4d=index_4d)
 
 
+def audit_body(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The near-duplicate audit on the worker's store (:meth:`LocalRunner.audit`)."""
+    from search.audit import AuditOptions
+
+    return {"pairs": worker_runner().audit(model, AuditOptions(**options))}
+
+
 def store_stats_body() -> dict[str, Any]:
     """Collections, volumes and points (complete and all) of the worker's store, counted in one
     consistent snapshot (no upsert between the counts and facets of one answer)."""
@@ -351,19 +369,48 @@ def register_tasks(app: Celery) -> None:
                       intensity: str | None = None, volume_id: str | None = None,
                       force: bool = False, files: list[str] | None = None) -> dict[str, Any]:
         """Index one 3D volume of a file; progress in the task state (PROGRESS)."""
-        name = model or worker_settings().model
-        _record(self, file=path, model=name)
-        return _run(self, "ingest", lambda: ingest_volume_body(
-            self, path, index_4d, name, labels, intensity, volume_id, force, files))
+        from runner.queue.checks import check_ingest, shown
+
+        s = worker_settings()
+        name = model or s.model
+        _record(self, file=shown(path), model=shown(name))
+
+        def body() -> dict[str, Any]:
+            a = check_ingest(s, path, index_4d, name, labels, intensity, volume_id, force, files)
+            return ingest_volume_body(self, a.path, a.index_4d, a.model, a.labels, a.intensity,
+                                      a.volume_id, a.force, a.files)
+
+        return _run(self, "ingest", body)
 
     @app.task(bind=True, name=SEARCH_TASK, acks_late=True, reject_on_worker_lost=True)
     def search_volume(self: Task, volume: str, model: str | None = None,
                       options: Mapping[str, Any] | None = None, by_id: bool = False,
                       index_4d: int | None = None) -> dict[str, Any]:
         """Rank indexed volumes against a query volume (a file the worker can read, or an id)."""
-        name = model or worker_settings().model
-        return _run(self, "search", lambda: search_volume_body(
-            volume, name, options or {}, by_id, index_4d))
+        from runner.queue.checks import check_search
+
+        s = worker_settings()
+        name = model or s.model
+
+        def body() -> dict[str, Any]:
+            a = check_search(s, volume, name, options, by_id, index_4d)
+            return search_volume_body(a.volume, a.model, a.options, a.by_id, a.index_4d)
+
+        return _run(self, "search", body)
+
+    @app.task(bind=True, name=AUDIT_TASK, acks_late=True, reject_on_worker_lost=True)
+    def audit_duplicates(self: Task, model: str | None = None,
+                         options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Near-duplicate pairs of one model's collection in the store the worker owns."""
+        from runner.queue.checks import check_audit
+
+        s = worker_settings()
+
+        def body() -> dict[str, Any]:
+            a = check_audit(s, model, options)
+            return audit_body(a.model, a.options)
+
+        return _run(self, "audit", body)
 
     @app.task(bind=True, name=STATS_TASK, acks_late=True, reject_on_worker_lost=True)
     def store_stats(self: Task) -> dict[str, Any]:

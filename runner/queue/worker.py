@@ -10,15 +10,22 @@ Pools:
 - ``prefork``: child processes, each loading its own model after fork (CUDA is never touched at
   import). Only with a Qdrant server (``MEDIR_QDRANT_URL``), or with ``--concurrency 1``: an
   embedded store cannot be opened by two processes.
+
+Whoever can write to the broker can send the worker tasks, so a worker refuses to start on a
+broker URL without a password (:func:`check_broker_auth`) unless development mode says so
+(``MEDIR_QUEUE__ALLOW_INSECURE_BROKER=1``, never with ``MEDIR_REQUIRE_SECRETS``); the tasks
+check every message anyway (runner/queue/checks.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import parse_qs, urlsplit
 
-from medir.config import get_settings
+from medir.config import Settings, get_settings
 from medir.errors import ConfigError, StoreUnavailable
+from runner.base import store_is_server
 from runner.queue import INGEST_QUEUE, SEARCH_QUEUE
 
 POOLS = ("solo", "threads", "prefork")
@@ -50,6 +57,35 @@ def check_pool(pool: str, concurrency: int, embedded: bool) -> None:
             "--concurrency 1, or set MEDIR_QDRANT_URL to a Qdrant server for several processes")
 
 
+def broker_password(url: str) -> str | None:
+    """The password a broker URL authenticates with (``redis://:PASSWORD@host`` or
+    ``?password=``), or None."""
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    given = parse_qs(parts.query).get("password")
+    return given[0] if given and given[0] else None
+
+
+def check_broker_auth(settings: Settings) -> None:
+    """Refuse a broker URL without a password: anyone who reaches it could make this worker read
+    and index files. Development only: ``MEDIR_QUEUE__ALLOW_INSECURE_BROKER=1``."""
+    from medir.secrets import safe_url
+
+    url = settings.redis_url
+    if not url or broker_password(url):
+        return
+    if settings.queue.allow_insecure_broker and not settings.require_secrets:
+        log.warning("the broker %s has no password (MEDIR_QUEUE__ALLOW_INSECURE_BROKER): "
+                    "development only", safe_url(url))
+        return
+    raise ConfigError(
+        f"refusing to start: the broker {safe_url(url)} (MEDIR_REDIS_URL) has no password, so "
+        "anyone who reaches it could make this worker read and index files; give Redis one "
+        "(requirepass) and the URL too (redis://:PASSWORD@host:6379/0), or for development "
+        "only set MEDIR_QUEUE__ALLOW_INSECURE_BROKER=1")
+
+
 def run_worker(
     queues: str = f"{INGEST_QUEUE},{SEARCH_QUEUE}",
     device: str | None = None,
@@ -65,8 +101,9 @@ def run_worker(
     from medir.secrets import check_secrets
 
     check_secrets(settings)
+    check_broker_auth(settings)
     chosen = pool or "solo"
-    embedded = not settings.qdrant_url
+    embedded = not store_is_server(settings)
     check_pool(chosen, concurrency, embedded)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
