@@ -104,6 +104,10 @@ class StoreSettings(BaseModel):
         256, ge=0, description="embedded store: free disk (MiB) kept beyond what its "
         "memory-mapped files may still claim; below it an ingest refuses to start or stops "
         "with 'disk full' (a full disk under a memory map is a SIGBUS, not an error)")
+    lock_wait_s: float = Field(
+        30.0, ge=0, le=86400, description="embedded store: seconds a second medir process "
+        "waits for the one holding the store (then one clear error; the holder is never "
+        "touched)")
 
 
 class SearchSettings(BaseModel):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ingest.pipeline import IngestReport
     from search.audit import AuditOptions
     from search.query import QueryOptions
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 ProgressFn = Callable[[str, int, int], None]
 ReportFn = Callable[["IngestReport"], None]
@@ -168,8 +168,9 @@ class Runner(ABC):
         read the store (a worker owns it)."""
 
     @abstractmethod
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
-        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
+    def prune(self, apply: bool) -> PruneResult:
+        """Every volume's source checked: present, gone or unknown (kept, with the reason);
+        with ``apply`` the gone ones are deleted."""
 
     @abstractmethod
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:

@@ -8,7 +8,10 @@ It owns the two things every entry point used to set up for itself:
 * **the store**: opened for one call and closed after it (the CLI; the UI, where a process-wide
   lock keeps two browser sessions from opening the embedded store at once), or opened once and
   kept open for the life of the process (a worker: ``keep_store_open=True``), with every call
-  serialised by a fair lock so a query never waits behind a whole bulk ingest.
+  serialised by a fair lock so a query never waits behind a whole bulk ingest. Opening the
+  embedded store takes its process lock (:mod:`search.store_lock`): another medir process
+  holding it makes this one wait, bounded, never harms it. A kept-open store whose engine
+  fails a call (:class:`StoreFault`) is closed and opened again for the next call.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from search.audit import AuditOptions
     from search.query import QueryOptions
     from search.store import SliceStore
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 STORE_WAIT_S = 20.0
 
@@ -122,16 +125,29 @@ class FairLock:
         self.release()
 
 
+class StoreFault(StoreUnavailable):
+    """A store call failed inside the engine (its handle or files in a bad state): this call
+    fails with one line, and the runner opens the store again for the next one."""
+
+
+# what a healthy store raises: a user error, a missing collection, a refused argument
+_ANSWERS = (MedirError, KeyError, ValueError)
+
+
 class LockedStore:
     """Serialises calls into one store object, so a threads-pool worker can run a query while
     another thread ingests (an embedded engine handle is not safe for concurrent calls). The
-    lock is fair: a query waits for at most the one store call in progress."""
+    lock is fair: a query waits for at most the one store call in progress.
+
+    Any other exception from the engine marks the store ``broken`` and is raised as a
+    :class:`StoreFault`; :meth:`LocalRunner.store` then replaces it with a fresh one."""
 
     def __init__(self, inner: SliceStore) -> None:
         self._inner = inner
         self.lock = FairLock()
         self.mode = inner.mode
         self.location = inner.location
+        self.broken = False
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -141,9 +157,18 @@ class LockedStore:
 
         def locked(*args: Any, **kwargs: Any) -> Any:
             with lock:
-                result = attr(*args, **kwargs)
-                if name == "scroll":  # a generator: drain it under the lock
-                    result = iter(list(result))
+                try:
+                    result = attr(*args, **kwargs)
+                    if name == "scroll":  # a generator: drain it under the lock
+                        result = iter(list(result))
+                except _ANSWERS:
+                    raise
+                except Exception as exc:
+                    self.broken = True
+                    text = (str(exc).splitlines() or [""])[0][:300]
+                    raise StoreFault(
+                        f"store {self.location}: {name} failed ({type(exc).__name__}: {text}); "
+                        "the store is opened again for the next call") from None
                 return result
 
         return locked
@@ -187,6 +212,12 @@ class LocalRunner(Runner):
         from search.store_factory import open_store
 
         with self._lock:
+            if self._store is not None and self._store.broken:
+                broken, self._store = self._store, None
+                try:
+                    broken.close()  # flushes what it can, releases the store's process lock
+                except StoreUnavailable:
+                    pass
             if self._store is None:
                 self._store = LockedStore(open_store(self.settings))
             return cast("SliceStore", self._store)
@@ -337,13 +368,23 @@ class LocalRunner(Runner):
             return sorted(str(v) for v in store.facet(coll, "volume_id", READY,
                                                       limit=1_000_000))
 
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
-        """Volumes whose files are gone, and (with ``apply``) the points deleted for them."""
-        from search.volumes import gone_volumes, prune
+    def prune(self, apply: bool) -> PruneResult:
+        """Every volume's source checked (present, gone, unknown) and, with ``apply``, the
+        gone ones deleted. The checks (a PACS may be slow) run between two store sessions; the
+        second deletes a volume only if nothing was written to it since it was listed."""
+        from runner.pacs_sources import check_pacs_sources
+        from search.volumes import GONE, PruneResult, check_sources, list_volumes, prune
 
         with self.session() as store:
-            gone = gone_volumes(store)
-            return gone, (prune(store, gone) if apply and gone else 0)
+            volumes = list_volumes(store)
+        pacs = self.settings.pacs
+        result = PruneResult(check_sources(volumes, lambda s: check_pacs_sources(s, pacs)),
+                             applied=apply)
+        gone = [c.volume for c in result.checks if c.state == GONE]
+        if apply and gone:
+            with self.session() as store:
+                result.removed_points = prune(store, gone)
+        return result
 
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:
         """Upgrade a store written before volume identities (in place, no re-embedding)."""

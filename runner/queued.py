@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from runner.queue.submit import VolumeJob
     from search.audit import AuditOptions
     from search.query import QueryOptions
-    from search.volumes import VolumeInfo
+    from search.volumes import PruneResult, VolumeInfo
 
 
 class QueueRunner(Runner):
@@ -114,7 +114,7 @@ class QueueRunner(Runner):
     def volume_ids(self, model: str) -> list[str] | None:
         return None if self._owns_store else self._local.volume_ids(model)
 
-    def prune(self, apply: bool) -> tuple[list[VolumeInfo], int]:
+    def prune(self, apply: bool) -> PruneResult:
         return self._local.prune(apply)
 
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:

@@ -2,8 +2,9 @@
 
 Real segments, WAL, HNSW and payload indexes in a local directory, no server. One directory per
 collection under the store path, each an ``EdgeShard`` plus a small ``medir.json`` with the
-vector size. Only one process may open a store directory at a time: in queue mode the worker
-owns it and serves both ingest and search.
+vector size. Only one process may open a store directory at a time (in queue mode the worker
+owns it and serves both ingest and search): the constructor takes the store's process lock
+(:mod:`search.store_lock`) before any shard is loaded, and :meth:`EdgeStore.close` releases it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from medir.config import HnswSettings, StoreSettings
 from medir.errors import StoreUnavailable
 from search.disk import check_free, disk_full_error, is_disk_full
 from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
+from search.store_lock import StoreLock
 
 _META = "medir.json"
 _VECTOR = "slice"
@@ -51,13 +53,22 @@ class EdgeStore(SliceStore):
     mode = "embedded"
 
     def __init__(self, path: str | Path, hnsw: HnswSettings | None = None,
-                 storage: StoreSettings | None = None) -> None:
+                 storage: StoreSettings | None = None, lock_wait_s: float | None = None) -> None:
+        """Open (lock) the store folder ``path``; ``lock_wait_s`` (default: the storage
+        settings') bounds the wait for another process holding it."""
         self.path = Path(path)
         self.location = str(self.path)
         self.hnsw = hnsw or HnswSettings()
         self.storage = storage or StoreSettings()
-        self.path.mkdir(parents=True, exist_ok=True)
+        wait = self.storage.lock_wait_s if lock_wait_s is None else lock_wait_s
+        self._lock = StoreLock(self.path, wait)
+        self._lock.acquire()  # before anything reads or writes the store's files
         self._shards: dict[str, qe.EdgeShard] = {}
+
+    def _locked(self) -> None:
+        """Take the lock again for a store used after :meth:`close` (it reopens lazily)."""
+        if not self._lock.held:
+            self._lock.acquire()
 
     # ---- collections ------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -89,15 +100,17 @@ class EdgeStore(SliceStore):
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
         if shard is None:
+            self._locked()
             d = self._dir(name)
             if not (d / _META).is_file():
                 raise KeyError(name)
             try:
                 shard = qe.EdgeShard.load(str(d / "shard"))
             except Exception as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise StoreUnavailable(
-                    f"{d}: cannot open the embedded store ({exc}); is another medir process "
-                    "(a worker, the UI) using it? Stop it or go through the queue"
+                    f"{d}: cannot open the embedded store ({first}); is a process other "
+                    "than medir (or an older medir) using it?"
                 ) from None
             self._shards[name] = shard
         return shard
@@ -111,6 +124,7 @@ class EdgeStore(SliceStore):
         d = self._dir(name)
         if (d / _META).is_file():
             return
+        self._locked()
         self.check_space()
         d.mkdir(parents=True, exist_ok=True)
         try:
@@ -128,7 +142,8 @@ class EdgeStore(SliceStore):
             shard.flush()
             tmp = d / (_META + ".tmp")
             tmp.write_text(json.dumps({"dim": dim, "vector": _VECTOR, "engine": "qdrant-edge",
-                                       "storage": self.storage.model_dump()}))
+                                       "storage": self.storage.model_dump(
+                                           exclude={"lock_wait_s"})}))
         except Exception as exc:  # a half-made collection is removed, not left unmarked
             try:
                 shard.close()
@@ -142,6 +157,7 @@ class EdgeStore(SliceStore):
         tmp.replace(d / _META)  # the marker makes the collection visible, last
 
     def drop_collection(self, name: str) -> None:
+        self._locked()
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
@@ -264,10 +280,14 @@ class EdgeStore(SliceStore):
                 return
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            try:
-                shard.flush()
-                shard.close()
-            except Exception:  # closing twice or after a failed op must not mask errors
-                pass
-        self._shards.clear()
+        """Flush and close every shard, then let the next process in."""
+        try:
+            for shard in self._shards.values():
+                try:
+                    shard.flush()
+                    shard.close()
+                except Exception:  # closing twice or after a failed op must not mask errors
+                    pass
+            self._shards.clear()
+        finally:
+            self._lock.release()

@@ -18,6 +18,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from medir.config import HnswSettings, StoreSettings
 from medir.errors import StoreUnavailable
 from search.store import INDEXED_KEYWORDS, Filter, Hit, Record, SlicePoint, SliceStore
+from search.store_lock import StoreLock
 
 _VECTOR = "slice"
 _TRANSIENT = (ConnectionError, TimeoutError)
@@ -93,20 +94,30 @@ class QdrantStore(SliceStore):
         hnsw: HnswSettings | None = None,
         timeout: int = 60,
         storage: StoreSettings | None = None,
+        lock_wait_s: float | None = None,
     ) -> None:
+        """A server client (``url``), or local mode on the folder ``path`` (locked like the
+        embedded store, :mod:`search.store_lock`, before qdrant-client reads it)."""
         self.hnsw = hnsw or HnswSettings()
         self.storage = storage or StoreSettings()
+        self._lock: StoreLock | None = None
+        loc = path or ":memory:"
+        if not url and loc != ":memory:":
+            wait = self.storage.lock_wait_s if lock_wait_s is None else lock_wait_s
+            self._lock = StoreLock(loc, wait)
+            self._lock.acquire()
         try:
             if url:
                 self.client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
                 self.mode, self.location = "server", url
                 self.client.get_collections()  # fail now, clearly, if unreachable
             else:
-                loc = path or ":memory:"
                 self.client = (QdrantClient(location=":memory:") if loc == ":memory:"
                                else QdrantClient(path=loc))
                 self.mode, self.location = "local", loc
         except Exception as exc:
+            if self._lock is not None:
+                self._lock.release()
             where = url or path
             raise StoreUnavailable(f"Qdrant at {where} is not reachable ({exc})") from None
 
@@ -259,6 +270,9 @@ class QdrantStore(SliceStore):
             self.client.close()
         except Exception:
             pass
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 for _name in ("collections", "collection_dim", "ensure_collection", "drop_collection", "upsert",

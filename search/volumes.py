@@ -1,10 +1,23 @@
 """What is indexed, per volume: listing (``medir volumes``), removing volumes whose files are
 gone (``medir prune``), and upgrading a store written before volume identities
-(``medir migrate``), and the store statistics (``medir info``, the collection page)."""
+(``medir migrate``), and the store statistics (``medir info``, the collection page).
+
+Prune deletes only what it can prove gone. Each volume's source is in one of three states:
+
+* **present**: the file (or DICOM series folder) is there, or the PACS lists the series;
+* **gone**: the folder it was ingested from is there, readable and not empty, and the file is
+  not in it; or the PACS, answering its study search, does not know the series (empty answer
+  or HTTP 404);
+* **unknown**: anything else: the ingest folder is missing (not mounted where prune runs:
+  the host vs ``/data`` in a container), unreadable or empty (an unmounted mount point), the
+  PACS is unreachable, refuses, or holds no study at all; a source that is no path or URL.
+  Unknown volumes are kept, with the reason.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,20 +83,145 @@ def list_volumes(store: SliceStore, collections: Sequence[str] | None = None,
     return out
 
 
-def source_exists(source: str) -> bool:
-    """Whether a volume's source is still there (a file, or a DICOM series' folder)."""
-    return bool(source) and Path(source).exists()
+PRESENT, GONE, UNKNOWN = "present", "gone", "unknown"
+PACS_PREFIX = "dicomweb+"  # a series ingested from a PACS (ingest/dicomweb.py)
+# sources of PACS series -> (state, reason) of each: asks the PACS (runner/pacs_sources.py)
+PacsCheck = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
 
 
-def gone_volumes(store: SliceStore) -> list[VolumeInfo]:
-    """Volumes whose source file (or series folder) no longer exists."""
-    return [v for v in list_volumes(store) if not source_exists(v.source)]
+@dataclass
+class SourceCheck:
+    """Whether one volume's source is present, gone or unknown, and why (not for present)."""
+
+    volume: VolumeInfo
+    state: str  # present | gone | unknown
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.volume.to_dict(), "source_state": self.state, "reason": self.reason}
 
 
-def prune(store: SliceStore, volumes: Sequence[VolumeInfo]) -> int:
-    """Delete every point (all generations) of ``volumes``; returns the points deleted."""
+@dataclass
+class PruneResult:
+    """Every volume's check, and the points deleted for the gone ones (with ``--yes``)."""
+
+    checks: list[SourceCheck] = field(default_factory=list)
+    removed_points: int = 0
+    applied: bool = False
+
+    def of(self, state: str) -> list[SourceCheck]:
+        return [c for c in self.checks if c.state == state]
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(self.of(s)) for s in (PRESENT, GONE, UNKNOWN)}
+
+    def unknown_reasons(self) -> dict[str, int]:
+        """Volumes kept per reason (the reasons name a folder or a server, not a file)."""
+        out: dict[str, int] = {}
+        for c in self.of(UNKNOWN):
+            out[c.reason] = out.get(c.reason, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "removed_points": self.removed_points,
+                "counts": self.counts(), "unknown_reasons": self.unknown_reasons(),
+                "volumes": [c.to_dict() for c in self.checks if c.state != PRESENT]}
+
+
+def ingest_root(volume_id: str, source: str) -> Path:
+    """The folder a file volume was ingested from, as far as its payload tells.
+
+    A folder ingest gives the id ``<path relative to the folder without suffix>[#k]`` and
+    stores the absolute file as the source, so ``/data/p001/ct.nii.gz`` under ``p001/ct`` came
+    from ``/data``. Any other id (a file given directly, a labels table's id, a DICOM series'
+    UID with its folder as the source) gives the source's parent folder.
+    """
+    src = Path(source)
+    dirs = volume_id.split("#")[0].split("/")[:-1]
+    if dirs and len(src.parent.parts) > len(dirs) and \
+            list(src.parent.parts[-len(dirs):]) == dirs:
+        return src.parents[len(dirs)]
+    return src.parent
+
+
+def _dir_state(folder: Path) -> str:
+    """"" for a readable folder with entries, else why it proves nothing."""
+    try:
+        if not folder.is_dir():
+            return "is not there (not mounted here?)"
+        with os.scandir(folder) as entries:
+            if next(entries, None) is None:
+                return "is empty (not mounted here?)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    return ""
+
+
+def check_file_source(volume_id: str, source: str) -> tuple[str, str]:
+    """(state, reason) of a file or DICOM-folder source; see the module docstring."""
+    if not source:
+        return UNKNOWN, "no source recorded"
+    if "://" in source:
+        return UNKNOWN, f"source {source.split('://')[0]}://… is not a file path"
+    src = Path(source)
+    if not src.is_absolute():
+        return UNKNOWN, "source is not an absolute path"
+    try:
+        src.stat()
+        return PRESENT, ""
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:  # EACCES, ESTALE, EIO: there may be a file we cannot see
+        return UNKNOWN, f"{src.parent} cannot be read ({exc.strerror or type(exc).__name__})"
+    root = ingest_root(volume_id, source)
+    why = _dir_state(root)
+    if why:
+        return UNKNOWN, f"ingest folder {root} {why}"
+    # the deepest folder left on the way down to the file must be a real, listed folder too:
+    # an unmounted mount point under the root is an empty folder
+    deepest = src.parent
+    while deepest != root and not deepest.exists():
+        deepest = deepest.parent
+    if deepest != root:
+        why = _dir_state(deepest)
+        if why:
+            return UNKNOWN, f"folder {deepest} {why}"
+    return GONE, f"not in {root}"
+
+
+def gone_volumes(store: SliceStore, pacs_check: PacsCheck | None = None) -> list[VolumeInfo]:
+    """The volumes whose source is proved gone (unknown ones are not among them)."""
+    return [c.volume for c in check_sources(list_volumes(store), pacs_check)
+            if c.state == GONE]
+
+
+def check_sources(volumes: Sequence[VolumeInfo],
+                  pacs_check: PacsCheck | None = None) -> list[SourceCheck]:
+    """The state of every volume's source: files here, PACS series through ``pacs_check``
+    (without it they are unknown)."""
+    checks = [SourceCheck(v, UNKNOWN, "PACS series are not checked here") for v in volumes]
+    on_pacs = [c for c in checks if c.volume.source.startswith(PACS_PREFIX)]
+    for c in checks:
+        if not c.volume.source.startswith(PACS_PREFIX):
+            c.state, c.reason = check_file_source(c.volume.volume_id, c.volume.source)
+    if on_pacs and pacs_check is not None:
+        states = pacs_check(sorted({c.volume.source for c in on_pacs}))
+        for c in on_pacs:
+            c.state, c.reason = states.get(c.volume.source,
+                                           (UNKNOWN, "the PACS check gave no answer"))
+    return checks
+
+
+def prune(store: SliceStore, gone: Sequence[VolumeInfo]) -> int:
+    """Delete every point (all generations) of the ``gone`` volumes, each only while its live
+    version is still the one checked (same generation and source: nothing written since);
+    returns the points deleted."""
+    checked = {(v.collection, v.volume_id): (v.gen, v.source) for v in gone}
+    colls = sorted({c for c, _ in checked} & set(store.collections()))
     n = 0
-    for v in volumes:
+    for v in list_volumes(store, colls) if colls else []:
+        if checked.get((v.collection, v.volume_id)) != (v.gen, v.source):
+            continue
         flt = Filter({"volume_id": v.volume_id})
         n += store.count(v.collection, flt)
         store.delete(v.collection, flt)

@@ -94,9 +94,11 @@ def test_edge_store_persists_and_locks(tmp_path: Path) -> None:
         s.upsert("medir_c", _points(1, 5))
     with EdgeStore(tmp_path / "s") as s:
         assert s.count("medir_c") == 5
-        other = EdgeStore(tmp_path / "s")
-        with pytest.raises(StoreUnavailable, match="another medir process"):
-            other.count("medir_c")
+        with pytest.raises(StoreUnavailable, match="in use by another medir process"):
+            EdgeStore(tmp_path / "s", lock_wait_s=0)  # refused before it loads anything
+        assert s.count("medir_c") == 5
+    with EdgeStore(tmp_path / "s", lock_wait_s=0) as s:  # closing released the lock
+        assert s.count("medir_c") == 5
 
 
 def test_hnsw_search_finds_exact_neighbours(tmp_path: Path) -> None:

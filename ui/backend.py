@@ -3,8 +3,11 @@ searches and ingests, with queue failures turned into one message saying what to
 
 Where the work runs is the runner's choice, made once from the settings: in queue mode
 (``MEDIR_REDIS_URL`` set) a worker owns the model (and, with the embedded store, the store);
-otherwise this Streamlit process embeds and searches itself, opening the embedded store per
-request under a process-wide lock (the runner's), with its embedders loaded once.
+otherwise this Streamlit process embeds and searches itself, with its embedders loaded once,
+opening the embedded store per request under a process-wide lock (the runner's) and closing it
+after: the store's process lock (:mod:`search.store_lock`) is held only while a request is
+served, so ``medir info`` and the other commands work in a shell while the UI runs (and wait,
+bounded, while it serves a request; the UI waits for them the same way).
 
 No Streamlit here: the pages render, this module computes.
 """
@@ -88,8 +91,8 @@ def queue_calls(settings: Settings) -> Iterator[None]:
 
 def stats(settings: Settings) -> dict[str, Any]:
     """Store mode, and per collection volumes, points and label facets."""
-    with queue_calls(settings):
-        return get_runner(settings).stats()
+    with queue_calls(settings), get_runner(settings) as runner:
+        return runner.stats()
 
 
 def indexed_volumes(settings: Settings, model: str) -> list[str] | None:
@@ -109,8 +112,8 @@ def search(
 ) -> dict[str, Any]:
     """One volume query (a file path, or an indexed volume id with ``by_id``) → result dict
     (``options`` were validated, and their specs parsed, when they were built)."""
-    with queue_calls(settings):
-        return get_runner(settings).search(query, options, model=model, by_id=by_id)
+    with queue_calls(settings), get_runner(settings) as runner:
+        return runner.search(query, options, model=model, by_id=by_id)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -127,8 +130,8 @@ def ingest_here(
 ) -> list[IngestReport]:
     """Ingest in this process (no broker): every volume of every file; bad files are reported."""
     options = IngestOptions(model=model, intensity=settings.intensity, labels=labels)
-    return get_runner(settings, queue=False).ingest(files, options, progress=progress,
-                                                    on_report=on_report).reports
+    with get_runner(settings, queue=False) as runner:
+        return runner.ingest(files, options, progress=progress, on_report=on_report).reports
 
 
 # ---- DICOM uploads: the CLI's reader and folder walker, with the settings' limits ---------------

@@ -408,22 +408,43 @@ def volumes(
 def prune(
     yes: Annotated[bool, typer.Option("--yes", help="Delete them (default: only list).")] =
     False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every volume's check as "
+                                          "JSON.")] = False,
 ) -> None:
-    """Remove volumes whose files are gone (a dry run listing them unless --yes)."""
+    """Remove volumes whose files are gone (a dry run listing them unless --yes).
+
+    Only a volume proved gone is removed: its ingest folder is there and readable and the file
+    is not in it, or its PACS answers and does not list the series. A volume whose folder is
+    not mounted here, or whose PACS cannot be asked, is kept (unknown), with the reason.
+    """
     from runner import get_runner
+    from search.volumes import GONE, PRESENT, UNKNOWN
 
     with get_runner(get_settings()) as runner:
-        gone, n = runner.prune(apply=yes)
-    for v in gone:
+        result = runner.prune(apply=yes)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    gone = result.of(GONE)
+    for c in gone:
+        v = c.volume
         out.print(f"{'removing' if yes else 'would remove'} {safe_text(v.volume_id)} "
-                  f"({safe_text(v.collection)}; {safe_text(v.source)} is gone)", highlight=False)
+                  f"({safe_text(v.collection)}; {safe_text(mask_secrets(v.source))} is gone: "
+                  f"{safe_text(c.reason)})", highlight=False)
+    for reason, n in result.unknown_reasons().items():
+        out.print(f"keeping {n} volume(s) that cannot be checked: "
+                  f"{safe_text(mask_secrets(reason))}", highlight=False)
+    counts = result.counts()
+    summary = (f"{counts[PRESENT]} present, {counts[GONE]} gone, {counts[UNKNOWN]} unknown "
+               "(kept)")
     if not gone:
-        out.print("nothing to prune: every indexed volume's file is there")
+        out.print(f"nothing to prune: {summary}", highlight=False)
     elif yes:
-        out.print(f"removed {len(gone)} volume(s), {n} points", highlight=False)
-    else:
-        out.print(f"{len(gone)} volume(s) would be removed; run `medir prune --yes`",
+        out.print(f"removed {len(gone)} volume(s), {result.removed_points} points; {summary}",
                   highlight=False)
+    else:
+        out.print(f"{len(gone)} volume(s) would be removed; run `medir prune --yes`; "
+                  f"{summary}", highlight=False)
 
 
 @app.command()
