@@ -210,7 +210,7 @@ def _assign_ids(found: list[VolumeSource], ids: Mapping[str, str],
 
 def labels_for(labels: LabelMap | None, volume_id: str,
                source: VolumeSource | None = None) -> dict[str, str]:
-    """The labels of one (3D) volume from a labels table (:func:`ingest.samples.load_labels_csv`).
+    """The labels of one (3D) volume from a labels table (:func:`ingest.labels.load_labels_csv`).
 
     Looked up by the volume id, then (for ``<id>#<k>``) the base id, then the source's other
     names (path relative to its folder, absolute path, file name), then the file name without

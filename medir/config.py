@@ -18,8 +18,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The defaults that code outside the settings falls back to (a library call made without the
 # settings, a UI widget's starting value): defined here once, used by the fields below.
-DEFAULT_MODEL = "dinov2-s-onnx"
+#: The int8 build of the packaged DINOv2-S (`dinov2-s-onnx-int8`): on a CPU 2.5x the float
+#: model's forward rate at the same rank-1 class on every evaluation query (docs/perf.md); GPU
+#: hosts run `dinov2-s-onnx` (fp16 torch on CUDA; docker-compose sets it).
+DEFAULT_MODEL = "dinov2-s-onnx-int8"
 DEFAULT_SAMPLING = "every-mm:7"
+#: Query slices at most (evenly spaced among the sampling's): a query's model cost is one
+#: forward pass per slice, and 20 left every evaluation query's rank-1 class unchanged.
+DEFAULT_MAX_SLICES = 20
+#: Windowing plus physical scale (every slice resampled to a 400 mm field of view before the
+#: model): leave-one-case-out modality/region 12/20 → 15/20 (the reachable ceiling), no class
+#: worse, every perturbation at least as good (docs/quality.md). A library call that names no
+#: intensity keeps plain ``auto``.
+DEFAULT_INTENSITY = "auto+fov:400"
 DEFAULT_WEIGHTING = "gaussian"
 DEFAULT_SIGMA = 0.25
 DEFAULT_K = 1
@@ -121,7 +132,7 @@ class SearchSettings(BaseModel):
         DEFAULT_SAMPLING,
         description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")
     max_slices: int = Field(
-        0, ge=0, description="at most this many query slices, evenly spaced among the "
+        DEFAULT_MAX_SLICES, ge=0, description="at most this many query slices, evenly spaced among the "
                              "sampling's (0: no cap)")
     weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
     sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
@@ -260,7 +271,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="slices per forward pass")
     upsert_batch: int = Field(512, ge=1, description="points per upsert request")
     intensity: str = Field(
-        "auto", description="preprocessing of ingest and queries: auto | percentile | ct | "
+        DEFAULT_INTENSITY, description="preprocessing of ingest and queries: auto | percentile | ct | "
         "ct-windows | auto-windows, optionally +fov:<mm> (physical scale, e.g. auto+fov:400; "
         "its vectors are a separate space: ingest and query with the same value)")
     hnsw: HnswSettings = HnswSettings()

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from ingest.embedders.base import Embedder
+    from ingest.embedders.registry import EmbedderConfig
     from ingest.pipeline import IngestReport
     from ingest.volume import Volume
     from search.audit import AuditOptions
@@ -58,20 +59,18 @@ class _Embedders:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.Lock()
-        self.items: dict[tuple[object, ...], Embedder] = {}
+        self.items: dict[EmbedderConfig, Embedder] = {}
 
     def get(self, model: str, settings: Settings) -> Embedder:
-        from ingest.embedders import configured_embedder
+        from ingest.embedders.registry import EmbedderConfig
 
         if self.pid != os.getpid():
             self.pid, self.lock, self.items = os.getpid(), threading.Lock(), {}
-        key = (model, settings.device, settings.batch_size, str(settings.weights_dir),
-               str(settings.cache_dir), settings.allow_downloads)
+        config = EmbedderConfig.of(model, settings)  # the constructor's arguments and the key
         with self.lock:
-            emb = self.items.get(key)
+            emb = self.items.get(config)
             if emb is None:
-                emb = configured_embedder(model, settings)
-                self.items[key] = emb
+                emb = self.items[config] = config.build()
             return emb
 
     def clear(self) -> None:

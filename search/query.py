@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -135,6 +135,23 @@ class QueryOptions:
                                   f"{', '.join(LABEL_KEYS)}")
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON values (the queue's message, a saved query); the inverse
+        of :meth:`from_dict`."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["filters"] = {k: list(v) for k, v in dict(self.filters).items()}
+        for name in ("exclude_cases", "like", "unlike"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueryOptions:
+        """Options from :meth:`to_dict`'s form, validated (a :class:`ConfigError` line)."""
+        filters = data.get("filters") or {}
+        if not isinstance(filters, Mapping):
+            raise ConfigError("filters must map a label to its values")
+        return cls(**{**data, "filters": {k: list(v) for k, v in filters.items()}})
 
     def parsed(self) -> tuple[Sampling, Weighting]:
         """The parsed sampling (capped at ``max_slices``) and weighting (parsed on

@@ -41,6 +41,11 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     monkeypatch.delenv("MEDIR_QDRANT_URL", raising=False)
     if "MEDIR_TEST_REDIS_URL" not in os.environ:
         monkeypatch.delenv("MEDIR_REDIS_URL", raising=False)
+    # The tests assert what was measured with plain windowing: most use synthetic volumes a
+    # few centimetres across, which the product default's physical scale (a 400 mm field of
+    # view, MEDIR_INTENSITY=auto+fov:400) would shrink to a few pixels. The default itself and
+    # the +fov option are tested by name (test_settings.py, test_trust.py, test_trust_real.py).
+    monkeypatch.setenv("MEDIR_INTENSITY", os.environ.get("MEDIR_TEST_INTENSITY", "auto"))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ingest.samples import load_labels_csv
+from ingest.labels import load_labels_csv
 from search.cohort import cohort_rows, cohort_text, slice_range
 from search.vote import SliceMatch, VolumeResult
 

@@ -142,7 +142,7 @@ def test_query_with_an_indexed_file_reuses_its_stored_vectors(
 
 def test_labels_csv_keys_by_path_and_overrides_ids(cases: Path, tmp_path: Path,
                                                   store: EdgeStore, emb: Embedder) -> None:
-    from ingest.samples import load_labels_csv, load_volume_ids
+    from ingest.labels import load_labels_csv, load_volume_ids
 
     csv = tmp_path / "labels.csv"
     csv.write_text("file,case_id,modality\np001/ct.nii.gz,,CT\np002/ct.nii.gz,kidney_7,MR\n"

@@ -22,8 +22,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from ingest.labels import load_labels_csv, read_manifest
 from ingest.reader import open_volume
-from ingest.samples import load_labels_csv, read_manifest
 from medir.config import DEFAULT_MODEL, get_settings
 from tests.queue_fixtures import (  # noqa: F401 - fixtures used by name
     StartWorker,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.samples import load_labels_csv, read_manifest
+from ingest.labels import load_labels_csv, read_manifest
 from medir.config import DEFAULT_MODEL, get_settings
 from runner.local import LocalRunner
 from search.query import QueryOptions

@@ -186,3 +186,23 @@ def test_errors_rebuilt_by_class_name_and_shown_from_one_table() -> None:
     assert error_kind(QueueUnavailable("x")) is ERROR_TABLE[QueueUnavailable]
     assert error_kind(ValueError("bug")) is UNEXPECTED and UNEXPECTED.exit_code != 2
     assert error_kind(MedirError("x")).exit_code == 2
+
+
+def test_query_options_have_one_codec() -> None:
+    """The queue's message form of the options (to_dict) reads back equal (from_dict), and a
+    hostile message is one ConfigError line, not a TypeError."""
+    import json
+
+    from medir.errors import ConfigError
+    from search.query import QueryOptions
+
+    opts = QueryOptions(sampling="every-mm:7,max=12", weighting="gaussian:2", k=3, top=7,
+                        filters={"modality": ("CT",)}, exclude_cases=("c1",), like=("a",),
+                        unlike=("b",), rerank="maxsim", max_slices=12)
+    wire = json.loads(json.dumps(opts.to_dict()))
+    back = QueryOptions.from_dict(wire)
+    assert back.to_dict() == opts.to_dict() and back.parsed()[0] == opts.parsed()[0]
+    with pytest.raises(ConfigError):
+        QueryOptions.from_dict({**wire, "filters": ["modality"]})
+    with pytest.raises(ConfigError):
+        QueryOptions.from_dict({**wire, "like": "a"})

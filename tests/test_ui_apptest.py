@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medir.config import get_settings
+from medir.config import DEFAULT_MODEL, get_settings
 from tests.conftest import MakeNifti, free_port
 from ui.paths import PathNotAllowed, resolve_in_roots
 from ui.uploads import UploadError, safe_name, save_upload
@@ -197,7 +197,7 @@ def test_collection_page_shows_volumes_and_facets(sample_store: Path) -> None:
     assert not at.exception
     summary = at.dataframe[0].value
     row = summary.iloc[0]
-    assert row["model"] == "dinov2-s-onnx"
+    assert row["model"] == DEFAULT_MODEL
     assert row["volumes"] == 11
     assert row["points (slices)"] == row["searchable points"] > 0
     assert {m.label: m.value for m in at.metric}["Store mode"] == "embedded"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -83,6 +84,37 @@ def all_models() -> list[ModelInfo]:
     return [model_class(n).info for n in model_names()]
 
 
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Everything an embedder is built from, frozen: the constructor's arguments and, as one
+    value, the key of a process's embedder cache, so two call sites can never disagree about
+    what "the same model" means (``half`` included)."""
+
+    name: str
+    device: str = "auto"
+    batch_size: int | None = None
+    half: bool | None = None
+    weights_dir: Path | None = None
+    cache_dir: Path | None = None
+    allow_downloads: bool = False
+
+    @classmethod
+    def of(cls, name: str, settings: Settings, *, device: str | None = None,
+           batch_size: int | None = None) -> EmbedderConfig:
+        """The settings' configuration of ``name`` (``device``/``batch_size`` override them);
+        the settings' plugins are registered first, so ``name`` may be a plugin's model."""
+        use_plugins(settings.plugin_modules)
+        return cls(name, device or settings.device, batch_size or settings.batch_size, None,
+                   settings.weights_dir, settings.cache_dir, settings.allow_downloads)
+
+    def build(self) -> Embedder:
+        """An (unloaded) embedder of this configuration. Weights load on first use."""
+        cls = model_class(self.name)
+        return cls(device=self.device, batch_size=self.batch_size, half=self.half,
+                   weights_dir=self.weights_dir, cache_dir=self.cache_dir,
+                   allow_downloads=self.allow_downloads)
+
+
 def get_embedder(
     name: str,
     *,
@@ -97,20 +129,15 @@ def get_embedder(
 
     ``weights_dir``, ``cache_dir`` and ``allow_downloads`` are the settings' (the runner passes
     them); left out, the defaults of :mod:`medir.config` apply."""
-    cls = model_class(name)
-    return cls(device=device, batch_size=batch_size, half=half, weights_dir=weights_dir,
-               cache_dir=cache_dir, allow_downloads=allow_downloads)
+    return EmbedderConfig(name, device, batch_size, half, weights_dir, cache_dir,
+                          allow_downloads).build()
 
 
 def configured_embedder(name: str, settings: Settings, *, device: str | None = None,
                         batch_size: int | None = None) -> Embedder:
     """An (unloaded) embedder with the settings' device, batch size, weights and cache folders
     and download opt-in (``device`` and ``batch_size`` override them)."""
-    use_plugins(settings.plugin_modules)
-    return get_embedder(name, device=device or settings.device,
-                        batch_size=batch_size or settings.batch_size,
-                        weights_dir=settings.weights_dir, cache_dir=settings.cache_dir,
-                        allow_downloads=settings.allow_downloads)
+    return EmbedderConfig.of(name, settings, device=device, batch_size=batch_size).build()
 
 
 Factory = Callable[..., Embedder]

@@ -83,7 +83,7 @@ def ingest(
     label_map = None
     ids: dict[str, str] = {}
     if labels is not None:
-        from ingest.samples import load_labels_csv, load_volume_ids
+        from ingest.labels import load_labels_csv, load_volume_ids
 
         label_map = load_labels_csv(labels)
         ids = load_volume_ids(labels)

@@ -10,7 +10,6 @@ any other job.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -282,12 +281,6 @@ def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
     return out
 
 
-def _option_dict(options: QueryOptions) -> dict[str, Any]:
-    data = dataclasses.asdict(options)
-    data["filters"] = {k: list(v) for k, v in dict(options.filters).items()}
-    return data
-
-
 def submit_search(
     volume: str,
     model: str,
@@ -303,7 +296,7 @@ def submit_search(
     if not by_id and not Path(target).exists():
         raise VolumeError(target, "no such file")
     res = app.send_task(SEARCH_TASK, queue=SEARCH_QUEUE, kwargs={
-        "volume": target, "model": model, "options": _option_dict(options), "by_id": by_id,
+        "volume": target, "model": model, "options": options.to_dict(), "by_id": by_id,
         "index_4d": index_4d,
     })
     return _wait(res, settings.queue.search_timeout, f"query {volume}")

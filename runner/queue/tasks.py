@@ -342,8 +342,7 @@ def search_volume_body(
     """The server-side vote: :meth:`runner.local.LocalRunner.search` on the worker's runner."""
     from search.query import QueryOptions
 
-    opts = QueryOptions(**{**options, "filters": {k: list(v) for k, v in
-                                                  dict(options.get("filters") or {}).items()}})
+    opts = QueryOptions.from_dict(options)
     return worker_runner().search(volume, opts, model=model, by_id=by_id, index_4d=index_4d)
 
 
