@@ -132,8 +132,9 @@ class SearchSettings(BaseModel):
         DEFAULT_SAMPLING,
         description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")
     max_slices: int = Field(
-        DEFAULT_MAX_SLICES, ge=0, description="at most this many query slices, evenly spaced among the "
-                             "sampling's (0: no cap)")
+        DEFAULT_MAX_SLICES, ge=0,
+        description="at most this many query slices, evenly spaced among the sampling's "
+                    "(0: no cap)")
     weighting: str = Field(DEFAULT_WEIGHTING, description="none | gaussian[:SIGMA]")
     sigma: float = Field(DEFAULT_SIGMA, gt=0, description="Gaussian sigma as a fraction of the "
                          "depth (when the weighting is gaussian without :SIGMA)")
@@ -271,7 +272,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="slices per forward pass")
     upsert_batch: int = Field(512, ge=1, description="points per upsert request")
     intensity: str = Field(
-        DEFAULT_INTENSITY, description="preprocessing of ingest and queries: auto | percentile | ct | "
+        DEFAULT_INTENSITY,
+        description="preprocessing of ingest and queries: auto | percentile | ct | "
         "ct-windows | auto-windows, optionally +fov:<mm> (physical scale, e.g. auto+fov:400; "
         "its vectors are a separate space: ingest and query with the same value)")
     hnsw: HnswSettings = HnswSettings()
