@@ -42,7 +42,7 @@ from ingest import versions
 from ingest.collection import VolumeSource, file_source, labels_for
 from ingest.embedders.base import Embedder
 from ingest.intensity_domain import intensity_domain
-from ingest.preprocess import preprocess_slices, resolve_intensity
+from ingest.preprocess import input_size_of, preprocess_slices, resolve_intensity
 from ingest.reader import Limits, VolumeFile
 from ingest.volume import Volume
 from medir.config import vector_space_id
@@ -129,7 +129,7 @@ def embed_volume(
 
     ``intensity``: a preprocessing spec (:class:`ingest.preprocess.Preprocessing`)."""
     norm = preprocess_slices(volume.data, volume.spacing, resolve_intensity(volume.data, intensity),
-                             embedder.info.input_size)
+                             input_size_of(embedder))
     n = volume.n_slices
     step = chunk or max(embedder.batch_size, 1)
     out = np.empty((n, embedder.dim), dtype=np.float32)
@@ -355,7 +355,7 @@ def _reader(
                     mode = resolve_intensity(vol.data, intensity)
                     vol.domain = intensity_domain(vol.data).domain  # HU or not, stored
                     norm = preprocess_slices(vol.data, vol.spacing, mode,
-                                             embedder.info.input_size)
+                                             input_size_of(embedder))
                 except MedirError as exc:
                     stats.read_s += time.perf_counter() - t_read
                     if not put(_Failed(IngestReport(str(path), vid, "failed",

@@ -106,6 +106,12 @@ class Preprocessing:
         return f"+fov:{self.fov_mm:g}" if self.fov_mm else ""
 
 
+def input_size_of(embedder: object, default: int = 224) -> int:
+    """The model's square input size (``embedder.info.input_size``; ``default`` for an
+    embedder that does not say, as a benchmark's stand-in may not)."""
+    return int(getattr(getattr(embedder, "info", None), "input_size", default))
+
+
 def preprocess_slices(data: np.ndarray, spacing: tuple[float, float, float], spec: str,
                       size: int, slices: np.ndarray | list[int] | None = None) -> np.ndarray:
     """The model-ready [0, 1] slices of a volume under a concrete spec (see

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ingest.embedders.base import Embedder
 from ingest.intensity_domain import intensity_domain
-from ingest.preprocess import preprocess_slices, resolve_intensity
+from ingest.preprocess import input_size_of, preprocess_slices, resolve_intensity
 from ingest.reader import Limits, open_volume
 from ingest.volume import Volume
 from medir.config import PacsSettings, vector_space_id
@@ -45,7 +45,7 @@ def search_volume(
     t_lookup = time.perf_counter() - t0
     if stored is None:
         vectors = embedder.embed(preprocess_slices(volume.data, volume.spacing, mode,
-                                                   embedder.info.input_size, chosen))
+                                                   input_size_of(embedder), chosen))
     else:
         vectors = stored
     t_embed = time.perf_counter() - t0 - t_lookup
