@@ -33,20 +33,13 @@ from ingest.preprocess import resolve_intensity
 from ingest.reader import open_volume
 from medir.errors import MedirError
 from medir.files import atomic_path
+from search.query import ModelId
 
 
-class SliceEmbedder(Protocol):
+class SliceEmbedder(ModelId, Protocol):
     """What the cache needs from an embedder (an :class:`ingest.embedders.Embedder` or a test
-    double): a name, an id that changes with the weights, a dimension and ``embed``."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def embedder_id(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
+    double): a query's :class:`search.query.ModelId` (name, an id that changes with the
+    weights, dimension), a batch size and ``embed``."""
 
     batch_size: int
 

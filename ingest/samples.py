@@ -30,7 +30,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
@@ -150,17 +150,26 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
                     _copy_stream_atomic(src, dest)
             return dest
         with tarfile.open(archive, mode="r|*") as tf:
-            for info in tf:
-                if info.isfile() and _member_matches(info.name, member, sdist=True):
-                    stream = tf.extractfile(info)
-                    if stream is None:  # pragma: no cover - isfile() guarantees a stream
-                        break
-                    with stream:
-                        _copy_stream_atomic(stream, dest)
-                    return dest
+            if _copy_tar_member(tf, lambda name: _member_matches(name, member, sdist=True),
+                                dest):
+                return dest
         raise MedirError(f"{archive}: has no member {member!r}")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise MedirError(f"{archive}: cannot read archive ({exc})") from None
+
+
+def _copy_tar_member(tf: tarfile.TarFile, wanted: Callable[[str], bool], dest: Path) -> bool:
+    """Stream the first regular file of ``tf`` whose name is ``wanted`` into ``dest``;
+    False when there is none."""
+    for info in tf:
+        if info.isfile() and wanted(info.name):
+            stream = tf.extractfile(info)
+            if stream is None:  # pragma: no cover - isfile() guarantees a stream
+                return False
+            with stream:
+                _copy_stream_atomic(stream, dest)
+            return True
+    return False
 
 
 _AR_MAGIC = b"!<arch>\n"
@@ -203,14 +212,8 @@ def _extract_deb_member(archive: Path, member: str, dest: Path) -> Path:
     """Stream one installed file (``usr/share/...``) out of a ``.deb`` into ``dest``."""
     try:
         with open(archive, "rb") as fh, _open_deb_data(fh, archive) as tf:
-            for info in tf:
-                if info.isfile() and info.name.lstrip("./") == member:
-                    stream = tf.extractfile(info)
-                    if stream is None:  # pragma: no cover - isfile() guarantees a stream
-                        break
-                    with stream:
-                        _copy_stream_atomic(stream, dest)
-                    return dest
+            if _copy_tar_member(tf, lambda name: name.lstrip("./") == member, dest):
+                return dest
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise MedirError(f"{archive}: cannot read archive ({exc})") from None
     raise MedirError(f"{archive}: has no member {member!r}")
