@@ -341,8 +341,10 @@ def search_vectors(
     t2 = time.perf_counter()
     timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
     if marked:
-        liked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.like]
-        unliked = [_marked_vote(store, coll, v, options, embedder_id) for v in options.unlike]
+        liked = [_marked_vote(store, coll, v, options, embedder_id, domain)
+                 for v in options.like]
+        unliked = [_marked_vote(store, coll, v, options, embedder_id, domain)
+                   for v in options.unlike]
         result.ranking = feedback_ranking(result, liked, unliked, marked, top=n_vote)
         timings["feedback_s"] = time.perf_counter() - t2
         t2 = time.perf_counter()
@@ -361,9 +363,10 @@ def search_vectors(
 
 
 def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
-                 embedder_id: str | None) -> VoteResult:
+                 embedder_id: str | None, domain: str = "") -> VoteResult:
     """A marked volume's own vote: its stored slice vectors as a query (no model pass),
-    itself left out, ranked deep enough to be combined (:func:`feedback_ranking`)."""
+    itself left out, in the query's intensity domain (``domain``, unless the options ask for
+    cross-modality search), ranked deep enough to be combined (:func:`feedback_ranking`)."""
     found = volume_vectors(store, coll, volume_id, embedder_id)
     if found is None:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll} to mark")
@@ -371,9 +374,9 @@ def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOpt
     plain = QueryOptions(sampling=options.sampling, weighting=options.weighting, k=options.k,
                          top=FEEDBACK_DEPTH, filters=options.filters, exact=options.exact,
                          intensity=options.intensity, exclude_cases=options.exclude_cases,
-                         max_slices=options.max_slices)
+                         max_slices=options.max_slices, cross_modality=options.cross_modality)
     return search_vectors(store, coll, vectors, n, dz, plain, exclude_volume=volume_id,
-                          slice_indices=slices, embedder_id=embedder_id).vote
+                          slice_indices=slices, embedder_id=embedder_id, domain=domain).vote
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,

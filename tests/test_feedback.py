@@ -67,3 +67,48 @@ def test_marks_move_a_real_ranking(tmp_path: Path, make_nifti) -> None:
             search_indexed("case0", store, emb, replace(opts, like=["nope"]))
     with pytest.raises(ConfigError, match="list of volume ids"):
         QueryOptions(like="case1")
+
+
+def test_bench_feedback_measures_one_mark(tmp_path: Path) -> None:
+    """`medir bench feedback` on a synthetic collection: every query runs before and after one
+    simulated mark through the product's query; the JSON counts the marks and the answers."""
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
+    from medir.cli import app
+    from tests.test_audit import _textured
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    rows = []
+    for i in range(6):  # three classes, two cases each; similar textures within a class
+        vol = _textured(i % 3, n=16) + np.float32(i * 3)
+        name = f"v{i}"
+        nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1.0])), str(coll / f"{name}.nii.gz"))
+        rows.append({"case_id": name, "file": f"{name}.nii.gz", "modality": "MR",
+                     "region": ["head", "chest", "knee"][i % 3], "case": name, "dataset": "t"})
+    write_manifest(coll / "manifest.csv", rows, EVAL_MANIFEST_COLUMNS)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [
+        "bench", "feedback", "--dataset", str(coll), "--model", "test-tiny", "--prep",
+        "percentile", "--cache", str(tmp_path / "c"), "--out", str(out), "--no-progress",
+        "--allow-busy", "--page", "5", "--k", "1"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "feedback.json").read_text())
+    assert doc["git"]["commit"] and set(doc["results"]) == {"query", "like", "unlike",
+                                                           "like+unlike"}
+    assert all(t["n"] == 6 for t in doc["results"].values())
+    assert len(doc["queries"]) == 6
+    # a liked volume is of the query's class, an unliked one is not, and neither comes back
+    for q in doc["queries"]:
+        assert q["like"] != q["volume"]
+        assert q["unlike"] is None or q["unlike"] == q["top"]["query"]
+        if q["like"]:
+            assert q["top"]["like"] != q["like"]
+        if q["unlike"]:
+            assert q["top"]["unlike"] != q["unlike"]
+    # liking a same-class result can only keep or fix rank-1 here (the twin is the answer)
+    assert doc["results"]["like"]["rank1"] >= doc["results"]["query"]["rank1"]

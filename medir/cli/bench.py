@@ -239,6 +239,55 @@ def audit(
     print(f"→ {path}", file=sys.stderr)
 
 
+@app.command("feedback")
+@_errors
+def feedback(
+    dataset: Annotated[Path | None, typer.Option(
+        help="A folder with manifest.csv (default: data/eval).")] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model (default: configured).")
+                     ] = None,
+    prep: Annotated[str | None, typer.Option(
+        help="Preprocessing (default: the configured intensity).")] = None,
+    page: Annotated[int, typer.Option(help="Results the simulated user looks at.")] = 10,
+    k: Annotated[int, typer.Option(help="precision@k.")] = 5,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/feedback"),
+    cache: Annotated[Path | None, typer.Option(
+        help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
+    ] = None,
+    allow_busy: Annotated[bool, typer.Option(
+        "--allow-busy", help="Run even when the machine is busy (the JSON says so).")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """How much one "more like this" / "not this" mark helps: leave-one-case-out queries
+    through the product's query, before and after one simulated mark."""
+    from benchmarks.cache import ArrayCache
+    from benchmarks.datasets import load_dataset
+    from benchmarks.feedback_eval import run_feedback_eval
+    from benchmarks.machine import check_machine, stamp
+    from ingest.embedders import configured_embedder
+    from search.query import configured_options
+
+    guard = check_machine(allow_busy)
+    settings = get_settings()
+    name = model or settings.model
+    spec = prep or settings.intensity
+    ds = load_dataset(dataset or settings.data_dir / "eval")
+    embedder = configured_embedder(name, settings)
+    options = configured_options(settings.search, intensity=spec)
+    result = run_feedback_eval(ds, embedder, ArrayCache(cache or settings.cache_dir / "quality",
+                                                         name),
+                               prep=spec, options=options, page=page, k=k, progress=progress)
+    result = {**stamp(guard), "model": name, **result}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "feedback.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for variant, t in result["results"].items():
+        typer.echo(f"{variant:12s} rank-1 class {t['rank1']}/{t['n']}  "
+                   f"precision@{k} {t['precision']:.2f}")
+    typer.echo(f"marks: {result['marks']['like']} like, {result['marks']['unlike']} unlike")
+    print(f"→ {path}", file=sys.stderr)
+
+
 @app.command("engines")
 @_errors
 def engines(
