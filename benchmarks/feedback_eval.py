@@ -9,8 +9,10 @@ scanning the first page would:
   ``page`` results, when there is one;
 - *unlike*: the first result, when it is of another class;
 
-and the query runs again with that mark. Reported per variant: rank-1 class accuracy and the
-share of the query's class among the first ``k`` results (precision@k). Labels only simulate the
+and the query runs again with that mark. Reported per variant, over the queries where that
+mark was possible: rank-1 class accuracy and the share of the query's class among the first
+``k`` results (precision@k), *before* (the first answer without the marked volumes, which the
+user has seen) and *after* (the answer with the mark). Labels only simulate the
 user's eye; the ranking never reads them.
 """
 
@@ -45,6 +47,10 @@ def _precision(ranking: Sequence[VolumeResult], cls: str, k: int) -> float:
     return sum(_class(r.labels) == cls for r in top) / k if top else 0.0
 
 
+def _top(ranking: Sequence[VolumeResult]) -> str:
+    return ranking[0].volume_id if ranking else ""
+
+
 def run_feedback_eval(dataset: Dataset, embedder: SliceEmbedder, cache: ArrayCache, *,
                       prep: str = "auto", stride_mm: float = 5.0, max_slices: int = 40,
                       options: QueryOptions | None = None, page: int = 10, k: int = 5,
@@ -55,8 +61,9 @@ def run_feedback_eval(dataset: Dataset, embedder: SliceEmbedder, cache: ArrayCac
                         top=max(page, k), intensity=str(p))
     coll = collection_name(embedder.name)
     space = vector_space_id(embedder.embedder_id, str(p))
-    tallies = {name: {"n": 0, "rank1": 0, "precision": 0.0} for name in
-               ("query", "like", "unlike", "like+unlike")}
+    variants = ("like", "unlike", "like+unlike")
+    tallies: dict[str, dict[str, Any]] = {name: {"n": 0, "before": {"rank1": 0, "precision": 0.0},
+                      "after": {"rank1": 0, "precision": 0.0}} for name in variants}
     marks = {"like": 0, "unlike": 0}
     rows = []
     with tempfile.TemporaryDirectory(prefix="medir-feedback-") as tmp:
@@ -98,18 +105,26 @@ def run_feedback_eval(dataset: Dataset, embedder: SliceEmbedder, cache: ArrayCac
                     runs["like+unlike"] = search_indexed(vid, store, embedder, replace(  # type: ignore[arg-type]
                         opts, like=[like], unlike=[unlike])).ranking
                 row: dict[str, Any] = {"volume": vid, "class": cls, "like": like,
-                                       "unlike": unlike, "top": {}}
-                for name in tallies:
-                    ranking = runs.get(name, first)  # no mark possible: the answer stands
-                    ok = bool(ranking) and _class(ranking[0].labels) == cls
-                    tallies[name]["n"] += 1
-                    tallies[name]["rank1"] += int(ok)
-                    tallies[name]["precision"] += _precision(ranking, cls, k)
-                    row["top"][name] = ranking[0].volume_id if ranking else ""
+                                       "unlike": unlike, "top": {"query": _top(first)}}
+                marked = {"like": [like], "unlike": [unlike], "like+unlike": [like, unlike]}
+                for name in variants:
+                    if name not in runs:
+                        continue  # no such mark on this query's first page
+                    # before: the first answer without the marked volumes (a user who marked
+                    # them knows them already); after: the answer with the mark
+                    before = [r for r in first if r.volume_id not in marked[name]]
+                    t = tallies[name]
+                    t["n"] += 1
+                    for when, ranking in (("before", before), ("after", runs[name])):
+                        t[when]["rank1"] += int(bool(ranking)
+                                                and _class(ranking[0].labels) == cls)
+                        t[when]["precision"] += _precision(ranking, cls, k)
+                    row["top"][name] = _top(runs[name])
                 rows.append(row)
         finally:
             store.close()
     for t in tallies.values():
-        t["precision"] = round(t["precision"] / max(t["n"], 1), 4)
+        for when in ("before", "after"):
+            t[when]["precision"] = round(t[when]["precision"] / max(t["n"], 1), 4)
     return {"dataset": dataset.name, "prep": str(p), "page": page, "k": k,
             "options": base_opts.to_dict(), "marks": marks, "results": tallies, "queries": rows}

@@ -282,8 +282,9 @@ def feedback(
     path = out / "feedback.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     for variant, t in result["results"].items():
-        typer.echo(f"{variant:12s} rank-1 class {t['rank1']}/{t['n']}  "
-                   f"precision@{k} {t['precision']:.2f}")
+        b, a = t["before"], t["after"]
+        typer.echo(f"{variant:12s} {t['n']:3d} queries: rank-1 class {b['rank1']} → "
+                   f"{a['rank1']}, precision@{k} {b['precision']:.2f} → {a['precision']:.2f}")
     typer.echo(f"marks: {result['marks']['like']} like, {result['marks']['unlike']} unlike")
     print(f"→ {path}", file=sys.stderr)
 
