@@ -127,9 +127,15 @@ def test_ingest_exactly_those_series_then_skip(orthanc: Orthanc, study: dict,  #
     none = medir("ingest", "pacs", "--date-from", "20300101", env=env)
     assert "0 series match" in none.stdout
 
-    # results carry the UIDs: query with the CT series from the PACS, the MR is found
+    # the CT series from the PACS as a query: the only other volume is an MR, which the
+    # modality guard keeps out by default ...
     q = medir("search", "--pacs-series", study["ct"][0].SeriesInstanceUID, "--json",
               "--top", "5", env=env)
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout) == []
+    # ... and results carry the UIDs: asked across modalities, the MR is found
+    q = medir("search", "--pacs-series", study["ct"][0].SeriesInstanceUID, "--json",
+              "--top", "5", "--cross-modality", env=env)
     assert q.returncode == 0, q.stderr
     ranking = json.loads(q.stdout)
     assert [r["volume_id"] for r in ranking] == [study["mr"][0].SeriesInstanceUID]
