@@ -303,7 +303,7 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
     out.print(f"query {safe_text(q['volume_id'])} ({q['n_slices']} slices, "
               f"{len(q['chosen_slices'])} chosen) model {safe_text(result['model'])}",
               highlight=False)
-    out.print(_domain_line(result), highlight=False)
+    out.print(safe_text(_domain_line(result)), highlight=False)
     table = Table("rank", "volume", "votes", "score", "sim", "labels", "best slice pairs q→db")
     table.columns[1].no_wrap = True
     for r in result["ranking"]:
@@ -313,7 +313,7 @@ def _print_ranking(result: dict[str, Any], explain: int) -> None:
         table.add_row(str(r["rank"]), safe_text(r["volume_id"]), f"{r['votes']:.2f}",
                       f"{r['score']:.3f}", f"{r['similarity']:.3f}", safe_text(labels), pairs)
     out.print(table)
-    out.print(_answer_line(result), highlight=False)
+    out.print(safe_text(_answer_line(result)), highlight=False)
     t = result["timings"]
     embed = (f"embed {t.get('embed_s', 0) * 1e3:.0f} ms"
              if result["query"].get("vectors", "embedded") == "embedded"
