@@ -199,10 +199,11 @@ def _scaled_image(shape: tuple[int, ...], seed: int, kind: str) -> Any:
 def gz_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of what the reader does with a .nii.gz: bytes its bounded decompression yields,
     gzip streams it (re)opens to read voxels, separate sha256 passes over the file."""
+    import ingest.limits as limits
     import ingest.reader as reader
 
     counts = {"decompressed": 0, "reopened": 0, "hashed": 0}
-    real_decompressor, real_open, real_sha = (reader.gzip_decompressor, reader.open_gzip,
+    real_decompressor, real_open, real_sha = (limits.gzip_decompressor, reader.open_gzip,
                                               reader.file_sha256)
 
     class Counting:
@@ -225,7 +226,7 @@ def gz_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts["hashed"] += 1
         return real_sha(p)
 
-    monkeypatch.setattr(reader, "gzip_decompressor", Counting)
+    monkeypatch.setattr(limits, "gzip_decompressor", Counting)  # the bounded decompression
     monkeypatch.setattr(reader, "open_gzip", reopen)
     monkeypatch.setattr(reader, "file_sha256", sha)
     return counts
