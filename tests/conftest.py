@@ -16,6 +16,10 @@ from medir.config import DEFAULT_MODEL, Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests assert what was measured with plain windowing (see _isolated_settings); set here
+# too, for the session- and module-scoped fixtures and the worker processes they start.
+os.environ["MEDIR_INTENSITY"] = os.environ.get("MEDIR_TEST_INTENSITY", "auto")
+
 # Redis server, per-test broker databases and worker subprocesses (issue: background queue).
 pytest_plugins = ["tests.queue_fixtures"]
 
