@@ -160,6 +160,7 @@ def test_search_page_real_search_by_indexed_volume(sample_store: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # every 5 mm: every slice of the 5 mm CT (the widget starts from the configured sampling)
     monkeypatch.setenv("MEDIR_SEARCH__SAMPLING", "every-mm:5")
+    monkeypatch.setenv("MEDIR_SEARCH__MAX_SLICES", "0")  # all 48, not the default cap of 20
     get_settings.cache_clear()
     at = _page("search_page").run()
     at.radio(key="source").set_value("An indexed volume").run()
@@ -187,6 +188,11 @@ def test_search_page_label_filter(sample_store: Path) -> None:
     at.radio(key="source").set_value("An indexed volume").run()
     at.selectbox(key="volume_id").set_value(CT_CHEST).run()
     at.multiselect(key="filter_modality").set_value(["MR"]).run()
+    at.button(key="go").click().run()
+    # a CT query keeps to CT volumes: filtered to MR, nothing is left ...
+    assert not at.dataframe and any("No volume matched" in w.value for w in at.warning)
+    # ... unless the user asks for cross-modality search
+    at.checkbox(key="cross_modality").check().run()
     at.button(key="go").click().run()
     table = at.dataframe[0].value
     assert set(table["modality"]) == {"MR"}
