@@ -354,6 +354,18 @@ def nrrd_affine_and_axes(header: Mapping[str, Any], ndim: int,
     return affine, spatial
 
 
+def _save_nifti(data: np.ndarray, affine: np.ndarray, dest: Path) -> Path:
+    """``data`` as a NIfTI file with ``affine`` as both qform and sform (millimetres), written
+    whole or not at all."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    with _atomic_path(dest) as tmp:
+        nib.save(img, tmp)
+    return dest
+
+
 def nrrd_to_nifti(src: Path, dest: Path) -> Path:
     """Convert an NRRD volume to NIfTI (atomic write), keeping voxels, spacing and orientation.
 
@@ -376,13 +388,7 @@ def nrrd_to_nifti(src: Path, dest: Path) -> Path:
         raise VolumeError(src, str(exc)) from None
     others = [i for i in range(data.ndim) if i not in spatial]
     data = np.transpose(data, spatial + others)
-    img = nib.Nifti1Image(np.asanyarray(data), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units(xyz="mm")
-    with _atomic_path(dest) as tmp:
-        nib.save(img, tmp)
-    return dest
+    return _save_nifti(np.asanyarray(data), affine, dest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,13 +458,7 @@ def inv3_to_nifti(src: Path, dest: Path) -> Path:
     data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
     data = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype.newbyteorder("="))
     affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units(xyz="mm")
-    with _atomic_path(dest) as tmp:
-        nib.save(img, tmp)
-    return dest
+    return _save_nifti(data, affine, dest)
 
 
 # --------------------------------------------------------------------------------------------
