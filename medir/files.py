@@ -54,11 +54,6 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes, *, mode: int | None = None) -> None:
-    with atomic_path(target, mode=mode) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(target: str | Path, text: str, *, mode: int | None = None) -> None:
     with atomic_path(target, mode=mode) as tmp:
         tmp.write_text(text)

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medir.errors import ConfigError, MedirError
+from search.live import live_vectors
 from search.store import COMPLETE, LABEL_KEYS, Filter, Hit, SliceStore
 from search.volumes import VolumeInfo, list_volumes
 
@@ -155,24 +156,6 @@ def combine(a: VolumeInfo, b: VolumeInfo, ab: _Directed | None, ba: _Directed | 
         _range(a_sl), _range(b_sl), dict(a.labels), dict(b.labels), a.source, b.source)
 
 
-def _vectors(store: SliceStore, coll: str, vol: VolumeInfo
-             ) -> tuple[NDArray[np.float32], list[tuple[int, float]]]:
-    """One volume's live slice vectors, in slice order, with (slice, z mm)."""
-    rows: list[tuple[int, float, NDArray[np.float32]]] = []
-    flt = Filter({"volume_id": vol.volume_id, "gen": vol.gen, "state": COMPLETE})
-    for rec in store.scroll(coll, flt, with_vectors=True):
-        if rec.vector is None:
-            continue
-        s = int(rec.payload.get("slice", -1))
-        z = rec.payload.get("z_mm")
-        rows.append((s, float(z) if z is not None else float(s),
-                     np.asarray(rec.vector, np.float32)))
-    rows.sort(key=lambda r: r[0])
-    if not rows:
-        return np.zeros((0, store.collection_dim(coll)), np.float32), []
-    return np.stack([r[2] for r in rows]), [(r[0], r[1]) for r in rows]
-
-
 def audit_duplicates(
     store: SliceStore,
     coll: str,
@@ -198,10 +181,12 @@ def audit_duplicates(
     if embedder_id:
         must["embedder"] = embedder_id
     for i, vol in enumerate(volumes.values()):
-        vectors, slices = _vectors(store, coll, vol)
-        if len(slices):
+        stored = live_vectors(store, coll, vol.volume_id, embedder_id)
+        if stored is not None:
+            slices = list(zip(stored.slices.tolist(), stored.z_mm.tolist(), strict=True))
             flt = Filter(must, {"volume_id": vol.volume_id})
-            hits = store.search_batch(coll, vectors, k, flt, payload_keys=AUDIT_PAYLOAD_KEYS)
+            hits = store.search_batch(coll, stored.vectors, k, flt,
+                                      payload_keys=AUDIT_PAYLOAD_KEYS)
             hits = [[h for h in row if str(h.payload.get("volume_id")) in volumes
                      and str(h.payload.get("gen", "")) == volumes[
                          str(h.payload.get("volume_id"))].gen] for row in hits]
@@ -270,15 +255,3 @@ def similarity_matrix(pairs: Sequence[DuplicatePair]) -> tuple[list[str], NDArra
     for p in pairs:
         m[pos[p.a], pos[p.b]] = m[pos[p.b], pos[p.a]] = p.score
     return ids, m
-
-
-def pair_labels(pairs: Sequence[DuplicatePair]) -> Mapping[str, int]:
-    """How many pairs cross each value pair of the labels (a quick leakage summary)."""
-    out: dict[str, int] = {}
-    for p in pairs:
-        for key in LABEL_KEYS:
-            la, lb = p.labels_a.get(key), p.labels_b.get(key)
-            if la and lb and la != lb:
-                name = f"{key}:{min(la, lb)}~{max(la, lb)}"
-                out[name] = out.get(name, 0) + 1
-    return out

@@ -22,43 +22,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from numpy.typing import NDArray
 
 from medir.errors import ConfigError
-from search.store import COMPLETE, Filter, SliceStore
 from search.vote import VolumeResult, VoteResult
 
 DEFAULT_UNLIKE_WEIGHT = 1.0
 MAX_MARKED = 50  # liked + unliked volumes in one request
 FEEDBACK_DEPTH = 50  # volumes each vote ranks before the votes are combined
-
-
-def volume_vectors(store: SliceStore, coll: str, volume_id: str, embedder_id: str | None
-                   ) -> tuple[NDArray[np.float32], NDArray[np.int64], int, float] | None:
-    """An indexed volume's live slice vectors (its highest ready generation), their slice
-    indices, its slice count and z spacing; None when it is not indexed (with ``embedder_id``,
-    when given)."""
-    by_gen: dict[str, list[tuple[int, NDArray[np.float32]]]] = {}
-    meta: dict[str, tuple[int, float]] = {}
-    must: dict[str, str] = {"volume_id": volume_id, "state": COMPLETE}
-    if embedder_id:
-        must["embedder"] = embedder_id
-    flt = Filter(must)
-    for rec in store.scroll(coll, flt, with_vectors=True):
-        if rec.vector is None:
-            continue
-        gen = str(rec.payload.get("gen", ""))
-        by_gen.setdefault(gen, []).append((int(rec.payload.get("slice", 0)),
-                                           np.asarray(rec.vector, np.float32)))
-        spacing = rec.payload.get("spacing") or [1.0, 1.0, 1.0]
-        meta[gen] = (int(rec.payload.get("n_slices", 0)), float(spacing[2]))
-    if not by_gen:
-        return None
-    gen = max(by_gen)
-    rows = sorted(by_gen[gen], key=lambda t: t[0])
-    n, dz = meta[gen]
-    return (np.stack([v for _, v in rows]), np.asarray([s for s, _ in rows], np.int64),
-            max(n, rows[-1][0] + 1), dz)
 
 
 def _shares(result: VoteResult) -> dict[str, float]:

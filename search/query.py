@@ -31,8 +31,8 @@ from medir.config import (
 from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
 from search.calibration import answer_dict, collection_calibration, judge_vote
 from search.domain import opposite
-from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking, volume_vectors
-from search.live import check_layout, live_records
+from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking
+from search.live import check_layout, live_records, live_vectors
 from search.rerank import check_rerank, rerank_order, rerank_scores
 from search.sampling import Sampling, Weighting
 from search.store import (
@@ -319,27 +319,14 @@ def search_vectors(
     query's intensity domain) keeps out stored volumes of the other domain unless the options
     ask for ``cross_modality``.
     """
-    sampling, weighting = options.parsed()
-    idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
-    chosen = sampling.select(n_slices, z_spacing)
-    pos = {int(s): i for i, s in enumerate(idx_all)}
-    rows = [pos[int(c)] for c in chosen if int(c) in pos]
-    chosen_list = [int(idx_all[r]) for r in rows]
-    weights = weighting.weights(np.asarray(chosen_list), n_slices)
-    t0 = time.perf_counter()
-    hits = store.search_batch(coll, slice_vectors[rows], options.k,
-                              _filter(options, exclude_content, exclude_volume, embedder_id,
-                                      domain),
-                              exact=options.exact,
-                              payload_keys=HIT_PAYLOAD_KEYS)
-    t1 = time.perf_counter()
     method = check_rerank(options.rerank)
     n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
     marked = [*options.like, *options.unlike]
-    result = vote(chosen_list, weights.tolist(), hits,
-                  top=max(n_vote, FEEDBACK_DEPTH) if marked else n_vote)
+    rows, chosen_list, weights, result, timings = _knn_vote(
+        store, coll, slice_vectors, n_slices, z_spacing, options,
+        _filter(options, exclude_content, exclude_volume, embedder_id, domain),
+        slice_indices, max(n_vote, FEEDBACK_DEPTH) if marked else n_vote)
     t2 = time.perf_counter()
-    timings = {"knn_s": t1 - t0, "vote_s": t2 - t1}
     if marked:
         liked = [_marked_vote(store, coll, v, options, embedder_id, domain)
                  for v in options.like]
@@ -362,21 +349,41 @@ def search_vectors(
                         answer_dict(result, verdict))
 
 
+def _knn_vote(store: SliceStore, coll: str, slice_vectors: np.ndarray, n_slices: int,
+              z_spacing: float, options: QueryOptions, flt: Filter,
+              slice_indices: np.ndarray | None, top: int
+              ) -> tuple[list[int], list[int], np.ndarray, VoteResult, dict[str, float]]:
+    """The query's core: the chosen slices (their rows in ``slice_vectors`` and their slice
+    indices), their weights, one batched k-NN request and the vote over its hits, ranked
+    ``top`` deep, with the seconds of the k-NN and the vote."""
+    sampling, weighting = options.parsed()
+    idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
+    chosen = sampling.select(n_slices, z_spacing)
+    pos = {int(s): i for i, s in enumerate(idx_all)}
+    rows = [pos[int(c)] for c in chosen if int(c) in pos]
+    chosen_list = [int(idx_all[r]) for r in rows]
+    weights = weighting.weights(np.asarray(chosen_list), n_slices)
+    t0 = time.perf_counter()
+    hits = store.search_batch(coll, slice_vectors[rows], options.k, flt, exact=options.exact,
+                              payload_keys=HIT_PAYLOAD_KEYS)
+    t1 = time.perf_counter()
+    result = vote(chosen_list, weights.tolist(), hits, top=top)
+    return rows, chosen_list, weights, result, {"knn_s": t1 - t0,
+                                                "vote_s": time.perf_counter() - t1}
+
+
 def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
                  embedder_id: str | None, domain: str = "") -> VoteResult:
     """A marked volume's own vote: its stored slice vectors as a query (no model pass),
     itself left out, in the query's intensity domain (``domain``, unless the options ask for
-    cross-modality search), ranked deep enough to be combined (:func:`feedback_ranking`)."""
-    found = volume_vectors(store, coll, volume_id, embedder_id)
+    cross-modality search), ranked deep enough to be combined (:func:`feedback_ranking`);
+    no re-ranking, no confidence (only its shares are used)."""
+    found = live_vectors(store, coll, volume_id, embedder_id)
     if found is None:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll} to mark")
-    vectors, slices, n, dz = found
-    plain = QueryOptions(sampling=options.sampling, weighting=options.weighting, k=options.k,
-                         top=FEEDBACK_DEPTH, filters=options.filters, exact=options.exact,
-                         intensity=options.intensity, exclude_cases=options.exclude_cases,
-                         max_slices=options.max_slices, cross_modality=options.cross_modality)
-    return search_vectors(store, coll, vectors, n, dz, plain, exclude_volume=volume_id,
-                          slice_indices=slices, embedder_id=embedder_id, domain=domain).vote
+    return _knn_vote(store, coll, found.vectors, found.n_slices, found.z_spacing, options,
+                     _filter(options, None, volume_id, embedder_id, domain), found.slices,
+                     FEEDBACK_DEPTH)[3]
 
 
 def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
@@ -449,20 +456,13 @@ def search_indexed(
     space = vector_space_id(embedder.embedder_id, options.intensity)
     coll = check_collection(store, embedder, space)
     # the live version only: during a re-ingest the old and new ones are briefly both ready
-    records = sorted(live_records(list(store.scroll(
-        coll, Filter({"volume_id": volume_id, **READY.must,
-                        "embedder": space}), with_vectors=True))),
-        key=lambda r: int(r.payload["slice"]))
-    if not records:
+    stored = live_vectors(store, coll, volume_id, space)
+    if stored is None:
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll}")
-    first = records[0].payload
-    n = int(first["n_slices"])
-    spacing = [float(s) for s in first["spacing"]]
-    vectors = np.stack([r.vector for r in records if r.vector is not None])
-    slices = np.asarray([int(r.payload["slice"]) for r in records])
+    first, n = stored.payload, stored.n_slices
     found = search_vectors(
-        store, coll, vectors, n, spacing[2], options,
-        exclude_volume=volume_id, slice_indices=slices,
+        store, coll, stored.vectors, n, stored.z_spacing, options,
+        exclude_volume=volume_id, slice_indices=stored.slices,
         embedder_id=space, domain=str(first.get("domain", "")),
     )
     return SearchResult(volume_id, str(first.get("source", "")), embedder.name, n,
