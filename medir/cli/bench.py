@@ -187,13 +187,30 @@ def quality(
     print(f"→ {files['json']}", file=sys.stderr)
 
 
+EvalDatasetOpt = Annotated[Path | None, typer.Option(
+    help="A folder with manifest.csv (default: data/eval).")]
+EvalModelOpt = Annotated[str | None, typer.Option(help="Embedding model (default: configured).")]
+QualityCacheOpt = Annotated[Path | None, typer.Option(
+    help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")]
+
+
+def _write_run(out: Path, bench: str, header: dict[str, Any], model: str,
+               result: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """``<out>/<bench>.json``: the run's header (machine, commit, load), model and result."""
+    from medir.files import atomic_write_text
+
+    doc = {**header, "model": model, **result}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{bench}.json"
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return doc, path
+
+
 @app.command("audit")
 @_errors
 def audit(
-    dataset: Annotated[Path | None, typer.Option(
-        help="A folder with manifest.csv (default: data/eval).")] = None,
-    model: Annotated[str | None, typer.Option(help="Embedding model (default: configured).")
-                     ] = None,
+    dataset: EvalDatasetOpt = None,
+    model: EvalModelOpt = None,
     prep: Annotated[str, typer.Option(help="Preprocessing (as in bench quality).")] = "auto",
     perturb: Annotated[list[str] | None, typer.Option(
         help="Perturbations that make the known duplicates (default: z50, upper, crop180, "
@@ -202,9 +219,7 @@ def audit(
     db_stride: Annotated[float, typer.Option(help="Stored slices every N mm.")] = 5.0,
     db_max_slices: Annotated[int, typer.Option(help="At most this many per volume.")] = 40,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/audit"),
-    cache: Annotated[Path | None, typer.Option(
-        help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
-    ] = None,
+    cache: QualityCacheOpt = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     allow_busy: AllowBusyOpt = False,
 ) -> None:
@@ -222,16 +237,12 @@ def audit(
     name = model or settings.model
     suite = get_perturbations(_split(perturb) or list(AUDIT_PERTURBATIONS))
     ds = load_dataset(dataset or settings.data_dir / "eval")
-    embedder = configured_embedder(name, settings, device=settings.device,
-                                   batch_size=settings.batch_size)
+    embedder = configured_embedder(name, settings)
     result = run_audit_eval(ds, embedder, ArrayCache(cache or settings.cache_dir / "quality",
                                                       name),
                             suite, prep=prep, k=k, stride_mm=db_stride,
                             max_slices=db_max_slices, progress=progress)
-    result = {**stamp(guard), "model": name, **result}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "audit.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result, path = _write_run(out, "audit", stamp(guard), name, result)
     b = result["best"]
     typer.echo(f"best: slice >= {b['slice_min']}, pair >= {b['pair_min']}: precision "
                f"{b['precision']:.2f}, recall {b['recall']:.2f} ({b['tp']} found, {b['fp']} "
@@ -242,20 +253,15 @@ def audit(
 @app.command("feedback")
 @_errors
 def feedback(
-    dataset: Annotated[Path | None, typer.Option(
-        help="A folder with manifest.csv (default: data/eval).")] = None,
-    model: Annotated[str | None, typer.Option(help="Embedding model (default: configured).")
-                     ] = None,
+    dataset: EvalDatasetOpt = None,
+    model: EvalModelOpt = None,
     prep: Annotated[str | None, typer.Option(
         help="Preprocessing (default: the configured intensity).")] = None,
     page: Annotated[int, typer.Option(help="Results the simulated user looks at.")] = 10,
     k: Annotated[int, typer.Option(help="precision@k.")] = 5,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/feedback"),
-    cache: Annotated[Path | None, typer.Option(
-        help="Embedding cache folder (default: <cache_dir>/quality, shared with quality).")
-    ] = None,
-    allow_busy: Annotated[bool, typer.Option(
-        "--allow-busy", help="Run even when the machine is busy (the JSON says so).")] = False,
+    cache: QualityCacheOpt = None,
+    allow_busy: AllowBusyOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """How much one "more like this" / "not this" mark helps: leave-one-case-out queries
@@ -263,7 +269,7 @@ def feedback(
     from benchmarks.cache import ArrayCache
     from benchmarks.datasets import load_dataset
     from benchmarks.feedback_eval import run_feedback_eval
-    from benchmarks.machine import check_machine, stamp
+    from benchmarks.machine import stamp
     from ingest.embedders import configured_embedder
     from search.query import configured_options
 
@@ -277,10 +283,7 @@ def feedback(
     result = run_feedback_eval(ds, embedder, ArrayCache(cache or settings.cache_dir / "quality",
                                                          name),
                                prep=spec, options=options, page=page, k=k, progress=progress)
-    result = {**stamp(guard), "model": name, **result}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "feedback.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result, path = _write_run(out, "feedback", stamp(guard), name, result)
     for variant, t in result["results"].items():
         b, a = t["before"], t["after"]
         typer.echo(f"{variant:12s} {t['n']:3d} queries: rank-1 class {b['rank1']} → "
