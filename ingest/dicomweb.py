@@ -40,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 
 from ingest.dicom import series_from_datasets
 from ingest.pacs_http import AnswerTooLarge, BoundedSession, DeadlineExceeded
-from ingest.reader import VolumeFile
+from ingest.reader import Limits, VolumeFile
 from medir.config import LimitsSettings, PacsSettings, Settings
 from medir.errors import ConfigError, MedirError, VolumeError
 
@@ -484,8 +484,11 @@ class PacsSeries:
         self.source = self.source or self.target.series_source(self.ref.study_uid,
                                                                self.ref.series_uid)
 
-    def open(self, client: PacsClient | None = None) -> VolumeFile:
-        """Retrieve this series (in memory) and return its volume file."""
+    def open(self, client: PacsClient | None = None, limits: Limits | None = None
+             ) -> VolumeFile:
+        """Retrieve this series (in memory) and return its volume file; its declared size is
+        checked against ``limits`` (the settings', :meth:`ingest.reader.Limits.of`; default
+        the built-in ones) before any pixel is decoded."""
         own = client is None
         c = client or PacsClient(self.target)
         try:
@@ -507,7 +510,7 @@ class PacsSeries:
         s = mine[0]
         s.meta[INSTANCES_KEY] = instances_digest(
             [str(ds.get("SOPInstanceUID", "")) for ds in s.datasets])
-        vf = s.open()
+        vf = s.open(limits)
         if len(skipped):
             vf.meta["dicom_skipped_instances"] = str(len(skipped))
         return vf
@@ -527,14 +530,17 @@ def list_series(spec: SourceSpec, filters: QidoFilters,
 
 
 def open_pacs_source(source: str, settings: Settings | PacsSettings) -> VolumeFile:
-    """A volume file for a PACS series source (``.../series/<uid>``), e.g. as a query."""
+    """A volume file for a PACS series source (``.../series/<uid>``), e.g. as a query, under
+    the settings' reader limits (full :class:`Settings`; with the PACS group alone, the
+    built-in ones)."""
     spec = parse_source(source, settings)
     if not spec.series_uid:
         raise ConfigError(f"{spec.target.display}: name one series "
                           "(.../series/<SeriesInstanceUID>) to use it as a volume")
     with PacsClient(spec.target) as c:
         ref = c.find_series(spec.series_uid, spec.study_uid)
-        return PacsSeries(spec.target, ref).open(c)
+        limits = Limits.of(settings.limits) if isinstance(settings, Settings) else None
+        return PacsSeries(spec.target, ref).open(c, limits)
 
 
 def already_indexed(store: Any, collection: str, series: PacsSeries, embedder_id: str,

@@ -22,6 +22,7 @@ from ingest.dicomweb import (
 )
 from ingest.embedders.base import Embedder
 from ingest.pipeline import IngestReport, LabelMap, ProgressFn, index_volume, labels_for
+from ingest.reader import Limits
 from medir.config import vector_space_id
 from medir.errors import MedirError
 from search.store import COMPLETE, Filter, SliceStore, collection_name
@@ -38,6 +39,7 @@ def ingest_series(
     upsert_batch: int = 512,
     progress: ProgressFn | None = None,
     on_report: Callable[[IngestReport], None] | None = None,
+    limits: Limits | None = None,
 ) -> list[IngestReport]:
     """Index each series; a bad series (unreadable, undeliverable, too large or too slow to
     retrieve) is reported as failed and the others go on.
@@ -61,7 +63,7 @@ def ingest_series(
                                                   "state": COMPLETE}))
                     rep = IngestReport(s.source, s.volume_id, "skipped", n)
                 else:
-                    vol = s.open(client).read()
+                    vol = s.open(client, limits).read()
                     vol.labels = labels_for(labels, vol.volume_id)
                     rep = index_volume(store, embedder, vol, intensity=intensity,
                                        upsert_batch=upsert_batch, progress=progress)

@@ -288,7 +288,7 @@ class LocalRunner(Runner):
             reports = ingest_series(series, store, emb, target=target, labels=options.labels,
                                     intensity=options.intensity,
                                     upsert_batch=self.settings.upsert_batch,
-                                    on_report=on_report)
+                                    on_report=on_report, limits=self.limits)
         return IngestOutcome(reports=reports)
 
     def follow(self, ids: Sequence[str], console: Console) -> bool:
@@ -321,7 +321,7 @@ class LocalRunner(Runner):
                 result = search_indexed(query, store, emb, options)
             else:
                 result = search_file(query, store, emb, options, index_4d=index_4d,
-                                     limits=self.limits, pacs=self.settings.pacs)
+                                     limits=self.limits, pacs=self.settings)
             return result.to_dict()
 
     def stats(self) -> dict[str, Any]:

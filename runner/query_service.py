@@ -15,7 +15,7 @@ from ingest.intensity_domain import intensity_domain
 from ingest.preprocess import input_size_of, preprocess_slices, resolve_intensity
 from ingest.reader import Limits, open_volume
 from ingest.volume import Volume
-from medir.config import PacsSettings, vector_space_id
+from medir.config import PacsSettings, Settings, vector_space_id
 from search.query import (
     QueryOptions,
     SearchResult,
@@ -64,12 +64,13 @@ def search_volume(
 def search_file(
     path: str | Path, store: SliceStore, embedder: Embedder, options: QueryOptions,
     index_4d: int | None = None, *, limits: Limits | None = None,
-    pacs: PacsSettings | None = None,
+    pacs: Settings | PacsSettings | None = None,
 ) -> SearchResult:
     """Query with a volume file; a 4D file needs ``index_4d`` (default: its first volume).
 
     A PACS series (``dicomweb+http://.../series/<uid>`` or ``pacs/series/<uid>``) is retrieved
-    over DICOMweb (in memory, from the ``pacs`` settings) and used like a file. ``limits``:
+    over DICOMweb (in memory, from the ``pacs`` settings: the whole :class:`Settings` also give
+it their reader limits) and used like a file. ``limits``:
     what the file may declare (the settings', :meth:`ingest.reader.Limits.of`).
     """
     from ingest.dicomweb import is_dicomweb_source, open_pacs_source

@@ -145,6 +145,25 @@ def test_ingest_exactly_those_series_then_skip(orthanc: Orthanc, study: dict,  #
     _no_secret(q.stdout, q.stderr, again.stdout, again.stderr)
 
 
+def test_pacs_series_obey_the_configured_voxel_limit(orthanc: Orthanc, study: dict,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    """A PACS series is a volume like any file: ingesting it and querying with it are refused
+    under the settings' voxel limit, with one line each, and nothing is stored."""
+    env = _env(orthanc, tmp_path, MEDIR_LIMITS__MAX_VOXELS="100")
+    st = study["ct"][0].StudyInstanceUID
+    r = medir("ingest", orthanc.source, "--study", st, env=env)
+    failed = [ln for ln in r.stdout.splitlines() if ln.startswith("failed")]
+    assert len(failed) == 2 and r.stdout.count("(MEDIR_LIMITS__MAX_VOXELS)") == 2, r.stdout
+    from search.store import READY
+    from search.store_edge import EdgeStore
+
+    with EdgeStore(tmp_path / "store") as store:  # nothing searchable was stored
+        assert all(store.count(c, READY) == 0 for c in store.collections())
+    q = medir("search", "--pacs-series", study["ct"][0].SeriesInstanceUID, env=env)
+    assert q.returncode == 2 and "MEDIR_LIMITS__MAX_VOXELS" in q.stderr, q.stderr
+    assert q.stderr.count("\n") == 1
+
+
 def test_rerun_retrieves_nothing(orthanc: Orthanc, study: dict, tmp_path: Path,  # noqa: F811
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Unchanged series are skipped with one QIDO request each, without WADO-RS retrieval."""
