@@ -22,12 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ingest.embedders.base import Embedder
-from ingest.embedders.paper import (
-    PaperEmbedder,
-    RadImageNetResNet50,
-    prepare_model,
-)
+from ingest.embedders.paper import PaperEmbedder, RadImageNetResNet50
 from ingest.embedders.paper_arch import DreamSimModel, ResNet50, _keras_target
+from ingest.embedders.paper_install import prepare_model
 from ingest.embedders.registry import get_embedder, model_class
 from ingest.embedders.weights import downloads_allowed, pick_batch_size
 from ingest.preprocess import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD

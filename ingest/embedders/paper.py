@@ -19,8 +19,10 @@ radimagenet-swin            768   Swin-T, average-pooled final LayerNorm tokens 
 
 Weights are never downloaded implicitly: see :mod:`ingest.embedders.weights` for the lookup
 order and each class's ``expected_files`` for the on-disk format in ``MEDIR_WEIGHTS_DIR/<name>/``.
-:func:`prepare_model` (``medir models prepare``) copies or converts upstream files into place and
-checks them with one forward pass.
+Each class's ``prepare_weights`` copies or converts upstream files into place (the format
+converters are in :mod:`ingest.embedders.paper_convert`);
+:func:`ingest.embedders.paper_install.prepare_model` (``medir models prepare``) runs it and checks
+the result with one forward pass.
 """
 
 from __future__ import annotations
@@ -30,11 +32,9 @@ import shutil
 import tempfile
 import zipfile
 from abc import abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,18 +42,14 @@ from ingest.embedders.base import Embedder, ModelInfo
 from ingest.embedders.paper_arch import (
     DreamSimBranchKind,
     DreamSimModel,
-    ResNet50,
-    StateDict,
     dino_backbone_from_full_checkpoint,
-    keras_resnet50_to_state_dict,
     load_checked,
     merge_lora,
-    normalize_resnet_keys,
 )
-from ingest.embedders.registry import model_class, register
+from ingest.embedders.paper_convert import copy_hf_folder, resnet50_from_file, swin_state_dict_to_hf
+from ingest.embedders.registry import register
 from ingest.embedders.weights import (
     HF_CONFIG,
-    HF_WEIGHT_FILES,
     downloads_allowed,
     hf_cached_folder,
     is_hf_folder,
@@ -214,30 +210,7 @@ class HFBackbone(PaperEmbedder):
 
     @classmethod
     def prepare_weights(cls, src: Path, dest: Path) -> list[Path]:
-        folder = _find_hf_folder(src)
-        dest.mkdir(parents=True, exist_ok=True)
-        written = []
-        for f in sorted(folder.iterdir()):
-            if f.name in (HF_CONFIG, "preprocessor_config.json", *HF_WEIGHT_FILES) or (
-                f.suffix in {".safetensors", ".bin"} and "-of-" in f.name
-            ):
-                shutil.copyfile(f, dest / f.name)  # follows the HF cache's symlinks
-                written.append(dest / f.name)
-        return written
-
-
-def _find_hf_folder(src: Path) -> Path:
-    """A save_pretrained folder, or a Hub cache repo folder (``models--org--name``)."""
-    if is_hf_folder(src):
-        return src
-    snaps = sorted((src / "snapshots").glob("*")) if (src / "snapshots").is_dir() else []
-    for snap in snaps:
-        if is_hf_folder(snap):
-            return snap
-    raise MedirError(
-        f"{src}: not a Hugging Face model folder (expected {HF_CONFIG} and one of "
-        f"{', '.join(HF_WEIGHT_FILES)}, or a models--org--name cache folder)"
-    )
+        return copy_hf_folder(src, dest)
 
 
 class _DinoV1(HFBackbone):
@@ -386,75 +359,6 @@ class RadImageNetSwin(HFBackbone):
             for n in (HF_CONFIG, "model.safetensors"):
                 shutil.copyfile(Path(tmp) / n, dest / n)
         return [dest / HF_CONFIG, dest / "model.safetensors"]
-
-
-def swin_state_dict_to_hf(sd: dict[str, torch.Tensor]) -> tuple[Any, StateDict]:
-    """Convert a Microsoft Swin-Transformer (or timm) state dict to transformers' Swin files.
-
-    The keys produced are those of the Hub's Swin checkpoints (``attention.self.query`` …,
-    what ``save_pretrained`` writes); ``relative_position_index`` buffers are recomputed.
-
-    The architecture (embed dim, depths, heads, window, patch size) is read from the tensors.
-    Microsoft's layout puts ``layers.i.downsample`` at the end of stage i; timm ≥ 0.9 at the
-    start of stage i + 1 (recognised by ``layers.0`` having no downsample but ``layers.1``
-    having one), which is moved back. qkv is split into query/key/value.
-    """
-    import re
-
-    from transformers import SwinConfig
-
-    sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
-    if "patch_embed.proj.weight" not in sd:
-        raise MedirError("not a Swin checkpoint: no patch_embed.proj.weight")
-    timm_new = not any(k.startswith("layers.0.downsample") for k in sd) and any(
-        k.startswith("layers.1.downsample") for k in sd
-    )
-    depths: dict[int, int] = {}
-    heads: dict[int, int] = {}
-    window = 7
-    for k, v in sd.items():
-        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table", k)
-        if m:
-            i, j = int(m.group(1)), int(m.group(2))
-            depths[i] = max(depths.get(i, 0), j + 1)
-            heads[i] = int(v.shape[1])
-            window = (int(round(v.shape[0] ** 0.5)) + 1) // 2
-    pw = sd["patch_embed.proj.weight"]
-    n = len(depths)
-    config = SwinConfig(
-        image_size=224,
-        patch_size=int(pw.shape[-1]),
-        embed_dim=int(pw.shape[0]),
-        depths=[depths[i] for i in range(n)],
-        num_heads=[heads[i] for i in range(n)],
-        window_size=window,
-    )
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k.startswith("head") or "attn_mask" in k or "relative_position_index" in k:
-            continue
-        if timm_new:
-            k = re.sub(
-                r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", k
-            )
-        k = k.replace("patch_embed.proj", "embeddings.patch_embeddings.projection")
-        k = k.replace("patch_embed.norm", "embeddings.norm")
-        if k.startswith("norm."):
-            k = "layernorm." + k.removeprefix("norm.")
-        k = re.sub(r"^layers\.", "encoder.layers.", k)
-        k = k.replace(".norm1.", ".layernorm_before.").replace(".norm2.", ".layernorm_after.")
-        k = k.replace(".mlp.fc1.", ".intermediate.dense.").replace(".mlp.fc2.", ".output.dense.")
-        k = k.replace(".attn.proj.", ".attention.output.dense.")
-        k = k.replace(
-            ".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"
-        )
-        if ".attn.qkv." in k:
-            q, kk, vv = v.chunk(3, dim=0)
-            for part, t in zip(("query", "key", "value"), (q, kk, vv), strict=True):
-                out[k.replace(".attn.qkv.", f".attention.self.{part}.")] = t.clone()
-            continue
-        out[k] = v
-    return config, out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,64 +626,6 @@ class RadImageNetResNet50(PaperEmbedder):
         return [out]
 
 
-def resnet50_from_file(path: Path) -> ResNet50:
-    """A :class:`ResNet50` with the weights of a RadImageNet file (.pt/.pth/.safetensors/.h5)."""
-    if not path.is_file():
-        raise MedirError(f"{path}: no such file")
-    if path.suffix.lower() in {".h5", ".hdf5"}:
-        sd = keras_resnet50_to_state_dict(path)
-    else:
-        obj = load_tensor_file(path)
-        inner = obj.get("state_dict", obj.get("model", obj))
-        sd = normalize_resnet_keys(inner)
-    keras = "conv1.bias" in sd
-    model = ResNet50(keras=keras)
-    load_checked(model, sd, str(path))
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# medir models prepare
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PrepareReport:
-    """What ``prepare`` did: the files written and the check's output shape."""
-
-    name: str
-    directory: Path
-    files: list[Path]
-    dim: int
-    device: str
-
-
-def prepare_model(
-    name: str, src: Path, weights_dir: Path | None = None, device: str = "auto"
-) -> PrepareReport:
-    """Copy/convert ``src`` into ``weights_dir/<name>/``, then load it and embed one slice.
-
-    A wrong file raises :class:`~medir.errors.MedirError` before anything is written where
-    possible; a check failure after writing removes nothing (the files may be inspected).
-    """
-    cls = model_class(name)
-    if not issubclass(cls, PaperEmbedder):
-        raise MedirError(f"model {name!r} ships its weights in a package; nothing to prepare")
-    src = Path(src).expanduser()
-    if not src.exists():
-        raise MedirError(f"{src}: no such file or directory")
-    dest = model_dir(name, weights_dir)
-    files = cls.prepare_weights(src, dest)
-    emb = cls(device=device, batch_size=1, weights_dir=weights_dir)
-    if emb.locate(download=False) != dest:
-        raise MedirError(f"{dest}: prepared files are incomplete for {name}")
-    slice_ = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
-    vec = emb.embed(slice_)
-    if vec.shape != (1, emb.dim) or not np.isfinite(vec).all():
-        raise MedirError(f"{name}: check failed, output {vec.shape} (expected (1, {emb.dim}))")
-    return PrepareReport(
-        name=name, directory=dest, files=files, dim=emb.dim, device=str(emb.device)
-    )
-
-
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -790,10 +636,6 @@ __all__ = [
     "DreamSimDinoViTB16",
     "DreamSimEnsemble",
     "PaperEmbedder",
-    "PrepareReport",
     "RadImageNetResNet50",
     "RadImageNetSwin",
-    "prepare_model",
-    "resnet50_from_file",
-    "swin_state_dict_to_hf",
 ]

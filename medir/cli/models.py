@@ -130,7 +130,7 @@ def prepare(
     device: Annotated[str, typer.Option(help="Device of the check (auto, cpu, cuda).")] = "auto",
 ) -> None:
     """Copy or convert weights into MEDIR_WEIGHTS_DIR/NAME/ and check them with one forward."""
-    from ingest.embedders.paper import prepare_model
+    from ingest.embedders.paper_install import prepare_model
 
     try:
         report = prepare_model(name, src, weights_dir=_weights_dir(weights_dir), device=device)
