@@ -8,7 +8,7 @@ DICOM series is its SeriesInstanceUID, wherever its files lie; the k-th volume o
 ``<id>#<k>``. A labels CSV row giving both ``file`` and ``case_id`` overrides the id of that file
 with its ``case_id``.
 
-Everything under a folder that is not ingested is reported as a :class:`~ingest.dicom.Skipped`
+Everything under a folder that is not ingested is reported as a :class:`~ingest.skipped.Skipped`
 with its kind (unknown type, non-image DICOM, bad file, duplicate, unsafe path, ...). Safety: a
 symbolic link (to a file or a folder) under a folder given to ``ingest`` is followed only when
 its target lies inside that folder; devices, FIFOs and sockets are never opened; a folder holding
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest import dicom
-from ingest.dicom import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, DicomSeries, Skipped
+from ingest.dicom import DicomSeries
 from ingest.reader import Limits, VolumeFile, is_volume_file, open_volume
+from ingest.skipped import BAD_FILE, DUPLICATE, UNKNOWN_TYPE, UNSAFE_PATH, Skipped
 from medir.ids import case_id_of, split_index
 
 LabelMap = Mapping[str, Mapping[str, str]]

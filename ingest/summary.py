@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ingest.dicom import Skipped
+from ingest.skipped import Skipped
 
 if TYPE_CHECKING:
     from ingest.pipeline import IngestReport
