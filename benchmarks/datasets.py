@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.labels import MANIFEST_NAME, read_manifest
 from ingest.reader import is_volume_file
-from ingest.samples import MANIFEST_NAME, read_manifest
 from medir.errors import ConfigError
 from medir.ids import case_id_of
 

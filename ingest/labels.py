@@ -1,5 +1,5 @@
-"""Labels CSVs (``medir ingest --labels``) and sample manifests: reading them, and finding a
-volume's labels by case id, file or volume id.
+"""Labels CSVs (``medir ingest --labels``) and collection manifests: reading them (and writing
+a manifest), and finding a volume's labels by case id, file or volume id.
 
 The CSV needs a ``case_id`` or a ``file`` column and may carry any of ``modality, region,
 organ, dataset, split``; :func:`load_labels_csv` keys each row every way a volume may be named
@@ -10,10 +10,11 @@ base name). Labels are never used for ranking, only for filters, evaluation and 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from medir.errors import MedirError
+from medir.files import atomic_path
 from medir.ids import split_index
 
 #: The columns of a samples manifest (``medir samples fetch``); a labels CSV needs fewer.
@@ -21,6 +22,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "case_id", "file", "modality", "region", "organ", "dataset", "split",
     "source", "license", "sha256",
 )
+#: The evaluation collection's manifest adds the case (patient/study) of each volume and a note.
+EVAL_MANIFEST_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, "case", "note")
+#: A collection folder's manifest (``data/samples/manifest.csv``; benchmarks read it too).
+MANIFEST_NAME = "manifest.csv"
 #: The label keys a volume can carry (payload fields; never used for ranking).
 LABEL_KEYS: tuple[str, ...] = ("modality", "region", "organ", "dataset", "split")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -78,6 +83,22 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
             raise MedirError(f"{path}: case_id {row['case_id']!r} appears twice")
         seen.add(row["case_id"])
     return rows
+
+
+def write_manifest(path: Path, rows: Iterable[Mapping[str, str]],
+                   columns: Sequence[str] = MANIFEST_COLUMNS) -> Path:
+    """Write a manifest CSV (``columns``, default ``MANIFEST_COLUMNS``, atomically).
+
+    The file is shared data (mode 0644), written whole or not at all: a reader never sees half
+    a manifest."""
+    part = ".part" + "".join(path.suffixes[-2:])
+    with (atomic_path(path, suffix=part, mode=0o644) as tmp,
+          open(tmp, "w", newline="", encoding="utf-8") as fh):
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+    return path
 
 
 def _labels_of(row: Mapping[str, str]) -> dict[str, str]:

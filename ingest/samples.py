@@ -11,13 +11,13 @@ provenance, license and sha256. Every write is atomic (temporary file + ``os.rep
 interrupted run leaves either the old file or the new one, never half of one; a second run
 re-uses the cache and skips files whose sha256 still matches the manifest.
 
-Manifests and labels CSVs are read by :mod:`ingest.labels` (the samples manifest is a labels
-CSV); its readers are re-exported here for the callers of earlier releases.
+Manifests and labels CSVs are read and written by :mod:`ingest.labels` (the samples manifest
+is a labels CSV, and benchmarks read collection manifests without fetching anything); its
+names are re-exported here for the callers of earlier releases.
 """
 
 from __future__ import annotations
 
-import csv
 import email.parser
 import gzip
 import importlib.util
@@ -30,7 +30,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
@@ -42,23 +42,23 @@ from tqdm.auto import tqdm
 
 from ingest.digest import file_sha256
 from ingest.labels import (  # noqa: F401  (re-exported: the labels moved to ingest.labels)
+    EVAL_MANIFEST_COLUMNS,
     LABEL_KEYS,
     MANIFEST_COLUMNS,
+    MANIFEST_NAME,
     load_labels_csv,
     load_volume_ids,
     lookup_labels,
     manifest_labels,
     read_manifest,
+    write_manifest,
 )
 from ingest.samples_catalog import COLLECTIONS, Sample
 from medir.config import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, Settings
 from medir.errors import MedirError, VolumeError
 from medir.files import atomic_path
 
-MANIFEST_NAME = "manifest.csv"
 SAMPLES_DATASET = "samples"
-#: The evaluation collection's manifest adds the case (patient/study) of each volume and a note.
-EVAL_MANIFEST_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, "case", "note")
 
 _CHUNK = 1 << 20
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -593,17 +593,6 @@ def _manifest_row(sample: Sample, license_: str, sha256: str,
         "license": license_,
         "sha256": sha256,
     }
-
-
-def write_manifest(path: Path, rows: Iterable[Mapping[str, str]],
-                   columns: Sequence[str] = MANIFEST_COLUMNS) -> Path:
-    """Write a manifest CSV (``columns``, default ``MANIFEST_COLUMNS``, atomically)."""
-    with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    return path
 
 
 def _fetch_one(
