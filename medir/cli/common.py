@@ -32,6 +32,18 @@ def error_line(exc: BaseException) -> None:
                       soft_wrap=True)
 
 
+def parse_filters(values: list[str] | None) -> dict[str, list[str]]:
+    """``--filter KEY=VALUE[,VALUE]`` options (``medir search``, ``medir volumes``) as
+    {key: [values]}; a malformed one is a user error."""
+    filters: dict[str, list[str]] = {}
+    for raw in values or []:
+        key, sep, val = raw.partition("=")
+        if not sep or not key or not val:
+            raise MedirError(f"bad filter {raw!r}; use KEY=VALUE, e.g. modality=MR")
+        filters.setdefault(key.strip(), []).extend(v.strip() for v in val.split(","))
+    return filters
+
+
 def user_errors(fn: F) -> F:
     """Turn :class:`MedirError` into one line on stderr and exit status 2."""
 
