@@ -1,7 +1,9 @@
 """The ``medir`` command line, one tree in one package; it imports the library, never the reverse.
 
-- ``root``: the app and the top-level commands (ingest, search, info, volumes, prune, migrate,
-  demo, follow, worker); it mounts the groups below;
+- ``root``: the app; it registers the top-level commands in ``--help`` order, holds demo,
+  follow and worker, and mounts the groups below;
+- ``ingest``, ``search`` and ``store`` (info, volumes, prune, migrate): the other top-level
+  commands, by topic;
 - ``samples``: ``medir samples fetch``;
 - ``models``: ``medir models [list|prepare]``;
 - ``jobs``: ``medir jobs``, the queue's job records;
