@@ -33,7 +33,8 @@ POINT_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-5f0b-9d43-6d6564697221")
 LABEL_KEYS = ("modality", "region", "organ", "dataset", "split")
 INDEXED_KEYWORDS = ("volume_id", "case_id", "content_id", "embedder", "state", "gen", "layout",
                     "domain", *LABEL_KEYS)
-# Display metadata of DICOM sources (never used for ranking; see ingest/dicom_grouping.py META_KEYS).
+# Display metadata of DICOM sources (never used for ranking; see META_KEYS in
+# ingest/dicom_grouping.py).
 DICOM_META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
 HIT_PAYLOAD_KEYS = ["volume_id", "case_id", "slice", "z_mm", "n_slices", "source", "gen",
                     *LABEL_KEYS, *DICOM_META_KEYS]
