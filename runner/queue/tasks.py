@@ -451,7 +451,6 @@ def register_tasks(app: Celery) -> None:
         """Collections, volumes and points of the store the worker owns."""
         return _run(self, "stats", store_stats_body)
 
-
     @app.task(bind=True, name=VOLUMES_TASK, acks_late=True, reject_on_worker_lost=True)
     def list_volumes(self: Task, model: str | None = None,
                      filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
