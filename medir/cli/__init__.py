@@ -10,6 +10,7 @@
 - ``bench`` and ``bench_perf``: ``medir bench paper|quality|engines|speed`` and
   ``medir bench perf ...``;
 - ``pacs``: what ``medir ingest dicomweb+http://...`` and ``medir follow`` run;
+- ``progress``: the bars of queued jobs, drawn from the runner's events;
 - ``common``: what every command shares (a user error is one line and exit status 2).
 """
 

@@ -140,7 +140,9 @@ def _submit(runner: Runner, sources: list[VolumeSource], options: IngestOptions,
     out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(sources)} file(s) "
               f"to queue 'ingest' (model {safe_text(options.model)})", highlight=False)
     if wait:
-        return runner.follow(outcome.job_ids, out)
+        from medir.cli.progress import follow_jobs
+
+        return follow_jobs(runner, outcome.job_ids, out)
     for j in outcome.job_ids:
         out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",
                   highlight=False)
