@@ -142,8 +142,7 @@ def _produce(sources: Iterable[str | Path | VolumeSource | Source], reader: Read
             continue
         ids = vf.volume_ids()
         for k, vid in enumerate(ids):
-            t0 = time.perf_counter()
-            gen = new_generation()  # at read time: of two writers, the later read wins
+            t0, gen = time.perf_counter(), new_generation()  # of two writers, the later read wins
             try:
                 vol = reader.read(src, vf, k)
                 if k == len(ids) - 1:
@@ -154,32 +153,31 @@ def _produce(sources: Iterable[str | Path | VolumeSource | Source], reader: Read
                     return
                 continue
             del vol  # the raw pixels: only the windowed copy is kept while chunking
-            start = Start(seq, win.meta, win.mode, t0, gen, src)
-            if not feed.put(start):
+            handed = _hand_over(Start(seq, win.meta, win.mode, t0, gen, src), win.slices, prep,
+                                feed)
+            del win  # before the next volume is read
+            if not handed:
                 return
-            for s in range(0, win.meta.n_slices, prep.step):
-                if start.cancel.is_set():  # skipped or failed by the write stage
-                    break
-                if not feed.put(prep.chunk(seq, win.slices, s)):
-                    return
-            del win
             seq += 1
+
+
+def _hand_over(start: Start, slices: np.ndarray, prep: Preparer, feed: Handover) -> bool:
+    """A volume, then its chunks until the write stage cancels it (skipped or failed); False
+    when the ingest was stopped."""
+    if not feed.put(start):
+        return False
+    for s in range(0, start.volume.n_slices, prep.step):
+        if start.cancel.is_set():
+            break
+        if not feed.put(prep.chunk(start.seq, slices, s)):
+            return False
+    return True
 
 
 def _consume(feed: Handover, batcher: Batcher, writer: Writer, embedder: Embedder,
              stats: PipelineStats) -> None:
     """The calling thread: hand-over items → settled or opened volumes, full batches →
     vectors → written volumes; raises an error of the reader thread."""
-    def run(batch: list[Chunk]) -> None:
-        try:
-            y = embed_batch(embedder, batch, stats)
-        except MedirError as exc:  # e.g. the model cannot run: these volumes fail, others go on
-            writer.fail((c.seq for c in batch), exc)
-            batcher.drop(writer.is_open)
-            return
-        for chunk, rows in route(batch, y):
-            writer.fill(chunk, rows)
-
     while True:
         item = feed.get()
         if isinstance(item, End):
@@ -196,10 +194,24 @@ def _consume(feed: Handover, batcher: Batcher, writer: Writer, embedder: Embedde
             stats.add_buffered(-item.nbytes)
         else:
             for batch in batcher.add(item):
-                run(batch)
+                _embed(batch, embedder, batcher, writer, stats)
         writer.emit()
     if batcher.pending:
-        run(batcher.take())
+        _embed(batcher.take(), embedder, batcher, writer, stats)
+
+
+def _embed(batch: list[Chunk], embedder: Embedder, batcher: Batcher, writer: Writer,
+           stats: PipelineStats) -> None:
+    """One batch through the forward pass, its rows to their volumes; when the model cannot
+    run, the batch's volumes fail (their slices still waiting are dropped), others go on."""
+    try:
+        y = embed_batch(embedder, batch, stats)
+    except MedirError as exc:
+        writer.fail((c.seq for c in batch), exc)
+        batcher.drop(writer.is_open)
+        return
+    for chunk, rows in route(batch, y):
+        writer.fill(chunk, rows)
 
 
 def ingest_paths(

@@ -229,12 +229,18 @@ def test_a_source_skipped_by_its_precheck_is_never_opened(tmp_path: Path, make_n
     files = _volumes(make_nifti, 2)
     skip, read = _Checked("s", answer="skipped"), _Checked("r")
     emb = get_embedder("test-tiny", device="cpu", batch_size=4)
+    st = PipelineStats()
     with EdgeStore(tmp_path / "s") as store:
-        reports = ingest_paths([files[0], skip, read, files[1]], store, emb)
+        reports = ingest_paths([files[0], skip, read, files[1]], store, emb, stats=st)
     assert [(r.volume_id, r.status) for r in reports] == [
         ("v0", "indexed"), ("s", "skipped"), ("r", "failed"), ("v1", "indexed")]
     assert "opened although" in reports[2].error  # asked, answered "read it", then opened
     assert skip.asked_on == read.asked_on == [threading.current_thread().name]
+    assert st.volumes == 2 and st.slices == 10
+    recorded = st.to_dict()  # each stage's time under its name, the fields as before
+    assert list(recorded["stages"]) == ["read", "prepare", "settle", "embed", "write"]
+    assert recorded["stages"]["embed"] == recorded["embed_s"] == st.embed_s
+    assert {"read_s", "intensity_resize_s", "upsert_s", "wait_s", "wall_s"} <= recorded.keys()
 
 
 @pytest.mark.parametrize("where", ["precheck", "open"])
