@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 from benchmarks.cache import CacheEntry, EmbeddingCache, SliceEmbedder, build_cache, cache_summary
 from benchmarks.datasets import LABEL_ORDERS, LEAVE_ONE_OUT, Case, Dataset
 from benchmarks.indexes import make_index
+from benchmarks.methods import parse_method
 from benchmarks.metrics import LevelMetrics, evaluate_levels
 from medir.errors import ConfigError
-from search.sampling import Sampling, Weighting
+from search.sampling import DEFAULT_SEED, Sampling, Weighting
+from search.steps import choose_slices
 from search.store import Hit
 from search.vote import vote
 
@@ -43,9 +45,11 @@ LEVELS = ("modality", "region", "organ")
 # ---- grid columns ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """One column of Table III: which slices of a query vote, with what weight, how."""
+    """One column of Table III: a method of the benchmarks' grammar (:mod:`benchmarks.methods`:
+    which slices of a query vote, with what weight, or each on its own) and where the report
+    puts it."""
 
-    name: str  # as written in configs and reports: random:5, every-mm:7, all, W, SW
+    name: str  # the method, as reports show it: random:5, every-mm:7, all, W, SW
     group: str  # random | every-mm | every-n | all | W | SW
     column: str  # the column heading under its group (5, 7, all, W, SW)
     sampling: Sampling
@@ -58,25 +62,25 @@ GROUP_TITLES = {"random": "# Random Samples", "every-mm": "# Sampled every x mm"
 
 
 def parse_variant(spec: str) -> Variant:
-    """``random:K[:SEED]``, ``every-mm:X``, ``every-n:N``, ``all``, ``W[:SIGMA]`` (all slices,
-    Gaussian weights) or ``SW`` (slice-wise); a sampling may add ``+gaussian[:SIGMA]``."""
-    text = spec.strip()
-    low = text.lower()
-    if low == "sw":
-        return Variant("SW", "SW", "SW", Sampling("all"), Weighting("none"), slice_wise=True)
-    if low == "w" or low.startswith("w:"):
-        w = Weighting.parse("gaussian" + text[1:])
-        name = "W" if low == "w" else f"W:{w.sigma:g}"
-        return Variant(name, "W", name, Sampling("all"), w)
-    samp_text, plus, weight_text = text.partition("+")
-    s = Sampling.parse(samp_text)
-    w = Weighting.parse(weight_text) if plus else Weighting("none")
-    group = s.kind
+    """A grid column: a method (:data:`benchmarks.methods.GRAMMAR`) without a re-ranker or
+    ``+domain`` (the columns share one search per model and index), e.g. ``random:5``,
+    ``every-mm:7``, ``every-n:3``, ``all``, ``W`` (all slices, Gaussian weights),
+    ``W:every-mm:7``, ``SW`` (slice-wise)."""
+    m = parse_method(spec)
+    if m.rerank != "none" or m.domain:
+        raise ConfigError(f"bad grid column {spec!r}: +maxsim, +zorder and +domain are methods "
+                          "of medir bench quality; the grid's columns are votes over one "
+                          "shared search")
+    s = m.sampling
+    if m.slice_wise or m.weighting.kind != "none":
+        group = "SW" if m.slice_wise else "W"
+        return Variant(m.name, group, m.name, s, m.weighting, m.slice_wise)
     column = "all" if s.kind == "all" else f"{s.value:g}"
-    name = samp_text.strip().lower() + (f"+{w}" if plus else "")
-    if plus:
-        group, column = "W", name
-    return Variant(name, group, column, s, w)
+    if s.kind == "random" and s.seed != DEFAULT_SEED:
+        column += f":{s.seed}"
+    if s.max_slices:
+        column += f",max={s.max_slices}"
+    return Variant(m.name, s.kind, column, s, m.weighting)
 
 
 @dataclass
@@ -241,32 +245,34 @@ def _row_hits(nb: Neighbours, db: SliceSet) -> list[list[Hit]]:
 def predict(variant: Variant, nb: Neighbours, hits: list[list[Hit]], db: SliceSet,
             queries: SliceSet) -> tuple[list[dict[str, str]], list[dict[str, str]],
                                         list[tuple[str, str]]]:
-    """Truth and predicted labels per evaluated item (a case, or a slice for SW)."""
+    """Truth and predicted labels per evaluated item (a case, or a slice for SW).
+
+    Every slice of every query volume was searched once; the variant chooses which of them
+    take part and their weights by medir's own query step (:func:`search.steps.choose_slices`),
+    and a case's chosen slices of all its volumes vote together (:func:`search.vote.vote`)."""
     db_index = {c.case_id: i for i, c in enumerate(db.cases)}
     truth: list[dict[str, str]] = []
     pred: list[dict[str, str]] = []
     pairs: list[tuple[str, str]] = []
-    if variant.slice_wise:
-        for r in range(queries.vectors.shape[0]):
-            top = int(nb.ids[r, 0])
-            truth.append(queries.cases[queries.row_case[r]].labels)
-            pred.append(db.cases[db.row_case[top]].labels if top >= 0 else {})
-        return truth, pred, pairs
     by_case: dict[int, list[Part]] = {}
     for p in queries.parts:
         by_case.setdefault(p.case, []).append(p)
     for ci, case in enumerate(queries.cases):
         q_slices: list[int] = []
         weights: list[float] = []
-        rows_hits: list[list[Hit]] = []
+        rows: list[int] = []
         for p in by_case.get(ci, []):
-            sel = variant.sampling.select(p.n, p.z_spacing)
-            w = variant.weighting.weights(sel, p.n)
-            for s, wt in zip(sel, w, strict=True):
-                q_slices.append(int(s))
-                weights.append(float(wt))
-                rows_hits.append(hits[p.start + int(s)])
-        result = vote(q_slices, weights, rows_hits, top=1)
+            chosen = choose_slices(variant.sampling, variant.weighting, p.n, p.z_spacing)
+            q_slices += chosen.slices
+            weights += chosen.weights.tolist()
+            rows += [p.start + r for r in chosen.rows]
+        if variant.slice_wise:  # each chosen slice's own nearest case, one prediction each
+            for r in rows:
+                top = int(nb.ids[r, 0])
+                truth.append(case.labels)
+                pred.append(db.cases[db.row_case[top]].labels if top >= 0 else {})
+            continue
+        result = vote(q_slices, weights, [hits[r] for r in rows], top=1)
         winner = result.ranking[0].volume_id if result.ranking else ""
         truth.append(case.labels)
         pred.append(db.cases[db_index[winner]].labels if winner else {})

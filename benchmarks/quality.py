@@ -14,19 +14,24 @@ Protocol
   to the query's own case; ``class@1``: with its own case removed, the top volume has the
   query's modality and region.
 
-Methods are strings: the paper's vote columns ``all``, ``every-mm:X``, ``W`` (all slices,
-Gaussian weights), ``SW`` (slice-wise: each slice's nearest volume scored on its own), and any
-vote followed by a re-ranker, ``W+maxsim``, ``W+zorder``, ``all+zorder``. The vote is medir's
-(:func:`search.vote.vote`, k neighbours per slice, exact cosine search); the re-rankers are
-:mod:`search.rerank`'s over the vote's top ``rerank_top`` volumes. Ranking never reads labels
-or file names: labels are only looked up afterwards, to score.
+Methods are strings of the benchmarks' one grammar (:mod:`benchmarks.methods`): the paper's
+vote columns ``all``, ``every-mm:X``, ``W`` (all slices, Gaussian weights), ``SW``
+(slice-wise: each slice's nearest volume scored on its own), Gaussian weights over a sampling
+(``W:every-mm:7``, medir's query), any vote followed by a re-ranker (``W+maxsim``,
+``W+zorder``, ``all+zorder``) and ``+domain``. A query runs the product's own query steps
+(:mod:`search.steps`: the chosen slices and their weights, the vote, the re-ranking; the
+answer's evidence of :func:`search.calibration.vote_evidence`) over an exact in-memory cosine
+index of the database (:class:`Database`, k neighbours per slice, the re-rankers over the
+vote's top ``rerank_top`` volumes), so a change to medir's query changes this benchmark.
+Ranking never reads labels or file names: the hits carry them only for the answer's evidence
+and the scoring, after ranking.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,60 +41,21 @@ from tqdm.auto import tqdm
 
 from benchmarks.cache import ArrayCache, SliceEmbedder
 from benchmarks.datasets import Dataset
+from benchmarks.methods import Method, parse_method
 from benchmarks.perturb import NamedPerturbation
 from benchmarks.quality_embed import Prep, embed_slices, stride_slices
 from benchmarks.quality_trust import leave_one_class_out, self_similarity
-from ingest.intensity_domain import intensity_domain, opposite
+from ingest.intensity_domain import intensity_domain
 from ingest.reader import open_volume
 from ingest.volume import Volume
 from medir.errors import ConfigError
-from search.confidence import Evidence, class_of, evidence
-from search.rerank import check_rerank, rerank_order, rerank_scores
-from search.sampling import Sampling, Weighting
+from search.calibration import vote_evidence
+from search.confidence import Evidence
+from search.domain import opposite
+from search.steps import choose_slices, knn_vote, rerank_ranking
 from search.store import Hit
-from search.vote import vote
 
 LEVELS = ("modality", "region", "organ", "class")
-
-
-# ---- methods --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Method:
-    """A query method: which slices vote, with what weight, then an optional re-ranker."""
-
-    name: str
-    sampling: Sampling
-    weighting: Weighting
-    rerank: str = "none"
-    slice_wise: bool = False
-    #: keep the query in its intensity domain (ingest.intensity_domain), as medir's query does
-    domain: bool = False
-
-
-def parse_method(spec: str) -> Method:
-    """``all``, ``every-mm:X``, ``every-n:N``, ``W``, ``W:<sampling>`` (Gaussian weights over
-    a sampling, e.g. ``W:every-mm:7``), ``SW``, each optionally ``+maxsim`` or ``+zorder``
-    (e.g. ``W+zorder``), and optionally ``+domain`` last: the database restricted to the
-    query's intensity domain (CT in HU or not, from voxels), as ``medir search`` does unless
-    ``--cross-modality`` (e.g. ``W+domain``, ``W+maxsim+domain``)."""
-    text = spec.strip()
-    if text.lower().endswith("+domain"):
-        m = parse_method(text[: -len("+domain")])
-        return replace(m, name=text, domain=True)
-    base, plus, rr = text.partition("+")
-    rerank = check_rerank(rr) if plus else "none"
-    low = base.strip().lower()
-    if low == "sw":
-        if plus:
-            raise ConfigError(f"bad method {spec!r}: SW scores slices, it has no ranking to "
-                              "re-rank")
-        return Method("SW", Sampling("all"), Weighting("none"), slice_wise=True)
-    if low == "w":
-        return Method(text, Sampling("all"), Weighting("gaussian"), rerank)
-    if low.startswith("w:"):  # Gaussian weights over a sampling, e.g. W:every-mm:7 (medir's query)
-        return Method(text, Sampling.parse(low[2:]), Weighting("gaussian"), rerank)
-    return Method(text, Sampling.parse(low), Weighting("none"), rerank)
-
 
 DEFAULT_METHODS = ("all", "every-mm:7", "W", "SW", "W+maxsim", "W+zorder")
 
@@ -109,22 +75,54 @@ class StoredVolume:
 
 @dataclass
 class Database:
+    """The stored side in memory: every volume's slice vectors stacked in one matrix, searched
+    exactly (cosine on unit vectors) with rows left out by a mask, the benchmark's stand-in
+    for the store's filtered k-NN request."""
+
     volumes: list[StoredVolume]
     matrix: NDArray[np.float32] = field(init=False)
     row_volume: NDArray[np.int64] = field(init=False)
-    row_start: list[int] = field(init=False)
+    row_slice: NDArray[np.int64] = field(init=False)
+    _payloads: list[dict[str, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         blocks = [v.vectors for v in self.volumes]
         self.matrix = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
         self.row_volume = np.concatenate([np.full(v.vectors.shape[0], i, np.int64)
                                           for i, v in enumerate(self.volumes)])
-        self.row_start = list(np.cumsum([0] + [v.vectors.shape[0] for v in self.volumes]))
+        self.row_slice = np.concatenate([np.asarray(v.slices, np.int64) for v in self.volumes])
+        # what a hit carries, as the store's payload would: the volume (its position here)
+        # and, for the answer's evidence after ranking, its labels
+        self._payloads = [{**v.labels, "volume_id": str(i)} for i, v in enumerate(self.volumes)]
 
     def study_mask(self, study: str) -> NDArray[np.bool_]:
         """Rows of the volumes of ``study``."""
         studies = np.array([v.study for v in self.volumes])
         return np.asarray(studies[self.row_volume] == study)
+
+    def domain_mask(self, domain: str) -> NDArray[np.bool_]:
+        """Rows of the volumes of the other intensity domain than ``domain`` (what a query of
+        that domain leaves out, search.domain)."""
+        other = opposite(domain)
+        return np.array([v.domain == other for v in self.volumes])[self.row_volume]
+
+    def exact_hits(self, queries: NDArray[np.float32], k: int,
+                   exclude: NDArray[np.bool_] | None) -> list[list[Hit]]:
+        """Each query row's ``k`` nearest rows (exact, ties in row order), ``exclude``d rows
+        left out."""
+        sims = queries @ self.matrix.T
+        if exclude is not None:
+            sims[:, exclude] = -np.inf
+        kk = min(k, int(np.count_nonzero(np.isfinite(sims[0])))) if sims.size else 0
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+        return [[Hit(str(j), float(sims[i, j]), {**self._payloads[int(self.row_volume[j])],
+                                                   "slice": int(self.row_slice[j])})
+                 for j in row] for i, row in enumerate(top)]
+
+    def candidates(self, ids: list[str]) -> list[tuple[NDArray[np.float32],
+                                                         NDArray[np.float64]]]:
+        """The re-rankers' candidates: the stored vectors and z of volumes ``ids``."""
+        return [(self.volumes[int(i)].vectors, self.volumes[int(i)].z_mm) for i in ids]
 
 
 def _label_class(labels: dict[str, str]) -> str:
@@ -165,63 +163,32 @@ class QueryOutcome:
     evidence: Evidence | None = None
 
 
-def _choose(method: Method, z_mm: NDArray[np.float64], n_slices: int, z_spacing: float,
-            slices: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Positions (into the embedded query slices) of the slices the method uses."""
-    if method.sampling.kind == "all":
-        return np.arange(slices.size)
-    if method.sampling.kind == "every-mm":
-        step = method.sampling.value
-        targets = np.arange(z_mm[0], z_mm[-1] + 1e-9, step)
-        pos = np.unique(np.abs(z_mm[None, :] - targets[:, None]).argmin(axis=1))
-        return pos.astype(np.int64)
-    chosen = set(method.sampling.select(n_slices, z_spacing).tolist())
-    pos = np.array([i for i, s in enumerate(slices.tolist()) if s in chosen], np.int64)
-    return pos if pos.size else np.arange(min(1, slices.size))
-
-
 def run_query(db: Database, q_vectors: NDArray[np.float32], q_slices: NDArray[np.int64],
-              q_z: NDArray[np.float64], n_slices: int, z_spacing: float, method: Method,
+              n_slices: int, z_spacing: float, method: Method,
               exclude: NDArray[np.bool_] | None, k: int, rerank_top: int,
               q_domain: str = "") -> QueryOutcome:
-    """The ranking of database volumes for one query (exact cosine k-NN, vote, re-rank);
-    a ``+domain`` method leaves out the volumes of the other domain than ``q_domain``."""
+    """The ranking of database volumes for one query by medir's query steps
+    (:mod:`search.steps`) over the exact in-memory index: the method's slices of the query
+    (``q_vectors[i]`` is slice ``q_slices[i]`` of ``n_slices``) and their weights, the vote,
+    the re-ranking; a ``+domain`` method leaves out the volumes of the other domain than
+    ``q_domain``."""
     t0 = time.perf_counter()
     if method.domain and q_domain:
-        other = np.array([v.domain == opposite(q_domain) for v in db.volumes])[db.row_volume]
+        other = db.domain_mask(q_domain)
         exclude = other if exclude is None else (exclude | other)
-    pos = _choose(method, q_z, n_slices, z_spacing, q_slices)
-    qv = q_vectors[pos]
-    sims = qv @ db.matrix.T
-    if exclude is not None:
-        sims[:, exclude] = -np.inf
-    kk = min(k, int(np.count_nonzero(np.isfinite(sims[0])))) if sims.size else 0
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
-    slice_top = [int(db.row_volume[r[0]]) for r in top] if kk else []
+    chosen = choose_slices(method.sampling, method.weighting, n_slices, z_spacing, q_slices)
+    result, _ = knn_vote(q_vectors, chosen, lambda rows: db.exact_hits(rows, k, exclude),
+                         top=None)
+    slice_top = [int(m.volume_id) for m in result.slice_predictions]
     if method.slice_wise:
         return QueryOutcome([], slice_top, time.perf_counter() - t0)
-    weights = method.weighting.weights(q_slices[pos], n_slices)
-    hits = [[Hit(str(j), float(sims[i, j]), {"volume_id": str(int(db.row_volume[j])),
-                                               "slice": int(j)}) for j in row]
-            for i, row in enumerate(top)]
-    result = vote(q_slices[pos].tolist(), weights.tolist(), hits)
-    ranking = [int(r.volume_id) for r in result.ranking]
-    if method.rerank != "none" and ranking:
-        head = ranking[:rerank_top]
-        cands = [(db.volumes[i].vectors, db.volumes[i].z_mm) for i in head]
-        scores = rerank_scores(method.rerank, qv, q_z[pos], cands, weights)
-        ranking = [head[i] for i in rerank_order(scores)] + ranking[rerank_top:]
+    if method.rerank != "none" and result.ranking:
+        result.ranking = rerank_ranking(method.rerank, q_vectors[chosen.rows],
+                                        chosen.z_mm(z_spacing), chosen.weights,
+                                        result.ranking, rerank_top, db.candidates)
     seconds = time.perf_counter() - t0
-    # the answer's evidence (labels group the ranked volumes into classes, after ranking)
-    votes = {int(r.volume_id): r.votes for r in result.ranking}
-    cls = [class_of(db.volumes[i].labels, str(i)) for i in ranking]
-    ev = evidence([(str(i), votes.get(i, 0.0), c) for i, c in zip(ranking, cls, strict=True)],
-                  result.total_weight,
-                  [(float(w), float(sims[j, r[0]]),
-                    class_of(db.volumes[int(db.row_volume[r[0]])].labels,
-                             str(int(db.row_volume[r[0]]))))
-                   for j, (w, r) in enumerate(zip(weights, top, strict=True))] if kk else [])
-    return QueryOutcome(ranking, slice_top, seconds, ev)
+    return QueryOutcome([int(r.volume_id) for r in result.ranking], slice_top, seconds,
+                        vote_evidence(result))
 
 
 # ---- scoring --------------------------------------------------------------------------------
@@ -308,8 +275,8 @@ def loco(db: Database, methods: Sequence[Method], results: dict[str, MethodResul
         gone = np.array([u.study == v.study for u in db.volumes])
         cal = calibration_without(db, self_sims, gone) if self_sims is not None else None
         for m in methods:
-            out = run_query(db, v.vectors, v.slices, v.z_mm, int(v.slices[-1]) + 1,
-                            v.z_spacing, m, exclude, k, rerank_top, v.domain)
+            out = run_query(db, v.vectors, v.slices, int(v.slices[-1]) + 1, v.z_spacing, m,
+                            exclude, k, rerank_top, v.domain)
             if out.evidence is not None and out.ranking and not m.slice_wise:
                 right = _label_class(db.volumes[out.ranking[0]].labels) == _label_class(v.labels)
                 record(results[m.name], "loco", v.volume_id, right, out.evidence, cal)
@@ -339,14 +306,13 @@ def perturbations(db: Database, volumes: Sequence[tuple[Volume, str, dict[str, s
                 continue
             sl = stride_slices(pv.n_slices, pv.spacing[2], stride_mm, max_slices)
             qv = embed_slices(pv, sl, embedder, prep, cache)
-            qz = sl.astype(np.float64) * pv.spacing[2]
             qd = intensity_domain(pv.data).domain
             for m in methods:
                 tally = results[m.name].perturb.setdefault(pname, {"self": 0, "class": 0,
                                                                    "n": 0})
-                full = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, None, k,
+                full = run_query(db, qv, sl, pv.n_slices, pv.spacing[2], m, None, k,
                                  rerank_top, qd)
-                loo = run_query(db, qv, sl, qz, pv.n_slices, pv.spacing[2], m, own, k,
+                loo = run_query(db, qv, sl, pv.n_slices, pv.spacing[2], m, own, k,
                                 rerank_top, qd) if not bool(own.all()) else None
                 if m.slice_wise:
                     selfs = [db.volumes[i].study == study for i in full.slice_top]

@@ -25,7 +25,8 @@ import numpy as np
 from search.confidence import DEFAULT_THRESHOLD, Calibration, auroc, judge
 
 if TYPE_CHECKING:
-    from benchmarks.quality import Database, Method, MethodResult
+    from benchmarks.methods import Method
+    from benchmarks.quality import Database, MethodResult
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
@@ -86,8 +87,8 @@ def leave_one_class_out(db: Database, methods: Sequence[Method],
         for m in methods:
             if m.slice_wise:
                 continue
-            out = run_query(db, v.vectors, v.slices, v.z_mm, int(v.slices[-1]) + 1,
-                            v.z_spacing, m, mask, k, rerank_top, v.domain)
+            out = run_query(db, v.vectors, v.slices, int(v.slices[-1]) + 1, v.z_spacing, m,
+                            mask, k, rerank_top, v.domain)
             if out.evidence is not None:  # nothing left to answer (+domain) is confidence 0
                 record(results[m.name], "loclo", v.volume_id, False, out.evidence, cal)
 

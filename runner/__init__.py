@@ -12,6 +12,7 @@ from runner.base import (
     IngestOptions,
     IngestOutcome,
     JobState,
+    JobsUpdate,
     Runner,
     queue_on,
     store_is_server,
@@ -36,5 +37,5 @@ def get_runner(settings: Settings, *, queue: bool | None = None,
     return LocalRunner(settings, keep_store_open=keep_store_open)
 
 
-__all__ = ["IngestOptions", "IngestOutcome", "JobState", "Runner", "get_runner", "queue_on",
-           "store_is_server"]
+__all__ = ["IngestOptions", "IngestOutcome", "JobState", "JobsUpdate", "Runner", "get_runner",
+           "queue_on", "store_is_server"]

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 from medir.config import Settings
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from ingest.pipeline import IngestReport
@@ -75,7 +73,8 @@ class IngestOptions:
 
 @dataclass
 class JobState:
-    """Where one queued job stands (its record in Redis, written by the worker)."""
+    """Where one queued job stands: its record in Redis, written by the worker
+    (:meth:`Runner.jobs`), or its Celery result, report included (:meth:`Runner.watch`)."""
 
     id: str
     name: str
@@ -86,16 +85,55 @@ class JobState:
     submitted: float = 0.0
     #: The class of the error (a :class:`medir.errors.MedirError` subclass's name), if any.
     error_type: str = ""
+    #: A finished job's answer (an ingest job's report: ``status``, ``n_slices``,
+    #: ``task_seconds``, ...); empty until it succeeded, or when only its record was read.
+    result: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
 
     @property
+    def started(self) -> bool:
+        """A worker took the job (it runs, or ran)."""
+        return self.state in ("STARTED", "PROGRESS") or self.finished
+
+    @property
     def fraction(self) -> float:
         if self.state == "SUCCESS":
             return 1.0
         return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class JobsUpdate:
+    """One look at the jobs :meth:`Runner.watch` follows: each job's state, in the order the
+    ids were given. It carries what a display needs and no display: the command line draws its
+    bars from it (``medir/cli/progress.py``), a test waits on it."""
+
+    jobs: list[JobState]
+    #: Seconds since the watch began.
+    waited_s: float = 0.0
+    #: None of the jobs has started and no worker answered a ping (asked once, when nothing
+    #: had started :data:`NO_WORKER_HINT_S` after the watch began): the jobs wait in the
+    #: queue for a worker to be started.
+    no_worker: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return all(j.finished for j in self.jobs)
+
+    @property
+    def succeeded(self) -> bool:
+        """Every job finished, successfully."""
+        return all(j.state == "SUCCESS" for j in self.jobs)
+
+
+UpdateFn = Callable[[JobsUpdate], None]
+#: How often :meth:`Runner.watch` looks at the jobs, and after how long with none started it
+#: asks whether any worker answers.
+POLL_S = 0.5
+NO_WORKER_HINT_S = 10.0
 
 
 @dataclass
@@ -135,9 +173,11 @@ class Runner(ABC):
         ``target``): here, one at a time, or on the queue (one job per series)."""
 
     @abstractmethod
-    def follow(self, ids: Sequence[str], console: Console) -> bool:
-        """Show the progress of jobs this runner submitted until all finished; True when every
-        one succeeded (in-process work has no jobs: True at once)."""
+    def watch(self, ids: Sequence[str], on_update: UpdateFn | None = None, *,
+              poll_s: float = POLL_S) -> bool:
+        """Look at the jobs ``ids`` every ``poll_s`` seconds until all finished, handing each
+        look to ``on_update`` (:class:`JobsUpdate`); True when every one succeeded. In-process
+        work has no jobs: True at once, no update."""
 
     @abstractmethod
     def workers_alive(self) -> bool:
@@ -163,9 +203,8 @@ class Runner(ABC):
         """The indexed volumes (one model's collection, or all), with label ``filters``."""
 
     @abstractmethod
-    def volume_ids(self, model: str) -> list[str] | None:
-        """Ids of the complete volumes indexed with ``model``; None when this process cannot
-        read the store (a worker owns it)."""
+    def volume_ids(self, model: str) -> list[str]:
+        """Ids of the complete volumes indexed with ``model`` (none without its collection)."""
 
     @abstractmethod
     def prune(self, apply: bool) -> PruneResult:

@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any, cast
 from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable
 from runner.base import (
+    POLL_S,
     IngestOptions,
     IngestOutcome,
     JobState,
     ProgressFn,
     ReportFn,
     Runner,
+    UpdateFn,
     store_is_server,
 )
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from ingest.embedders.base import Embedder
@@ -292,8 +292,9 @@ class LocalRunner(Runner):
                                     on_report=on_report, limits=self.limits)
         return IngestOutcome(reports=reports)
 
-    def follow(self, ids: Sequence[str], console: Console) -> bool:
-        """In-process work has no jobs to follow: it is done when ``ingest`` returns."""
+    def watch(self, ids: Sequence[str], on_update: UpdateFn | None = None, *,
+              poll_s: float = POLL_S) -> bool:
+        """In-process work has no jobs to watch: it is done when ``ingest`` returns."""
         return True
 
     def workers_alive(self) -> bool:
@@ -345,20 +346,17 @@ class LocalRunner(Runner):
 
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
-        from search.store import LABEL_KEYS, collection_name
-        from search.volumes import list_volumes
+        from search.store import collection_name
+        from search.volumes import check_filters, list_volumes
 
-        bad = [k for k in (filters or {}) if k not in LABEL_KEYS]
-        if bad:
-            raise MedirError(f"cannot filter on {bad[0]!r}; label filters: "
-                             + ", ".join(LABEL_KEYS))
+        check_filters(filters)
         with self.session() as store:
             colls = [collection_name(model)] if model else None
             if colls and not store.has_collection(colls[0]):
                 raise NoCollection(f"no collection for model {model!r} at {store.location}")
             return list_volumes(store, colls, filters)
 
-    def volume_ids(self, model: str) -> list[str] | None:
+    def volume_ids(self, model: str) -> list[str]:
         from search.store import READY, collection_name
 
         coll = collection_name(model)

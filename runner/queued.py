@@ -1,10 +1,13 @@
 """The queued runner: work goes to Celery workers; each runs it on its own LocalRunner.
 
 An ingest becomes one ``ingest_volume`` task per 3D volume and returns their job ids (the ids
-``medir jobs`` and the UI follow; the records live in Redis, written by the worker). A query
+``medir jobs`` and the UI follow; the records live in Redis, written by the worker); ``watch``
+reports how they stand, as events for a display to draw (the command line's bars). A query
 waits for its ``search_volume`` task. With the embedded store the worker process owns the
-store, so the statistics are a task too; with a Qdrant server this process reads it itself.
-Store maintenance (volumes, prune, migrate) reads the store from here, as before the queue.
+store, so every other store call is a task too, answered by that worker: the statistics, the
+audit, the volume listing and ids, prune and migrate (their answers cross the queue as plain
+JSON and are rebuilt into the in-process types). With a Qdrant server this process reads the
+store itself.
 
 Neither Celery nor Redis is imported before the first call.
 """
@@ -17,19 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from medir.config import Settings
 from runner.base import (
+    POLL_S,
     IngestOptions,
     IngestOutcome,
     JobState,
     ProgressFn,
     ReportFn,
     Runner,
+    UpdateFn,
     store_is_server,
 )
 from runner.local import LocalRunner
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ingest.collection import VolumeSource
     from ingest.dicomweb import PacsSeries, Target
     from runner.queue.submit import VolumeJob
@@ -51,6 +54,12 @@ class QueueRunner(Runner):
         self._submitted: dict[str, VolumeJob] = {}
         self._owns_store = (not store_is_server(settings) if worker_owns_store is None
                             else worker_owns_store)
+
+    @property
+    def worker_owns_store(self) -> bool:
+        """Whether the store calls go to the worker (the embedded store) rather than being
+        read from this process (a Qdrant server)."""
+        return self._owns_store
 
     def ingest(self, sources: Sequence[VolumeSource | Path], options: IngestOptions, *,
                progress: ProgressFn | None = None,
@@ -77,13 +86,19 @@ class QueueRunner(Runner):
         return IngestOutcome(job_ids=[j.task_id for j in jobs],
                              job_volumes={j.task_id: j.volume_id for j in jobs})
 
-    def follow(self, ids: Sequence[str], console: Console) -> bool:
-        """Show the progress of jobs this runner submitted until all finished; True when every
-        one succeeded."""
+    def watch(self, ids: Sequence[str], on_update: UpdateFn | None = None, *,
+              poll_s: float = POLL_S) -> bool:
+        """Report how the jobs stand (from their results) until all finished; True when every
+        one succeeded. A job is named by its volume id (its record's, for a job another
+        process submitted)."""
         from runner.queue.app import get_app
-        from runner.queue.submit import follow
+        from runner.queue.watch import watch_jobs
 
-        return follow(get_app(self.settings), [self._submitted[i] for i in ids], console)
+        names = {i: self._submitted[i].volume_id for i in ids if i in self._submitted}
+        others = [i for i in ids if i not in names]
+        if others:
+            names.update((j.id, j.name) for j in self.jobs(others))
+        return watch_jobs(get_app(self.settings), ids, names, on_update, poll_s=poll_s)
 
     def search(self, query: str, options: QueryOptions, *, model: str, by_id: bool = False,
                index_4d: int | None = None) -> dict[str, Any]:
@@ -109,16 +124,34 @@ class QueueRunner(Runner):
 
     def volumes(self, model: str | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None) -> list[VolumeInfo]:
-        return self._local.volumes(model, filters)
+        if not self._owns_store:
+            return self._local.volumes(model, filters)
+        from runner.queue.submit import submit_volumes
+        from search.volumes import check_filters
 
-    def volume_ids(self, model: str) -> list[str] | None:
-        return None if self._owns_store else self._local.volume_ids(model)
+        check_filters(filters)  # the same line as in-process, before the queue is asked
+        return submit_volumes(model, filters, self.settings)
+
+    def volume_ids(self, model: str) -> list[str]:
+        if not self._owns_store:
+            return self._local.volume_ids(model)
+        from runner.queue.submit import submit_volume_ids
+
+        return submit_volume_ids(model, self.settings)
 
     def prune(self, apply: bool) -> PruneResult:
-        return self._local.prune(apply)
+        if not self._owns_store:
+            return self._local.prune(apply)
+        from runner.queue.submit import submit_prune
+
+        return submit_prune(apply, self.settings)
 
     def migrate(self, roots: Sequence[Path]) -> dict[str, int]:
-        return self._local.migrate(roots)
+        if not self._owns_store:
+            return self._local.migrate(roots)
+        from runner.queue.submit import submit_migrate
+
+        return submit_migrate(roots, self.settings)
 
     def jobs(self, ids: Sequence[str]) -> list[JobState]:
         """Each job's state from its record (an id without a record reads as PENDING)."""

@@ -22,6 +22,7 @@ from search.confidence import (
     DEFAULT_THRESHOLD,
     Calibration,
     Confidence,
+    Evidence,
     class_of,
     evidence,
     judge,
@@ -83,18 +84,26 @@ def collection_calibration(store: SliceStore, coll: str, space: str) -> Calibrat
     return cal
 
 
-def judge_vote(result: VoteResult, weights: Sequence[float],
-               cal: Calibration | None, threshold: float = DEFAULT_THRESHOLD
-               ) -> Confidence | None:
-    """The confidence of a vote's answer (its ranking's first volume, after any re-ranking);
-    None when nothing matched."""
-    if not result.ranking:
-        return None
+def vote_evidence(result: VoteResult) -> Evidence:
+    """The evidence of a vote's answer (its ranking's first volume, after any re-ranking):
+    the ranked volumes grouped into classes by their labels (read after ranking, never for
+    it) and each chosen slice's own best match (:func:`search.confidence.evidence`; all
+    zeros when nothing matched). The product's query judges it against its collection's
+    calibration (:func:`judge_vote`); ``medir bench quality`` against several."""
     classes = {r.volume_id: class_of(r.labels, r.volume_id) for r in result.ranking}
     ranking = [(r.volume_id, r.votes, classes[r.volume_id]) for r in result.ranking]
     tops = [(m.weight, m.similarity, classes.get(m.volume_id, f"volume:{m.volume_id}"))
             for m in result.slice_predictions]
-    return judge(evidence(ranking, result.total_weight, tops), cal, threshold)
+    return evidence(ranking, result.total_weight, tops)
+
+
+def judge_vote(result: VoteResult, cal: Calibration | None,
+               threshold: float = DEFAULT_THRESHOLD) -> Confidence | None:
+    """The confidence of a vote's answer (its ranking's first volume, after any re-ranking);
+    None when nothing matched."""
+    if not result.ranking:
+        return None
+    return judge(vote_evidence(result), cal, threshold)
 
 
 def answer_dict(result: VoteResult, verdict: Confidence | None) -> dict[str, Any]:

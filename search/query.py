@@ -1,40 +1,36 @@
-"""The query steps over the store: options, collection checks, stored-vector reuse, then
-chosen slices → one batch k-NN request → vote → optional re-rank.
+"""The query over the store: collection checks, stored-vector reuse, then the query steps of
+:mod:`search.steps` (chosen slices → one batch k-NN request → vote → optional feedback and
+re-rank) and the answer's confidence.
 
-:func:`search_vectors` runs the steps on vectors already computed (the benchmarks call it);
-:func:`search_indexed` queries with an indexed volume, reusing its stored slice vectors;
-:func:`stored_vectors` finds the stored vectors of a volume whose content is indexed. Opening
-a file, a DICOM folder or a PACS series and embedding it is the application's work
-(:mod:`runner.query_service`). The query volume itself is excluded from the results: by its
-volume id when querying by id, by content when querying with a file (a file whose content
-equals an indexed volume is that volume, under every id it is indexed as).
+:func:`search_vectors` runs the steps on vectors already computed (the runner's query with a
+file, the benchmarks); :func:`search_indexed` queries with an indexed volume, reusing its
+stored slice vectors; :func:`stored_vectors` finds the stored vectors of a volume whose content
+is indexed. Opening a file, a DICOM folder or a PACS series and embedding it is the
+application's work (:mod:`runner.query_service`). The query volume itself is excluded from the
+results: by its volume id when querying by id, by content when querying with a file (a file
+whose content equals an indexed volume is that volume, under every id it is indexed as).
+
+The options (:mod:`search.options`) and the result (:mod:`search.result`) live in their own
+modules; they are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
 
-from medir.config import (
-    DEFAULT_K,
-    DEFAULT_SIGMA,
-    DEFAULT_TOP,
-    DEFAULT_WEIGHTING,
-    SearchSettings,
-    check_intensity,
-    vector_space_id,
-)
-from medir.errors import ConfigError, EmptyStore, MedirError, ModelMismatch
+from medir.config import vector_space_id
+from medir.errors import EmptyStore, MedirError, ModelMismatch
 from search.calibration import answer_dict, collection_calibration, judge_vote
 from search.domain import opposite
-from search.feedback import FEEDBACK_DEPTH, check_marks, feedback_ranking
+from search.feedback import FEEDBACK_DEPTH, feedback_ranking
 from search.live import check_layout, live_records, live_vectors
-from search.rerank import check_rerank, rerank_order, rerank_scores
-from search.sampling import Sampling, Weighting
+from search.options import MAX_K, MAX_TOP, QueryOptions, configured_options, default_weighting
+from search.rerank import check_rerank
+from search.result import SearchResult, VectorSearch, result_options
+from search.steps import Candidates, QuerySlices, choose_slices, knn_vote, rerank_ranking
 from search.store import (
     HIT_PAYLOAD_KEYS,
     LABEL_KEYS,
@@ -44,10 +40,13 @@ from search.store import (
     SliceStore,
     collection_name,
 )
-from search.vote import SliceMatch, VolumeResult, VoteResult, vote
+from search.vote import VoteResult
 
-MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
-MAX_TOP = 10_000  # volumes in the ranking
+__all__ = [
+    "MAX_K", "MAX_TOP", "ModelId", "QueryOptions", "SearchResult", "VectorSearch",
+    "check_collection", "configured_options", "default_weighting", "result_options",
+    "search_indexed", "search_vectors", "stored_vectors",
+]
 
 
 class ModelId(Protocol):
@@ -62,180 +61,6 @@ class ModelId(Protocol):
 
     @property
     def dim(self) -> int: ...
-
-
-@dataclass
-class QueryOptions:
-    """A query's options, validated on construction (before any file is read or embedded).
-
-    The sampling and weighting specs are strings (they travel through the CLI, the queue and
-    JSON), parsed once here: :meth:`parsed` hands the parsed objects to every step of the query.
-    The defaults are the library's (all slices); the configured ones (``MEDIR_SEARCH__*``) are
-    applied by :func:`configured_options`.
-    """
-
-    sampling: str = "all"
-    weighting: str = DEFAULT_WEIGHTING
-    k: int = DEFAULT_K
-    top: int = DEFAULT_TOP
-    filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    exact: bool = False
-    #: The preprocessing spec ``<intensity>[+fov:<mm>]`` (ingest.preprocess.Preprocessing).
-    intensity: str = "auto"
-    # Case ids whose volumes are left out of the results (leave-one-case-out evaluation).
-    exclude_cases: Sequence[str] = ()
-
-    #: Stage 2 over the vote's top ``rerank_top`` volumes: none | maxsim | zorder (search.rerank).
-    rerank: str = "none"
-    rerank_top: int = 10
-    #: At most this many query slices, evenly spaced among the sampling's (0: no cap): the
-    #: model's cost of a query is one forward pass per slice.
-    max_slices: int = 0
-    #: Relevance feedback (search.feedback): indexed volume ids marked "more like these" and
-    #: "not like those"; their own votes re-rank the query's, and they are left out.
-    like: Sequence[str] = ()
-    unlike: Sequence[str] = ()
-    #: Search volumes of every intensity domain; by default a query whose voxels are CT in HU
-    #: (ingest.intensity_domain) only meets stored volumes that are not non-HU, and vice versa.
-    cross_modality: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """One :class:`ConfigError` line for the first bad option."""
-        for name, value, hi in (("k", self.k, MAX_K), ("top", self.top, MAX_TOP)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-            if not 1 <= int(value) <= hi:
-                raise ConfigError(f"{name} must be between 1 and {hi}, got {value}")
-        if not isinstance(self.sampling, str) or not isinstance(self.weighting, str):
-            raise ConfigError("sampling and weighting must be strings")
-        self.parsed()
-        check_rerank(self.rerank)
-        for name, marks in (("like", self.like), ("unlike", self.unlike)):
-            if isinstance(marks, str) or not all(isinstance(v, str) and v for v in marks):
-                raise ConfigError(f"{name} takes a list of volume ids, got {marks!r}")
-        check_marks(self.like, self.unlike)
-        if not isinstance(self.cross_modality, bool):
-            raise ConfigError(f"cross_modality must be true or false, got {self.cross_modality!r}")
-        if isinstance(self.rerank_top, bool) or not isinstance(self.rerank_top, int) \
-                or not 1 <= self.rerank_top <= MAX_TOP:
-            raise ConfigError(f"rerank_top must be between 1 and {MAX_TOP}, got {self.rerank_top}")
-        if isinstance(self.max_slices, bool) or not isinstance(self.max_slices, int | np.integer) \
-                or self.max_slices < 0:
-            raise ConfigError(f"max_slices must be an integer >= 0 (0: no cap), got "
-                              f"{self.max_slices!r}")
-        check_intensity(self.intensity)  # <intensity>[+fov:<mm>]
-        if not isinstance(self.filters, Mapping):
-            raise ConfigError("filters must map a label to its values")
-        for key, values in self.filters.items():
-            if key not in LABEL_KEYS:
-                raise ConfigError(f"cannot filter on {key!r}; label filters: "
-                                  f"{', '.join(LABEL_KEYS)}")
-            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
-                raise ConfigError(f"filter {key!r} takes a list of strings, got {values!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as plain JSON values (the queue's message, a saved query); the inverse
-        of :meth:`from_dict`."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["filters"] = {k: list(v) for k, v in dict(self.filters).items()}
-        for name in ("exclude_cases", "like", "unlike"):
-            data[name] = list(data[name])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> QueryOptions:
-        """Options from :meth:`to_dict`'s form, validated (a :class:`ConfigError` line)."""
-        filters = data.get("filters") or {}
-        if not isinstance(filters, Mapping):
-            raise ConfigError("filters must map a label to its values")
-        return cls(**{**data, "filters": {k: list(v) for k, v in filters.items()}})
-
-    def parsed(self) -> tuple[Sampling, Weighting]:
-        """The parsed sampling (capped at ``max_slices``) and weighting (parsed on
-        construction; again only if a spec was changed since)."""
-        specs = (self.sampling, self.weighting, self.max_slices)
-        cached = self.__dict__.get("_parsed")
-        if cached is None or cached[0] != specs:
-            cached = (specs, (Sampling.parse(self.sampling).capped(int(self.max_slices)),
-                              Weighting.parse(self.weighting)))
-            self.__dict__["_parsed"] = cached
-        return cached[1]
-
-
-def configured_options(search: SearchSettings, *, intensity: str, sampling: str | None = None,
-                       weighting: str | None = None, k: int | None = None,
-                       top: int | None = None, max_slices: int | None = None,
-                       **rest: Any) -> QueryOptions:
-    """Query options from the settings' query defaults (``search``, ``MEDIR_SEARCH__*``) with
-    what the user gave (None: the setting). A ``gaussian`` weighting without ``:SIGMA`` takes
-    the settings' ``sigma``."""
-    return QueryOptions(sampling=sampling or search.sampling,
-                        weighting=weighting or default_weighting(search),
-                        k=search.k if k is None else k, top=search.top if top is None else top,
-                        max_slices=search.max_slices if max_slices is None else max_slices,
-                        intensity=intensity, **rest)
-
-
-def default_weighting(search: SearchSettings) -> str:
-    """The configured weighting spec, its σ from ``search.sigma`` when the spec has none."""
-    w = Weighting.parse(search.weighting, default_sigma=search.sigma)
-    return search.weighting if w.kind == "none" or w.sigma == DEFAULT_SIGMA else str(w)
-
-
-@dataclass
-class SearchResult:
-    query_id: str
-    query_source: str
-    model: str
-    n_slices: int
-    chosen_slices: list[int]
-    weights: list[float]
-    options: dict[str, Any]
-    ranking: list[VolumeResult]
-    slice_predictions: list[SliceMatch]
-    timings: dict[str, float]
-    #: "embedded" (the model ran on the query) or "stored" (the query's content is indexed and
-    #: its stored slice vectors were used).
-    vectors: str = "embedded"
-    #: The query's intensity domain ("hu", "non-hu"; "" unknown) and why (from its voxels).
-    domain: str = ""
-    domain_reason: str = ""
-    #: the answer's volume, labels, ``confidence`` in [0, 1], ``uncertain`` and ``reason``
-    answer: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self, with_matches: bool = True) -> dict[str, Any]:
-        ranking = [r.to_dict(with_matches) for r in self.ranking]
-        if ranking and self.answer:  # the answer is the first volume: its verdict on it too
-            ranking[0].update({k: self.answer[k] for k in ("confidence", "uncertain", "reason")})
-        return {
-            "query": {"volume_id": self.query_id, "source": self.query_source,
-                      "n_slices": self.n_slices, "chosen_slices": self.chosen_slices,
-                      "weights": self.weights, "vectors": self.vectors,
-                      "domain": self.domain, "domain_reason": self.domain_reason},
-            "model": self.model,
-            "options": self.options,
-            "answer": self.answer,
-            "ranking": ranking,
-            "slice_predictions": [m.__dict__ for m in self.slice_predictions],
-            "timings": self.timings,
-        }
-
-
-@dataclass(frozen=True)
-class VectorSearch:
-    """What :func:`search_vectors` found: the query slices it chose, their weights, the vote
-    (its ranking cut to the options' ``top``) and the seconds of the k-NN request, the vote
-    and any re-ranking (``knn_s``, ``vote_s``, ``rerank_s``)."""
-
-    chosen_slices: list[int]
-    weights: list[float]
-    vote: VoteResult
-    timings: dict[str, float]
-    #: the answer (the ranking's first volume) with its confidence (search.calibration)
-    answer: dict[str, Any] = field(default_factory=dict)
 
 
 def check_collection(store: SliceStore, embedder: ModelId, space: str | None = None) -> str:
@@ -312,7 +137,8 @@ def search_vectors(
     embedder_id: str | None = None,
     domain: str = "",
 ) -> VectorSearch:
-    """Sampling, weights, the batch k-NN request and the vote over precomputed vectors.
+    """Sampling, weights, the batch k-NN request and the vote over precomputed vectors, then
+    any relevance feedback and re-ranking, and the answer's confidence.
 
     ``slice_vectors[i]`` is the embedding of slice ``slice_indices[i]`` (default: slice i).
     ``embedder_id`` restricts the hits to points of that embedder version; ``domain`` (the
@@ -322,7 +148,7 @@ def search_vectors(
     method = check_rerank(options.rerank)
     n_vote = max(options.top, options.rerank_top) if method != "none" else options.top
     marked = [*options.like, *options.unlike]
-    rows, chosen_list, weights, result, timings = _knn_vote(
+    chosen, result, timings = _knn_vote(
         store, coll, slice_vectors, n_slices, z_spacing, options,
         _filter(options, exclude_content, exclude_volume, embedder_id, domain),
         slice_indices, max(n_vote, FEEDBACK_DEPTH) if marked else n_vote)
@@ -336,40 +162,31 @@ def search_vectors(
         timings["feedback_s"] = time.perf_counter() - t2
         t2 = time.perf_counter()
     if method != "none" and result.ranking:
-        query_z = np.asarray(chosen_list, dtype=np.float64) * float(z_spacing)
-        result.ranking = _rerank(store, coll, method, slice_vectors[rows], query_z, weights,
-                                 result.ranking, options, embedder_id)
+        result.ranking = rerank_ranking(
+            method, slice_vectors[chosen.rows], chosen.z_mm(z_spacing), chosen.weights,
+            result.ranking, options.rerank_top, _stored_candidates(store, coll, embedder_id))
         timings["rerank_s"] = time.perf_counter() - t2
     result.ranking = result.ranking[: options.top]
     t3 = time.perf_counter()  # how sure the answer is (integration point: search.calibration)
-    verdict = judge_vote(result, weights.tolist(),
-                         collection_calibration(store, coll, embedder_id or ""))
+    verdict = judge_vote(result, collection_calibration(store, coll, embedder_id or ""))
     timings["confidence_s"] = time.perf_counter() - t3
-    return VectorSearch(chosen_list, weights.tolist(), result, timings,
+    return VectorSearch(chosen.slices, chosen.weights.tolist(), result, timings,
                         answer_dict(result, verdict))
 
 
 def _knn_vote(store: SliceStore, coll: str, slice_vectors: np.ndarray, n_slices: int,
               z_spacing: float, options: QueryOptions, flt: Filter,
               slice_indices: np.ndarray | None, top: int
-              ) -> tuple[list[int], list[int], np.ndarray, VoteResult, dict[str, float]]:
-    """The query's core: the chosen slices (their rows in ``slice_vectors`` and their slice
-    indices), their weights, one batched k-NN request and the vote over its hits, ranked
-    ``top`` deep, with the seconds of the k-NN and the vote."""
-    sampling, weighting = options.parsed()
-    idx_all = np.arange(n_slices) if slice_indices is None else np.asarray(slice_indices)
-    chosen = sampling.select(n_slices, z_spacing)
-    pos = {int(s): i for i, s in enumerate(idx_all)}
-    rows = [pos[int(c)] for c in chosen if int(c) in pos]
-    chosen_list = [int(idx_all[r]) for r in rows]
-    weights = weighting.weights(np.asarray(chosen_list), n_slices)
-    t0 = time.perf_counter()
-    hits = store.search_batch(coll, slice_vectors[rows], options.k, flt, exact=options.exact,
-                              payload_keys=HIT_PAYLOAD_KEYS)
-    t1 = time.perf_counter()
-    result = vote(chosen_list, weights.tolist(), hits, top=top)
-    return rows, chosen_list, weights, result, {"knn_s": t1 - t0,
-                                                "vote_s": time.perf_counter() - t1}
+              ) -> tuple[QuerySlices, VoteResult, dict[str, float]]:
+    """The query's core over the store: the chosen slices with their weights, one batched
+    k-NN request (the options' k, ``flt``) and the vote over its hits, ranked ``top`` deep,
+    with the seconds of the k-NN and the vote (:mod:`search.steps`)."""
+    chosen = choose_slices(*options.parsed(), n_slices, z_spacing, slice_indices)
+    result, timings = knn_vote(
+        slice_vectors, chosen,
+        lambda rows: store.search_batch(coll, rows, options.k, flt, exact=options.exact,
+                                        payload_keys=HIT_PAYLOAD_KEYS), top)
+    return chosen, result, timings
 
 
 def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOptions,
@@ -383,47 +200,38 @@ def _marked_vote(store: SliceStore, coll: str, volume_id: str, options: QueryOpt
         raise MedirError(f"no indexed volume {volume_id!r} in collection {coll} to mark")
     return _knn_vote(store, coll, found.vectors, found.n_slices, found.z_spacing, options,
                      _filter(options, None, volume_id, embedder_id, domain), found.slices,
-                     FEEDBACK_DEPTH)[3]
+                     FEEDBACK_DEPTH)[1]
 
 
-def _rerank(store: SliceStore, coll: str, method: str, query: np.ndarray, query_z: np.ndarray,
-            weights: np.ndarray, ranking: list[VolumeResult], options: QueryOptions,
-            embedder_id: str | None = None) -> list[VolumeResult]:
-    """Re-rank the first ``rerank_top`` volumes by ``method`` from their stored slice vectors,
-    fetched in ONE filtered scroll for all candidates (computed in medir: each point is one
-    slice, so a native multivector would need a second copy of every vector)."""
-    head, tail = ranking[: max(options.rerank_top, 1)], ranking[max(options.rerank_top, 1):]
-    ids = [r.volume_id for r in head]
-    slices: dict[str, list[tuple[float, np.ndarray]]] = {v: [] for v in ids}
-    must: dict[str, Any] = {"volume_id": ids if len(ids) > 1 else ids[0], **READY.must}
-    if embedder_id:
-        must["embedder"] = embedder_id
-    by_volume: dict[str, list[Record]] = {v: [] for v in ids}
-    for rec in store.scroll(coll, Filter(must), with_vectors=True):
-        by_volume.setdefault(str(rec.payload.get("volume_id")), []).append(rec)
-    # the live version of each candidate only (a re-ingest may briefly leave two ready)
-    for rec in (r for recs in by_volume.values() for r in live_records(recs)):
-        vid = str(rec.payload.get("volume_id"))
-        if rec.vector is not None and vid in slices:
-            z = rec.payload.get("z_mm")
-            slices[vid].append((float(z) if z is not None else float(rec.payload.get(
-                "slice", 0)), np.asarray(rec.vector, np.float32)))
-    candidates = []
-    for vid in ids:
-        rows = sorted(slices[vid], key=lambda t: t[0])
-        vecs = np.stack([v for _, v in rows]) if rows else np.zeros((0, query.shape[1]),
-                                                                    np.float32)
-        candidates.append((vecs, np.asarray([z for z, _ in rows], np.float64)))
-    scores = rerank_scores(method, query.astype(np.float32), query_z, candidates, weights)
-    order = rerank_order(scores)
-    out = []
-    for rank, i in enumerate(order, start=1):
-        head[i].rank, head[i].rerank_score = rank, scores[i]
-        out.append(head[i])
-    for rank, r in enumerate(tail, start=len(out) + 1):
-        r.rank = rank
-        out.append(r)
-    return out
+def _stored_candidates(store: SliceStore, coll: str, embedder_id: str | None) -> Candidates:
+    """The re-rankers' candidates from the store: the stored slice vectors of the live version
+    of each volume, fetched in ONE filtered scroll for all of them (computed in medir: each
+    point is one slice, so a native multivector would need a second copy of every vector)."""
+
+    def fetch(ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        must: dict[str, Any] = {"volume_id": ids if len(ids) > 1 else ids[0], **READY.must}
+        if embedder_id:
+            must["embedder"] = embedder_id
+        by_volume: dict[str, list[Record]] = {v: [] for v in ids}
+        for rec in store.scroll(coll, Filter(must), with_vectors=True):
+            by_volume.setdefault(str(rec.payload.get("volume_id")), []).append(rec)
+        slices: dict[str, list[tuple[float, np.ndarray]]] = {v: [] for v in ids}
+        # the live version of each candidate only (a re-ingest may briefly leave two ready)
+        for rec in (r for recs in by_volume.values() for r in live_records(recs)):
+            vid = str(rec.payload.get("volume_id"))
+            if rec.vector is not None and vid in slices:
+                z = rec.payload.get("z_mm")
+                slices[vid].append((float(z) if z is not None else float(rec.payload.get(
+                    "slice", 0)), np.asarray(rec.vector, np.float32)))
+        dim = next((v.shape[0] for rows in slices.values() for _, v in rows), 0)
+        out = []
+        for vid in ids:
+            rows = sorted(slices[vid], key=lambda t: t[0])
+            vecs = np.stack([v for _, v in rows]) if rows else np.zeros((0, dim), np.float32)
+            out.append((vecs, np.asarray([z for z, _ in rows], np.float64)))
+        return out
+
+    return fetch
 
 
 def stored_vectors(store: SliceStore, coll: str, content: str, embedder_id: str,
@@ -473,15 +281,3 @@ def search_indexed(
                         "stored at ingest" if first.get("domain") else
                         "not stored (indexed before domains; re-ingest with --force)",
                         found.answer)
-
-
-def result_options(options: QueryOptions) -> dict[str, Any]:
-    """The options as a query result reports them (``SearchResult.options``)."""
-    return {"sampling": options.sampling, "weighting": options.weighting, "k": options.k,
-            "top": options.top, "filters": {k: list(v) for k, v in options.filters.items()},
-            "exact": options.exact, "rerank": options.rerank, "rerank_top": options.rerank_top,
-            "cross_modality": options.cross_modality,
-            **({"max_slices": options.max_slices} if options.max_slices else {}),
-            **({"like": list(options.like)} if options.like else {}),
-            **({"unlike": list(options.unlike)} if options.unlike else {}),
-            **({"exclude_cases": list(options.exclude_cases)} if options.exclude_cases else {})}

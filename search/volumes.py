@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medir.errors import MedirError
 from medir.ids import case_id_of
 from search.store import COMPLETE, LABEL_KEYS, LAYOUT, PENDING, READY, Filter, SliceStore
 
@@ -47,6 +48,31 @@ class VolumeInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VolumeInfo:
+        """The volume :meth:`to_dict` gave (a worker's answer, read back on the client);
+        KeyError, TypeError or ValueError when it is not one."""
+        return cls(str(data["volume_id"]), str(data["collection"]), str(data["source"]),
+                   int(data["n_slices"]), int(data["points"]), str(data["state"]),
+                   str(data["embedder"]), str(data["intensity"]), str(data["content_id"]),
+                   str(data["gen"]), _texts(data.get("labels")), _texts(data.get("meta")))
+
+
+def _texts(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def check_filters(filters: Mapping[str, Sequence[str]] | None) -> None:
+    """Label filters name label keys only (``medir volumes --filter``): one line otherwise,
+    before any store or queue is asked."""
+    bad = [k for k in (filters or {}) if k not in LABEL_KEYS]
+    if bad:
+        raise MedirError(f"cannot filter on {bad[0]!r}; label filters: " + ", ".join(LABEL_KEYS))
 
 
 _META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
@@ -100,6 +126,14 @@ class SourceCheck:
     def to_dict(self) -> dict[str, Any]:
         return {**self.volume.to_dict(), "source_state": self.state, "reason": self.reason}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourceCheck:
+        """The check :meth:`to_dict` gave (KeyError, TypeError or ValueError otherwise)."""
+        state = str(data["source_state"])
+        if state not in (PRESENT, GONE, UNKNOWN):
+            raise ValueError(f"unknown source state {state!r}")
+        return cls(VolumeInfo.from_dict(data), state, str(data.get("reason", "")))
+
 
 @dataclass
 class PruneResult:
@@ -126,6 +160,24 @@ class PruneResult:
         return {"applied": self.applied, "removed_points": self.removed_points,
                 "counts": self.counts(), "unknown_reasons": self.unknown_reasons(),
                 "volumes": [c.to_dict() for c in self.checks if c.state != PRESENT]}
+
+    def to_wire(self) -> dict[str, Any]:
+        """The whole result as plain JSON (every check, the present ones too): a worker's
+        answer, read back by :meth:`from_wire` (``to_dict`` is what ``--json`` prints)."""
+        return {"applied": self.applied, "removed_points": self.removed_points,
+                "checks": [c.to_dict() for c in self.checks]}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> PruneResult:
+        """The result :meth:`to_wire` gave (KeyError, TypeError or ValueError otherwise)."""
+        checks = data["checks"]
+        if not isinstance(checks, list):
+            raise TypeError("checks must be a list")
+        applied = data["applied"]
+        if not isinstance(applied, bool):
+            raise TypeError("applied must be true or false")
+        return cls([SourceCheck.from_dict(c) for c in checks], int(data["removed_points"]),
+                   applied)
 
 
 def ingest_root(volume_id: str, source: str) -> Path:

@@ -110,3 +110,40 @@ def test_bad_inputs_each_get_one_clear_line(cohort: tuple[list[Path], Path], tmp
 def test_empty_store(cohort: tuple[list[Path], Path]) -> None:
     files, _ = cohort
     _one_line_error(medir("search", files[0], "--model", "test-tiny"), "empty")
+
+
+def test_queue_progress_is_drawn_from_the_runner_events() -> None:
+    """``medir ingest --queue`` draws the runner's events (medir/cli/progress.py): one line per
+    finished volume (its report, or its error), the "no worker" hint once, the summary."""
+    import io
+
+    from rich.console import Console
+
+    from medir.cli.progress import JobsProgress
+    from runner import JobState, JobsUpdate
+
+    console = Console(file=io.StringIO(), width=200)
+    report = {"status": "indexed", "n_slices": 12, "task_seconds": 0.25}
+    looks = [
+        JobsUpdate([JobState("1", "p1/ct", "PENDING"), JobState("2", "bad[/x]", "PENDING")],
+                   no_worker=True),
+        JobsUpdate([JobState("1", "p1/ct", "PENDING"), JobState("2", "bad[/x]", "PENDING")],
+                   no_worker=True),
+        JobsUpdate([JobState("1", "p1/ct", "PROGRESS", 6, 12),
+                    JobState("2", "bad[/x]", "FAILURE", error="/d/bad: truncated")]),
+        JobsUpdate([JobState("1", "p1/ct", "SUCCESS", 6, 12, result=report),
+                    JobState("2", "bad[/x]", "FAILURE", error="/d/bad: truncated")]),
+    ]
+    with JobsProgress(console, 2) as view:
+        for u in looks:
+            view.update(u)
+    view.summary()
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    lines = [x.rstrip() for x in text.splitlines()]
+    assert text.count("no worker answers: start one with `medir worker`") == 1
+    assert "indexed  p1/ct (12 slices, 0.2 s)" in lines
+    assert "failed   bad[/x]: /d/bad: truncated" in lines
+    assert text.count("failed   bad[/x]") == 1  # a finished job is shown once
+    assert any(x.startswith("1 of 2 volume(s) done in ") and ", 12 slices embedded (" in x
+               for x in lines), text
+    assert "1 volume(s) failed, the others were indexed" in lines

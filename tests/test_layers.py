@@ -79,7 +79,8 @@ def _lint_imports() -> list[str]:
 
 
 def test_import_contracts_hold() -> None:
-    """The layers contract, search never importing ingest, nothing importing the CLI."""
+    """The layers contract, search never importing ingest, nothing importing the CLI, no
+    terminal drawing (rich) below the CLI."""
     proc = subprocess.run(_lint_imports(), cwd=ROOT, capture_output=True, text=True,
                           env=_env(ROOT), timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -87,20 +88,22 @@ def test_import_contracts_hold() -> None:
 
 
 def test_import_contracts_catch_an_upward_import(tmp_path: Path) -> None:
-    """The contracts are not vacuous: a copy of the tree with search importing ingest, and
-    ingest importing the CLI, breaks them."""
+    """The contracts are not vacuous: a copy of the tree with search importing ingest,
+    ingest importing the CLI, and the runner drawing a progress bar, breaks them."""
     copy = tmp_path / "tree"
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, copy / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     (copy / "search" / "zz_up.py").write_text("import ingest.reader\n")
     (copy / "ingest" / "zz_up.py").write_text("def f() -> None:\n    import medir.cli\n")
+    (copy / "runner" / "zz_bar.py").write_text("def f() -> None:\n    import rich.progress\n")
     proc = subprocess.run([*_lint_imports()[:-1], str(copy / "pyproject.toml")], cwd=copy,
                           capture_output=True, text=True, env=_env(copy), timeout=300)
     assert proc.returncode != 0
     assert "search.zz_up -> ingest.reader" in proc.stdout
     assert "ingest.zz_up -> medir.cli" in proc.stdout
-    assert "3 broken" in proc.stdout
+    assert "runner.zz_bar -> rich" in proc.stdout
+    assert "4 broken" in proc.stdout
 
 
 def _env(root: Path) -> dict[str, str]:

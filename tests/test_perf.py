@@ -314,3 +314,19 @@ def test_query_latency_bench_interleaves_variants(tmp_path: Path, make_nifti) ->
     assert len(r["spread"][capped]["total_s"]["rounds"]) == 3
     assert {"read_s", "embed_s", "knn_s", "vote_s", "knn_vote_fraction"} <= r["rows"][capped].keys()
     assert "busy" in doc and doc["load"]["start"]["load_1min"] is not None
+
+
+def test_store_bench_scores_hnsw_against_exact_search(tmp_path: Path) -> None:
+    """The store bench fills a store of the asked size, queries it per ``ef`` and compares
+    with exact search: a noisy copy of one volume's slices finds that volume's slices."""
+    from benchmarks.perf.store_scale import bench_store
+
+    out = bench_store(2000, dim=32, per_volume=200, query_slices=50, repeats=1, efs=(32, 64),
+                      keep_dir=tmp_path)
+    assert out["points"] == 2000
+    assert set(out["by_ef"]) == {"32", "64"}
+    for row in out["by_ef"].values():
+        assert row["recall_at_1"] >= 0.9
+        assert row["top_volume_matches_exact"] is True
+        assert row["knn_p50_ms"] > 0
+    assert list(tmp_path.iterdir()) == []  # the store is deleted afterwards

@@ -384,7 +384,7 @@ def test_fetch_eval_collection_gzips_nii_members_and_writes_the_case(tmp_path: P
 
 
 def test_gaussian_over_a_sampling_is_medirs_query_method() -> None:
-    from benchmarks.quality import parse_method
+    from benchmarks.methods import parse_method
 
     m = parse_method("W:every-mm:7")
     assert (m.sampling.kind, m.sampling.value, m.weighting.kind) == ("every-mm", 7.0, "gaussian")

@@ -65,6 +65,20 @@ def collection(stats: dict[str, Any], model: str) -> dict[str, Any]:
     return {"points": 0, "ready_points": 0, "volumes": 0}
 
 
+def ingest_through_queue(files: list[Path], model: str, labels: Any, *, wait: bool,
+                         console: Console) -> bool:
+    """What ``medir ingest --queue`` does: submit through the queued runner, then draw its
+    progress events with the command line's bars and lines (medir/cli/progress.py)."""
+    from medir.cli.progress import follow_jobs
+    from runner import IngestOptions, get_runner
+
+    settings = get_settings()
+    runner = get_runner(settings, queue=True)
+    outcome = runner.ingest(files, IngestOptions(model=model, intensity=settings.intensity,
+                                                 labels=labels))
+    return follow_jobs(runner, outcome.job_ids, console) if wait else True
+
+
 def jobs_by_volume() -> dict[str, Any]:
     from runner.queue.jobs import job_store
 
@@ -87,7 +101,6 @@ class SampleRun:
 def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleRun]:
     """One worker (default model, CPU, solo pool) ingests the whole sample collection."""
-    from runner.queue.submit import submit_ingest
 
     url = fresh_db_url(redis_server)
     root = tmp_path_factory.mktemp("sample-queue")
@@ -103,8 +116,8 @@ def sample_run(redis_server: str, samples_dir: Path,  # noqa: F811
         mp.setenv("MEDIR_REDIS_URL", url)
         get_settings.cache_clear()
         t0 = time.perf_counter()
-        ok = submit_ingest(files, DEFAULT_MODEL, load_labels_csv(manifest), wait=True,
-                           console=out, settings=get_settings())
+        ok = ingest_through_queue(files, DEFAULT_MODEL, load_labels_csv(manifest), wait=True,
+                                  console=out)
         seconds = time.perf_counter() - t0
     get_settings.cache_clear()
     try:
@@ -213,7 +226,6 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
     from ingest.embedders import get_embedder
     from runner.queue import SEARCH_TASK, STATS_TASK
     from runner.queue.app import get_app
-    from runner.queue.submit import submit_ingest
     from search.query import QueryOptions, search_vectors
     from search.store import READY, Filter, collection_name
     from search.store_edge import EdgeStore
@@ -239,11 +251,9 @@ def test_b_sigkill_mid_volume_resumes_at_once_exactly(
     w1 = worker(store_path=store, env={**env, "MEDIR_TEST_PAUSE_VOLUME": target_id,
                                        "MEDIR_TEST_PAUSE_AFTER": "3",
                                        "MEDIR_TEST_PAUSE_FILE": str(paused)})
-    assert submit_ingest([other], "test-tiny", None, wait=True, console=quiet(),
-                         settings=get_settings())
+    assert ingest_through_queue([other], "test-tiny", None, wait=True, console=quiet())
     app = get_app(get_settings())
-    assert submit_ingest([target], "test-tiny", None, wait=False, console=quiet(),
-                         settings=get_settings())
+    assert ingest_through_queue([target], "test-tiny", None, wait=False, console=quiet())
     job = jobs_by_volume()[target_id]
     target_res = app.AsyncResult(job.id)
     wait_for(paused.exists, "the worker never reached the half-written state", w1)
@@ -304,7 +314,6 @@ def test_e_poison_volume_fails_after_max_deliveries(
     import shutil
 
     from runner.queue.app import get_app
-    from runner.queue.submit import submit_ingest
 
     poison = tmp_path / "poison_ct.nii.gz"
     shutil.copy(samples_dir / "mr_abdomen_totalseg.nii.gz", poison)
@@ -312,8 +321,8 @@ def test_e_poison_volume_fails_after_max_deliveries(
     env = {**TINY, "MEDIR_PLUGINS": "tests.plugin_embedder,tests.queue_fixtures",
            "MEDIR_TEST_KILL_ON": "poison_ct", "MEDIR_QUEUE__MAX_DELIVERIES": "2",
            "MEDIR_QUEUE__VISIBILITY_TIMEOUT": "7200", "MEDIR_QUEUE__RESTORE_INTERVAL": "1"}
-    assert submit_ingest([poison, good], "test-tiny", None, wait=False, console=quiet(),
-                         settings=get_settings())
+    assert ingest_through_queue([poison, good], "test-tiny", None, wait=False,
+                                console=quiet())
     app = get_app(get_settings())
     jobs = jobs_by_volume()
     poison_res = app.AsyncResult(jobs["poison_ct"].id)
@@ -342,7 +351,7 @@ def test_c_corrupt_file_fails_alone(
 ) -> None:
     from medir.cli.jobs import app as jobs_app
     from runner.queue.app import get_app
-    from runner.queue.submit import submit_ingest, submit_stats
+    from runner.queue.submit import submit_stats
 
     good = [samples_dir / "mr_abdomen_totalseg.nii.gz",
             samples_dir / "mr_head_t1c_pyradiomics.nii.gz"]
@@ -356,7 +365,7 @@ def test_c_corrupt_file_fails_alone(
 
     w = worker(store_path=tmp_path / "store", env=TINY)
     out = quiet()
-    ok = submit_ingest(files, "test-tiny", None, wait=True, console=out, settings=get_settings())
+    ok = ingest_through_queue(files, "test-tiny", None, wait=True, console=out)
     text = console_text(out)
     assert not ok, text
     jobs = jobs_by_volume()

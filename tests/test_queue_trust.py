@@ -171,3 +171,57 @@ def test_queue_progress_and_jobs_show_hostile_names_literally(
     out = r.stdout + r.stderr
     assert r.returncode == 0 and esc not in out and "MarkupError" not in out, out
     assert "p001[/]ct" in out and "\\x1b[2Kok" in out, out
+
+
+def test_maintenance_task_arguments_are_checked(tmp_path: Path) -> None:
+    """The store-maintenance tasks (volumes, volume ids, prune, migrate) check every argument
+    before the store is touched: types, sizes, label keys, migrate roots inside the worker's
+    folders (links resolved); what passes comes out as the runner takes it."""
+    from runner.queue import TaskRefused
+    from runner.queue.checks import (
+        MAX_FILTER_VALUES,
+        MAX_ROOTS,
+        check_migrate,
+        check_prune,
+        check_volume_ids,
+        check_volumes,
+    )
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "old").mkdir(parents=True)
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    s = Settings.model_validate({"data_dir": root, "model": "test-tiny",
+                                 "ui": {"ingest_roots": []}, "queue": {"roots": []}})
+
+    a = check_volumes("test-tiny", {"modality": ["CT", "MR"], "region": ("chest",)})
+    assert (a.model, a.filters) == ("test-tiny", {"modality": ["CT", "MR"], "region": ["chest"]})
+    assert check_volumes(None, None).filters == {} and check_volumes(None, None).model is None
+    assert check_volume_ids(s, None) == "test-tiny" and check_volume_ids(s, "m") == "m"
+    assert check_prune(True) is True and check_prune(False) is False
+    assert check_migrate(s, [str(root / "old"), str(root)]) == [root / "old", root]
+    assert check_migrate(s, None) == []
+    refused: list[tuple[Any, str]] = [
+        (lambda: check_volumes(7, None), "model must be a string"),
+        (lambda: check_volumes(None, ["modality"]), "filters must be a mapping"),
+        (lambda: check_volumes(None, {"patient_name": ["x"]}), "cannot filter on"),
+        (lambda: check_volumes(None, {"modality": "CT"}), "must be a list"),
+        (lambda: check_volumes(None, {"modality": ["x"] * (MAX_FILTER_VALUES + 1)}),
+         f"at most {MAX_FILTER_VALUES}"),
+        (lambda: check_volumes(None, {"modality": ["x" * 300]}), "longer than 256"),
+        (lambda: check_volumes(None, {"modality": [None]}), "must be a string"),
+        (lambda: check_volume_ids(s, "m" * 201), "longer than 200"),
+        (lambda: check_volume_ids(s, "m\x00"), "NUL"),
+        (lambda: check_prune("yes"), "apply must be true or false"),
+        (lambda: check_prune(1), "apply must be true or false"),
+        (lambda: check_migrate(s, str(root)), "roots must be a list"),
+        (lambda: check_migrate(s, [str(root)] * (MAX_ROOTS + 1)), f"at most {MAX_ROOTS}"),
+        (lambda: check_migrate(s, [str(outside)]), "outside the folders"),
+        (lambda: check_migrate(s, [str(root / "escape")]), "outside the folders"),
+        (lambda: check_migrate(s, [str(root / ".." / "outside")]), "outside the folders"),
+        (lambda: check_migrate(s, ["old"]), "not an absolute path"),
+        (lambda: check_migrate(s, [3]), "must be a string"),
+    ]
+    for call, why in refused:
+        with pytest.raises(TaskRefused, match=why):
+            call()

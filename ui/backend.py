@@ -95,10 +95,10 @@ def stats(settings: Settings) -> dict[str, Any]:
         return runner.stats()
 
 
-def indexed_volumes(settings: Settings, model: str) -> list[str] | None:
-    """Ids of the complete volumes indexed with ``model``; None when this process cannot read
-    the store (queue mode with the embedded store, which the worker owns)."""
-    with get_runner(settings) as runner:
+def indexed_volumes(settings: Settings, model: str) -> list[str]:
+    """Ids of the complete volumes indexed with ``model`` (in queue mode with the embedded
+    store, the worker that owns it answers)."""
+    with queue_calls(settings), get_runner(settings) as runner:
         return runner.volume_ids(model)
 
 

@@ -58,11 +58,11 @@ def forget_stats() -> None:
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def _volumes(key: str, model: str, _settings: Settings) -> list[str] | None:
+def _volumes(key: str, model: str, _settings: Settings) -> list[str]:
     return backend.indexed_volumes(_settings, model)
 
 
-def indexed_volumes(s: Settings, model: str) -> list[str] | None:
+def indexed_volumes(s: Settings, model: str) -> list[str]:
     return _volumes(_key(s), model, s)
 
 

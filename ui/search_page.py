@@ -312,10 +312,6 @@ def _indexed_input(s: Settings, model: str) -> str | None:
     except Exception as exc:
         show_error(exc)
         return None
-    if ids is None:  # the worker owns the embedded store: type the id
-        typed = st.text_input("Indexed volume id", key="volume_id_text",
-                              help="The id shown on the Collection page or by `medir info`.")
-        return typed.strip() or None
     if not ids:
         st.warning(f"No volumes are indexed with {md(model)}.", icon=":material/explore_off:")
         return None

@@ -55,6 +55,77 @@ def synthetic_points(total: int, dim: int, per_volume: int, seed: int = 0
         v += 1
 
 
+def _fill(store: EdgeStore, n_points: int, dim: int, per_volume: int, upsert_batch: int,
+          seed: int) -> tuple[float, float]:
+    """Upsert ``n_points`` synthetic slices in batches, then build the HNSW graph:
+    (upsert seconds, build seconds)."""
+    t_up = 0.0
+    buf: list[SlicePoint] = []
+    done = 0
+    next_log = n_points // 10
+
+    def upsert() -> float:
+        t0 = time.perf_counter()
+        store.upsert(COLL, buf)
+        return time.perf_counter() - t0
+
+    for pts in synthetic_points(n_points, dim, per_volume, seed):
+        buf.extend(pts)
+        if len(buf) >= upsert_batch:
+            t_up += upsert()
+            done += len(buf)
+            buf = []
+            if done >= next_log:
+                log(f"store {n_points}: upserted {done}")
+                next_log += n_points // 10
+    if buf:
+        t_up += upsert()
+    t0 = time.perf_counter()
+    store.flush()
+    store.optimize(COLL)
+    build_s = time.perf_counter() - t0
+    log(f"store {n_points}: HNSW built in {build_s:.1f} s")
+    return t_up, build_s
+
+
+def _noisy_query(n_points: int, dim: int, per_volume: int, query_slices: int,
+                 seed: int) -> NDArray[np.float32]:
+    """The query: a noisy copy of slices 50..149 of volume 3 (unit rows)."""
+    q_vol = min(3, max(0, n_points // per_volume - 1))
+    src = volume_vectors(q_vol, per_volume, dim, seed)
+    rng = np.random.default_rng(seed + 1)
+    lo = max(0, min(50, per_volume - query_slices))
+    q = src[lo:lo + query_slices] + rng.normal(scale=0.05, size=(query_slices, dim))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _measure_ef(store: EdgeStore, q: NDArray[np.float32], repeats: int,
+                exact_ids: list[str | None], exact_top: str) -> dict[str, Any]:
+    """k-NN and vote latency (first run a warm-up), recall@1 against exact search, and
+    whether the top volume matches exact search, at the store's current ``ef``."""
+    opts = QueryOptions(sampling="all", weighting="gaussian", k=1, top=10)
+    knn, vote_t, total = [], [], []
+    top = ""
+    for _ in range(repeats + 1):
+        found = search_vectors(store, COLL, q, len(q), 2.5, opts)
+        t = found.timings
+        knn.append(t["knn_s"])
+        vote_t.append(t["vote_s"])
+        total.append(t["knn_s"] + t["vote_s"])
+        top = found.vote.ranking[0].volume_id if found.vote.ranking else ""
+    knn, vote_t, total = knn[1:], vote_t[1:], total[1:]  # first: warm-up
+    hits = store.search_batch(COLL, q, 1, READY)
+    recall = float(np.mean([bool(h) and h[0].id == e
+                            for h, e in zip(hits, exact_ids, strict=True)]))
+    return {
+        "knn_p50_ms": percentile_ms(knn, 50), "knn_p95_ms": percentile_ms(knn, 95),
+        "vote_p50_ms": percentile_ms(vote_t, 50),
+        "knn_vote_p50_ms": percentile_ms(total, 50),
+        "recall_at_1": recall,
+        "top_volume_matches_exact": top == exact_top,
+    }
+
+
 def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slices: int = 100,
                 repeats: int = 20, efs: tuple[int, ...] = (64, 128, 256), m: int = 16,
                 ef_construct: int = 128, upsert_batch: int = 512, seed: int = 0,
@@ -67,68 +138,18 @@ def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slic
         storage = storage or StoreSettings()
         store = EdgeStore(tmp, HnswSettings(m=m, ef_construct=ef_construct), storage)
         store.ensure_collection(COLL, dim)
-        t_up = 0.0
-        buf: list[SlicePoint] = []
-        done = 0
-        next_log = n_points // 10
-        for pts in synthetic_points(n_points, dim, per_volume, seed):
-            buf.extend(pts)
-            if len(buf) >= upsert_batch:
-                t0 = time.perf_counter()
-                store.upsert(COLL, buf)
-                t_up += time.perf_counter() - t0
-                done += len(buf)
-                buf = []
-                if done >= next_log:
-                    log(f"store {n_points}: upserted {done}")
-                    next_log += n_points // 10
-        if buf:
-            t0 = time.perf_counter()
-            store.upsert(COLL, buf)
-            t_up += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        store.flush()
-        store.optimize(COLL)
-        build_s = time.perf_counter() - t0
-        log(f"store {n_points}: HNSW built in {build_s:.1f} s")
+        t_up, build_s = _fill(store, n_points, dim, per_volume, upsert_batch, seed)
         count = store.count(COLL)
-        # the query: a noisy copy of slices 50..149 of volume 3
-        q_vol = min(3, max(0, n_points // per_volume - 1))
-        src = volume_vectors(q_vol, per_volume, dim, seed)
-        rng = np.random.default_rng(seed + 1)
-        lo = max(0, min(50, per_volume - query_slices))
-        q = src[lo:lo + query_slices] + rng.normal(scale=0.05, size=(query_slices, dim))
-        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-        opts = QueryOptions(sampling="all", weighting="gaussian", k=1, top=10)
+        q = _noisy_query(n_points, dim, per_volume, query_slices, seed)
         exact_hits = store.search_batch(COLL, q, 1, READY, exact=True)
         exact_ids = [h[0].id if h else None for h in exact_hits]
         exact = search_vectors(store, COLL, q, len(q), 2.5,
                                QueryOptions(sampling="all", k=1, exact=True))
-        exact_vote, exact_t = exact.vote, exact.timings
+        exact_top = exact.vote.ranking[0].volume_id if exact.vote.ranking else ""
         by_ef: dict[str, Any] = {}
         for ef in efs:
             store.hnsw = store.hnsw.model_copy(update={"ef": ef})
-            knn, vote_t, total = [], [], []
-            top = ""
-            for _ in range(repeats + 1):
-                found = search_vectors(store, COLL, q, len(q), 2.5, opts)
-                res, t = found.vote, found.timings
-                knn.append(t["knn_s"])
-                vote_t.append(t["vote_s"])
-                total.append(t["knn_s"] + t["vote_s"])
-                top = res.ranking[0].volume_id if res.ranking else ""
-            knn, vote_t, total = knn[1:], vote_t[1:], total[1:]  # first: warm-up
-            hits = store.search_batch(COLL, q, 1, READY)
-            recall = float(np.mean([bool(h) and h[0].id == e for h, e in zip(hits, exact_ids,
-                                                                              strict=True)]))
-            by_ef[str(ef)] = {
-                "knn_p50_ms": percentile_ms(knn, 50), "knn_p95_ms": percentile_ms(knn, 95),
-                "vote_p50_ms": percentile_ms(vote_t, 50),
-                "knn_vote_p50_ms": percentile_ms(total, 50),
-                "recall_at_1": recall,
-                "top_volume_matches_exact": top == (exact_vote.ranking[0].volume_id
-                                                    if exact_vote.ranking else ""),
-            }
+            by_ef[str(ef)] = _measure_ef(store, q, repeats, exact_ids, exact_top)
             log(f"store {n_points} ef={ef}: {by_ef[str(ef)]}")
         disk = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         rss1 = rss_bytes()
@@ -139,7 +160,7 @@ def bench_store(n_points: int, dim: int = 384, per_volume: int = 200, query_slic
             "ef_construct": ef_construct, "query_slices": query_slices, "repeats": repeats,
             "upsert_s": t_up, "upsert_points_per_s": n_points / t_up if t_up else None,
             "index_build_s": build_s,
-            "exact_knn_ms": exact_t["knn_s"] * 1000.0,
+            "exact_knn_ms": exact.timings["knn_s"] * 1000.0,
             "by_ef": by_ef,
             "rss_growth_bytes": rss1 - rss0, "rss_bytes": rss1, "disk_bytes": disk,
             "p50_target_ms": 50.0,

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from benchmarks.machine import check_machine
+from benchmarks.methods import OPTION_KEYS
 from medir.cli.bench_perf import AllowBusyOpt
 from medir.cli.bench_perf import app as perf_app
 from medir.cli.common import user_errors
@@ -33,16 +34,16 @@ _errors = user_errors
 
 def _split(values: list[str] | None) -> list[str]:
     """Repeated options and comma lists alike: ``--models a,b --models c`` → [a, b, c].
-    Index specs carry commas inside (``hnsw:M=32,efC=128``), and so do capped samplings
-    (``W:every-mm:7,max=12``, ``all,max=20``): a piece with '=' but no ':' is glued back to
-    the previous one (a ``max=N`` piece always)."""
+    Index specs carry commas inside (``hnsw:M=32,efC=128``), and so do methods with options
+    (``W:every-mm:7,max=12``, ``all,max=20``, ``W,sigma=0.3``): a piece with '=' but no ':' is
+    glued back to the previous one (a method's ``max=N`` or ``sigma=S`` piece always)."""
     out: list[str] = []
     for v in values or []:
         for piece in (p.strip() for p in v.split(",")):
             if not piece:
                 continue
             glue = "=" in piece and ":" not in piece and (":" in out[-1] if out else False)
-            if out and (glue or piece.lower().startswith("max=")):
+            if out and (glue or piece.lower().startswith(tuple(f"{k}=" for k in OPTION_KEYS))):
                 out[-1] += "," + piece
             else:
                 out.append(piece)
@@ -62,7 +63,8 @@ def paper(
         help="Index specs: flat, lsh[:nbits=N], hnsw[:M=32,efC=128,efS=128], qdrant[:...].")
     ] = None,
     variants: Annotated[list[str] | None, typer.Option(
-        help="Grid columns: random:K, every-mm:X, every-n:N, all, W, SW (default: Table III).")
+        help="Grid columns, methods [W:|SW:]<sampling> [,max=N] [,sigma=S] (docs/benchmarks.md):"
+             " random:K, every-mm:X, every-n:N, all, W, W:every-mm:X, SW (default: Table III).")
     ] = None,
     k: Annotated[int | None, typer.Option(help="Neighbours per query slice.")] = None,
     config: Annotated[Path | None, typer.Option(help="Grid config JSON.")] = None,
@@ -126,8 +128,9 @@ def quality(
         help="Embedding models (repeat or comma-separate); default: the configured model.")
     ] = None,
     methods: Annotated[list[str] | None, typer.Option(
-        help="all, every-mm:X, W, SW, each optionally +maxsim or +zorder "
-             "(default: all, every-mm:7, W, SW, W+maxsim, W+zorder).")] = None,
+        help="Methods [W:|SW:]<sampling> [,max=N] [,sigma=S] [+maxsim|+zorder] [+domain] "
+             "(docs/benchmarks.md), e.g. all, every-mm:7, W, W:every-mm:7, SW, W+zorder, "
+             "W+domain (default: all, every-mm:7, W, SW, W+maxsim, W+zorder).")] = None,
     preps: Annotated[list[str] | None, typer.Option(
         help="Preprocessings: auto, auto-windows, ct-windows, percentile, ct, each optionally "
              "+fov:MM (physical scale).")] = None,
@@ -155,8 +158,9 @@ def quality(
     """Leave-one-case-out and the perturbation suite for models × preprocessings × methods."""
     guard = check_machine(allow_busy)
     from benchmarks.datasets import load_dataset
+    from benchmarks.methods import parse_method
     from benchmarks.perturb import get_perturbations
-    from benchmarks.quality import DEFAULT_METHODS, QualityConfig, parse_method, run_quality
+    from benchmarks.quality import DEFAULT_METHODS, QualityConfig, run_quality
     from benchmarks.quality_embed import Prep
     from benchmarks.quality_report import write_quality
     from ingest.embedders import configured_embedder

@@ -141,13 +141,13 @@ def query_latency_cmd(
     """A volume query end to end (read, window, embed, k-NN, vote) per model and sampling,
     interleaved round by round: medians, spread and per-round ratios to the first variant."""
     guard = check_machine(allow_busy)
+    from benchmarks.methods import parse_sampling
     from benchmarks.perf.query_bench import bench_latency, resampled_query
-    from search.sampling import Sampling
 
     model_list = models or [DEFAULT_MODEL, "dinov2-s-onnx-int8"]
     samplings = sampling or [DEFAULT_SAMPLING]
     for s in samplings:
-        Sampling.parse(s)  # a typo is one line now, not after the indexing
+        parse_sampling(s)  # a typo is one line now, not after the indexing
     files = [samples / f for f in (index or ["mr_abdomen_totalseg.nii.gz"])]
     params = {"models": model_list, "sampling": samplings, "query": query,
               "resample_query": resample_query, "resample_z_mm": resample_z_mm,

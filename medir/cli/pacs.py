@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ingest.dicomweb import PacsError, PacsSeries, QidoFilters, list_series, mask, parse_source
 from ingest.pipeline import IngestReport, LabelMap
+from medir.cli.progress import follow_jobs
 from medir.config import get_settings
 from medir.errors import MedirError
 from medir.terminal import safe_text
@@ -51,7 +52,7 @@ def ingest_from_pacs(sources: Sequence[str], filters: QidoFilters, *, model: str
             console.print(f"submitted {len(outcome.job_ids)} series to the ingest queue "
                           f"(model {safe_text(model)})", highlight=False)
             if wait:
-                ok = runner.follow(outcome.job_ids, console) and ok
+                ok = follow_jobs(runner, outcome.job_ids, console) and ok
             continue
         counts = Counter(r.status for r in outcome.reports)
         console.print(safe_text(f"{spec.target.display}: " + ", ".join(

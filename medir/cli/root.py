@@ -121,7 +121,9 @@ def ingest(
         out.print(f"submitted {len(outcome.job_ids)} volume(s) from {len(scan.sources)} file(s) "
                   f"to queue 'ingest' (model {safe_text(model_name)})", highlight=False)
         if wait:
-            ok = runner.follow(outcome.job_ids, out)
+            from medir.cli.progress import follow_jobs
+
+            ok = follow_jobs(runner, outcome.job_ids, out)
         else:
             for j in outcome.job_ids:
                 out.print(f"  {j}  {safe_text(outcome.job_volumes.get(j, ''))}",

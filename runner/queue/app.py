@@ -29,9 +29,13 @@ from runner.queue import (
     AUDIT_TASK,
     INGEST_QUEUE,
     INGEST_TASK,
+    MIGRATE_TASK,
+    PRUNE_TASK,
     SEARCH_QUEUE,
     SEARCH_TASK,
     STATS_TASK,
+    VOLUME_IDS_TASK,
+    VOLUMES_TASK,
 )
 
 
@@ -67,6 +71,10 @@ def celery_config(redis_url: str, qs: QueueSettings) -> dict[str, Any]:
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
             STATS_TASK: {"queue": SEARCH_QUEUE},
             AUDIT_TASK: {"queue": SEARCH_QUEUE},
+            VOLUMES_TASK: {"queue": SEARCH_QUEUE},
+            VOLUME_IDS_TASK: {"queue": SEARCH_QUEUE},
+            PRUNE_TASK: {"queue": SEARCH_QUEUE},
+            MIGRATE_TASK: {"queue": SEARCH_QUEUE},
         },
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -10,9 +10,13 @@ Anyone who can write to the broker can send a task by name, so a worker trusts n
   worker then opens the resolved path, not the one in the message;
 - a PACS source must name the PACS of the worker's settings (``MEDIR_PACS__URL``): a worker
   contacts no other server;
+- a folder a store-maintenance task names (``migrate``'s roots, at most :data:`MAX_ROOTS`)
+  must lie inside those same folders;
 - every field has a type and a size: texts up to :data:`MAX_TEXT` characters, at most
   :data:`MAX_LABELS` labels of :data:`MAX_LABEL_TEXT` characters, :data:`MAX_FILES` files in a
-  series, query options of known names within :data:`MAX_OPTIONS_BYTES` of JSON.
+  series, query options of known names within :data:`MAX_OPTIONS_BYTES` of JSON, label
+  filters on the label keys only with at most :data:`MAX_FILTER_VALUES` values each, a
+  prune's ``apply`` true or false.
 
 A message that breaks a rule fails at once with :class:`~runner.queue.TaskRefused` (one line,
 recorded in its job); nothing is read and nothing is stored.
@@ -241,3 +245,79 @@ def check_audit(s: Settings, model: object, options: object) -> AuditArgs:
     if unknown:
         raise TaskRefused(f"refused: unknown audit options {shown(', '.join(unknown))}")
     return AuditArgs(name, dict(options))
+
+
+# ---- store maintenance (the worker owns the embedded store) ----------------------------------
+MAX_FILTER_VALUES = 256  # values of one label filter
+MAX_ROOTS = 64  # folders of one migrate
+
+
+def _model(s: Settings, value: object) -> str:
+    return s.model if value is None else _text(value, "model", 200)
+
+
+@dataclass(frozen=True)
+class VolumesArgs:
+    """The checked arguments of a ``list_volumes`` task."""
+
+    model: str | None
+    filters: dict[str, list[str]]
+
+
+def check_volumes(model: object, filters: object) -> VolumesArgs:
+    """The arguments of a ``list_volumes`` message, or :class:`TaskRefused`: a model name (or
+    none: every collection) and label filters on the label keys, each a bounded list of
+    bounded texts."""
+    from search.store import LABEL_KEYS
+
+    name = _optional_text(model, "model", 200)
+    if filters is None:
+        return VolumesArgs(name, {})
+    if not isinstance(filters, Mapping):
+        raise TaskRefused(f"refused: filters must be a mapping, got {shown(filters)}")
+    out: dict[str, list[str]] = {}
+    for key, values in filters.items():
+        if key not in LABEL_KEYS:
+            raise TaskRefused(f"refused: cannot filter on {shown(key)}; label filters: "
+                              + ", ".join(LABEL_KEYS))
+        if not isinstance(values, list | tuple):
+            raise TaskRefused(f"refused: the values of filter {key} must be a list, got "
+                              f"{shown(values)}")
+        if len(values) > MAX_FILTER_VALUES:
+            raise TaskRefused(f"refused: {len(values)} values of filter {key}; at most "
+                              f"{MAX_FILTER_VALUES}")
+        out[key] = [_text(v, f"a value of filter {key}", MAX_LABEL_TEXT) for v in values]
+    return VolumesArgs(name, out)
+
+
+def check_volume_ids(s: Settings, model: object) -> str:
+    """The model of a ``volume_ids`` message (the worker's default when none), or
+    :class:`TaskRefused`."""
+    return _model(s, model)
+
+
+def check_prune(apply: object) -> bool:
+    """Whether a ``prune_volumes`` message deletes (true or false, nothing else), or
+    :class:`TaskRefused`. The worker deletes only what it proves gone itself."""
+    return _flag(apply, "apply")
+
+
+def check_migrate(s: Settings, roots: object) -> list[Path]:
+    """The folders of a ``migrate_store`` message, or :class:`TaskRefused`: at most
+    :data:`MAX_ROOTS` absolute paths whose real location lies inside this worker's folders.
+
+    Migrate reads nothing under a root: it only compares the sources stored with it, so the
+    path is handed on as given (a root named through a link keeps matching the sources
+    recorded through that link); the check is on where it really leads."""
+    if roots is None:
+        return []
+    if not isinstance(roots, list | tuple):
+        raise TaskRefused(f"refused: roots must be a list, got {shown(roots)}")
+    if len(roots) > MAX_ROOTS:
+        raise TaskRefused(f"refused: {len(roots)} roots; at most {MAX_ROOTS}")
+    folders = worker_roots(s)
+    out = []
+    for r in roots:
+        confined(r, folders, "a migrate root")
+        out.append(Path(str(r)))
+    return out

@@ -1,4 +1,5 @@
-"""The client side of the queue: submit ingest jobs and follow them, queries through a worker.
+"""The client side of the queue: submit ingest jobs; queries and store maintenance through a
+worker (the one that owns the embedded store). How submitted jobs stand is :mod:`.watch`.
 
 Paths are sent as absolute paths: a worker must see the same files (same machine, or the same
 mount in every container). Jobs carry the volume id the folder walker
@@ -12,35 +13,30 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from ingest.collection import VolumeSource
 from medir.config import Settings
 from medir.errors import MedirError, StoreUnavailable, VolumeError, error_named
-from medir.terminal import safe_text
 from runner.queue import (
     AUDIT_TASK,
     INGEST_QUEUE,
     INGEST_TASK,
+    MIGRATE_TASK,
+    PRUNE_TASK,
     SEARCH_QUEUE,
     SEARCH_TASK,
     STATS_TASK,
+    VOLUME_IDS_TASK,
+    VOLUMES_TASK,
     TaskFailed,
 )
+from runner.queue.watch import task_error
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -50,9 +46,12 @@ if TYPE_CHECKING:
     from ingest.reader import Limits
     from search.audit import AuditOptions
     from search.query import QueryOptions
+    from search.volumes import PruneResult, VolumeInfo
 
-POLL_S = 0.5
-NO_WORKER_HINT_S = 10.0
+#: How much longer than a query a client waits for a task that walks a whole collection (the
+#: audit; prune, which may ask a PACS about every series; migrate).
+LONG_TASK_FACTOR = 6
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,11 +64,6 @@ class VolumeJob:
     volume_id: str
     labels: dict[str, str] | None = None  # None: no labels table (keep the stored labels)
     files: list[str] = field(default_factory=list)  # a DICOM series' files
-    state: str = "PENDING"
-    done: int = 0
-    total: int = 0
-    error: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def _app(settings: Settings) -> Celery:
@@ -152,115 +146,6 @@ def submit_jobs(
     return jobs
 
 
-def submit_ingest(
-    files: Sequence[VolumeSource | Path],
-    model: str,
-    labels: Mapping[str, Mapping[str, str]] | None,
-    *,
-    wait: bool,
-    console: Console,
-    settings: Settings,
-    force: bool = False,
-    intensity: str | None = None,
-) -> bool:
-    """Submit one ``ingest_volume`` task per 3D volume; follow them unless ``wait`` is false.
-
-    Returns True when every task succeeded (or, without waiting, when all were submitted).
-    """
-    jobs = submit_jobs(files, model, labels, intensity=intensity or settings.intensity,
-                       settings=settings, force=force)
-    console.print(f"submitted {len(jobs)} volume(s) from {len(files)} file(s) to queue "
-                  f"{INGEST_QUEUE!r} (model {safe_text(model)})", highlight=False)
-    if not wait:
-        for j in jobs:
-            console.print(f"  {j.task_id}  {safe_text(j.volume_id)}", highlight=False)
-        console.print("follow them with: medir jobs", highlight=False)
-        return True
-    return follow(_app(settings), jobs, console)
-
-
-def follow(app: Celery, jobs: list[VolumeJob], console: Console) -> bool:
-    """Show per-volume progress and the total slices/s until every job finished."""
-    results = {j.task_id: app.AsyncResult(j.task_id) for j in jobs}
-    pending = {j.task_id: j for j in jobs}
-    rows: dict[str, TaskID] = {}
-    t0 = time.monotonic()
-    first_start: float | None = None
-    slices_done = 0  # slices embedded by finished volumes (indexed, not skipped)
-    warned = False
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                  transient=False) as bar:
-        overall = bar.add_task("volumes", total=len(jobs), info="")
-        while pending:
-            running = 0
-            for tid, j in list(pending.items()):
-                res = results[tid]
-                state = res.state
-                if state == "PROGRESS" and isinstance(res.info, dict):
-                    first_start = first_start or time.monotonic()
-                    j.done, j.total = int(res.info.get("done", 0)), int(res.info.get("total", 0))
-                    if tid not in rows:
-                        rows[tid] = bar.add_task(f"  {safe_text(j.volume_id[:40])}",
-                                                 total=j.total or 1, info="")
-                    bar.update(rows[tid], completed=j.done, total=j.total or 1)
-                    running += j.done
-                elif state == "STARTED":
-                    first_start = first_start or time.monotonic()
-                elif state in ("SUCCESS", "FAILURE", "REVOKED"):
-                    j.state = state
-                    if state == "SUCCESS" and isinstance(res.result, dict):
-                        j.result = res.result
-                        if j.result.get("status") == "indexed":
-                            slices_done += int(j.result.get("n_slices", 0))
-                        msg = (f"{safe_text(j.result.get('status', 'done')):8s} "
-                               f"{safe_text(j.volume_id)} "
-                               f"({j.result.get('n_slices', 0)} slices, "
-                               f"{float(j.result.get('task_seconds', 0)):.1f} s)")
-                        bar.console.print(msg, highlight=False)
-                    else:
-                        j.error = _error_of(res)
-                        bar.console.print(f"[red]failed[/]   {safe_text(j.volume_id)}: "
-                                          f"{safe_text(j.error)}", highlight=False)
-                    if tid in rows:
-                        bar.remove_task(rows.pop(tid))
-                    del pending[tid]
-                    bar.advance(overall)
-            elapsed = time.monotonic() - (first_start or t0)
-            rate = (slices_done + running) / elapsed if first_start and elapsed > 0 else 0.0
-            bar.update(overall, info=f"{rate:.1f} slices/s")
-            if pending and not first_start and not warned and \
-                    time.monotonic() - t0 > NO_WORKER_HINT_S:
-                warned = True
-                if not _workers_alive(app):
-                    bar.console.print("[yellow]no worker answers: start one with "
-                                      "`medir worker` (the jobs wait in the queue)[/]")
-            if pending:
-                time.sleep(POLL_S)
-    failed = [j for j in jobs if j.state != "SUCCESS"]
-    total_s = time.monotonic() - t0
-    rate = slices_done / max(time.monotonic() - (first_start or t0), 1e-9)
-    console.print(f"{len(jobs) - len(failed)} of {len(jobs)} volume(s) done in {total_s:.1f} s, "
-                  f"{slices_done} slices embedded ({rate:.1f} slices/s)", highlight=False)
-    if failed:
-        console.print(f"[red]{len(failed)} volume(s) failed[/], the others were indexed")
-    return not failed
-
-
-def _error_of(res: AsyncResult) -> str:
-    info = res.info
-    if isinstance(info, BaseException):
-        return str(info) or type(info).__name__
-    return str(info or res.state)
-
-
-def _workers_alive(app: Celery) -> bool:
-    try:
-        return bool(app.control.ping(timeout=1.0))
-    except Exception:
-        return False
-
-
 def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
     """Wait for a query-like task; its failure becomes a MedirError with the worker's line."""
     deadline = time.monotonic() + timeout
@@ -273,7 +158,7 @@ def _wait(res: AsyncResult, timeout: float, what: str) -> dict[str, Any]:
         info = res.info
         if isinstance(info, TaskFailed) and info.kind:  # the worker's error, same class
             raise error_named(info.kind, str(info))
-        raise MedirError(_error_of(res))
+        raise MedirError(task_error(res))
     out = res.result
     res.forget()
     if not isinstance(out, dict):
@@ -307,7 +192,7 @@ def submit_audit(model: str, options: AuditOptions, settings: Settings) -> list[
     app = _app(settings)
     res = app.send_task(AUDIT_TASK, queue=SEARCH_QUEUE,
                         kwargs={"model": model, "options": options.to_dict()})
-    out = _wait(res, settings.queue.search_timeout * 6, f"audit of {model}")
+    out = _wait(res, settings.queue.search_timeout * LONG_TASK_FACTOR, f"audit of {model}")
     pairs = out.get("pairs")
     if not isinstance(pairs, list):
         raise MedirError(f"audit of {model}: unexpected answer")
@@ -319,6 +204,60 @@ def submit_stats(settings: Settings, timeout: float | None = None) -> dict[str, 
     app = _app(settings)
     res = app.send_task(STATS_TASK, queue=SEARCH_QUEUE)
     return _wait(res, timeout or settings.queue.search_timeout, "store statistics")
+
+
+def submit_volumes(model: str | None, filters: Mapping[str, Sequence[str]] | None,
+                   settings: Settings) -> list[VolumeInfo]:
+    """The indexed volumes of the store a worker owns (``LocalRunner.volumes`` there), read
+    back into the same :class:`~search.volumes.VolumeInfo` rows."""
+    from search.volumes import VolumeInfo
+
+    app = _app(settings)
+    wire = {k: list(v) for k, v in (filters or {}).items()}
+    res = app.send_task(VOLUMES_TASK, queue=SEARCH_QUEUE,
+                        kwargs={"model": model, "filters": wire})
+    out = _wait(res, settings.queue.search_timeout, "volume listing")
+    return _answer("volume listing", lambda: [VolumeInfo.from_dict(v) for v in out["volumes"]])
+
+
+def submit_volume_ids(model: str, settings: Settings) -> list[str]:
+    """Ids of the complete volumes of one model in the store a worker owns."""
+    app = _app(settings)
+    res = app.send_task(VOLUME_IDS_TASK, queue=SEARCH_QUEUE, kwargs={"model": model})
+    out = _wait(res, settings.queue.search_timeout, f"volume ids of {model}")
+    ids = out.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise MedirError(f"volume ids of {model}: unexpected answer")
+    return ids
+
+
+def submit_prune(apply: bool, settings: Settings) -> PruneResult:
+    """Every volume's source checked by the worker that owns the store (the sources are
+    paths it read, PACS series of its settings); with ``apply`` the gone ones deleted there."""
+    from search.volumes import PruneResult
+
+    app = _app(settings)
+    res = app.send_task(PRUNE_TASK, queue=SEARCH_QUEUE, kwargs={"apply": apply})
+    out = _wait(res, settings.queue.search_timeout * LONG_TASK_FACTOR, "prune")
+    return _answer("prune", lambda: PruneResult.from_wire(out))
+
+
+def submit_migrate(roots: Sequence[Path], settings: Settings) -> dict[str, int]:
+    """Upgrade the store a worker owns (``LocalRunner.migrate`` there). The roots are sent
+    absolute, as this process names them (``~`` and the working folder resolved here)."""
+    app = _app(settings)
+    wire = [str(Path(r).expanduser().absolute()) for r in roots]
+    res = app.send_task(MIGRATE_TASK, queue=SEARCH_QUEUE, kwargs={"roots": wire})
+    out = _wait(res, settings.queue.search_timeout * LONG_TASK_FACTOR, "migrate")
+    return _answer("migrate", lambda: {str(k): int(v) for k, v in out["migrated"].items()})
+
+
+def _answer(what: str, read: Callable[[], T]) -> T:
+    """A worker's answer read back into its type; a malformed one is one line."""
+    try:
+        return read()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MedirError(f"{what}: unexpected answer from the worker ({exc})") from None
 
 
 def submit_series(series: Sequence[PacsSeries], model: str, intensity: str,

@@ -3,8 +3,10 @@
 Tasks are thin adapters over the worker process's :class:`runner.local.LocalRunner`:
 ``ingest_volume`` reads one 3D volume and hands it to ``LocalRunner.index_one``;
 ``search_volume`` is ``LocalRunner.search`` (the same code as an in-process query);
-``store_stats`` is ``LocalRunner.stats``. The tasks add only the queue's failure policy and the
-job records.
+``store_stats``, ``audit_duplicates``, ``list_volumes``, ``volume_ids``, ``prune_volumes`` and
+``migrate_store`` are ``LocalRunner.stats``, ``audit``, ``volumes``, ``volume_ids``, ``prune``
+and ``migrate`` on the store this process owns, their answers as plain JSON. The tasks add only
+the queue's failure policy and the job records.
 
 GPU safety: nothing here touches CUDA or loads weights at import. The embedders and the store
 are created on first use inside the process that runs tasks (after fork for a prefork child;
@@ -31,6 +33,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery, Task
@@ -47,7 +50,18 @@ from celery.signals import (
 
 from medir.config import Settings, get_settings
 from medir.errors import MedirError, StoreUnavailable
-from runner.queue import AUDIT_TASK, INGEST_TASK, SEARCH_TASK, STATS_TASK, TaskFailed
+from runner.queue import (
+    AUDIT_TASK,
+    INGEST_TASK,
+    MIGRATE_TASK,
+    PRUNE_TASK,
+    SEARCH_TASK,
+    STATS_TASK,
+    UNRECORDED_TASKS,
+    VOLUME_IDS_TASK,
+    VOLUMES_TASK,
+    TaskFailed,
+)
 
 if TYPE_CHECKING:
     from runner.local import LocalRunner
@@ -221,7 +235,7 @@ def _jobs() -> Any:
 
 
 def _record(task: Task, **changes: Any) -> None:
-    if task.name == STATS_TASK:  # polled often; not a job anyone follows
+    if task.name in UNRECORDED_TASKS:  # polled often; not a job anyone follows
         return
     jobs = _jobs()
     if jobs is not None and task.request.id:
@@ -232,7 +246,7 @@ def _refuse_poison(task: Task) -> None:
     """A message delivered more than ``MEDIR_QUEUE__MAX_DELIVERIES`` times killed the worker
     that ran it each time (OOM, SIGKILL, a crash in native code): fail it, with the reason,
     instead of redelivering it forever. A retry is a new message and starts a new count."""
-    if task.name == STATS_TASK or not task.request.id:
+    if task.name in UNRECORDED_TASKS or not task.request.id:
         return
     jobs = _jobs()
     if jobs is None:
@@ -359,6 +373,27 @@ def store_stats_body() -> dict[str, Any]:
     return worker_runner().stats()
 
 
+def volumes_body(model: str | None, filters: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The indexed volumes of the worker's store (:meth:`LocalRunner.volumes`), as rows."""
+    return {"volumes": [v.to_dict() for v in worker_runner().volumes(model, filters)]}
+
+
+def volume_ids_body(model: str) -> dict[str, Any]:
+    """Ids of one model's complete volumes (:meth:`LocalRunner.volume_ids`)."""
+    return {"ids": worker_runner().volume_ids(model)}
+
+
+def prune_body(apply: bool) -> dict[str, Any]:
+    """Every volume's source checked from this worker, the gone ones deleted with ``apply``
+    (:meth:`LocalRunner.prune`); every check, present ones included."""
+    return worker_runner().prune(apply).to_wire()
+
+
+def migrate_body(roots: list[Path]) -> dict[str, Any]:
+    """The worker's store upgraded in place (:meth:`LocalRunner.migrate`)."""
+    return {"migrated": worker_runner().migrate(roots)}
+
+
 def register_tasks(app: Celery) -> None:
     """Register medir's tasks on ``app`` under fixed names (clients send them by name)."""
 
@@ -416,3 +451,37 @@ def register_tasks(app: Celery) -> None:
         """Collections, volumes and points of the store the worker owns."""
         return _run(self, "stats", store_stats_body)
 
+    @app.task(bind=True, name=VOLUMES_TASK, acks_late=True, reject_on_worker_lost=True)
+    def list_volumes(self: Task, model: str | None = None,
+                     filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The indexed volumes of the store the worker owns (one model's, label filters)."""
+        from runner.queue.checks import check_volumes
+
+        def body() -> dict[str, Any]:
+            a = check_volumes(model, filters)
+            return volumes_body(a.model, a.filters)
+
+        return _run(self, "volumes", body)
+
+    @app.task(bind=True, name=VOLUME_IDS_TASK, acks_late=True, reject_on_worker_lost=True)
+    def volume_ids(self: Task, model: str | None = None) -> dict[str, Any]:
+        """Ids of one model's complete volumes in the store the worker owns."""
+        from runner.queue.checks import check_volume_ids
+
+        s = worker_settings()
+        return _run(self, "volume_ids", lambda: volume_ids_body(check_volume_ids(s, model)))
+
+    @app.task(bind=True, name=PRUNE_TASK, acks_late=True, reject_on_worker_lost=True)
+    def prune_volumes(self: Task, apply: bool = False) -> dict[str, Any]:
+        """Volumes whose sources are gone, checked (and with ``apply`` deleted) here."""
+        from runner.queue.checks import check_prune
+
+        return _run(self, "prune", lambda: prune_body(check_prune(apply)))
+
+    @app.task(bind=True, name=MIGRATE_TASK, acks_late=True, reject_on_worker_lost=True)
+    def migrate_store(self: Task, roots: list[str] | None = None) -> dict[str, Any]:
+        """Upgrade the store the worker owns (written before volume identities)."""
+        from runner.queue.checks import check_migrate
+
+        s = worker_settings()
+        return _run(self, "migrate", lambda: migrate_body(check_migrate(s, roots)))
