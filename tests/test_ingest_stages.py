@@ -293,14 +293,14 @@ def _series(modality: str = "CT") -> PacsSeries:
 
 
 def test_a_pacs_series_source(tmp_path: Path) -> None:
-    client = PacsClient(Target("http://pacs.invalid/dicom-web"))
     emb = get_embedder("test-tiny", device="cpu")
-    with EdgeStore(tmp_path / "s") as store:
-        coll = open_collection(store, emb)
-        sr = PacsSource(_series("SR"), client).precheck(store, coll, "test-tiny@1")
-        assert sr is not None and (sr.status, sr.error) == ("skipped", "non-image DICOM (SR "
-                                                                          "series)")
-    src = PacsSource(_series(), client)
+    with PacsClient(Target("http://pacs.invalid/dicom-web")) as client:
+        with EdgeStore(tmp_path / "s") as store:  # a non-image series: skipped, no request
+            coll = open_collection(store, emb)
+            sr = PacsSource(_series("SR"), client).precheck(store, coll, "test-tiny@1")
+        assert sr is not None
+        assert (sr.status, sr.error) == ("skipped", "non-image DICOM (SR series)")
+        src = PacsSource(_series(), client)
     assert src.fatal(PacsUnavailable("refused")) and not src.fatal(PacsError("HTTP 500"))
     rep = src.failed("ignored", src.volume_id, PacsError("pacs: HTTP 500"), time.perf_counter())
     assert (rep.path, rep.error) == (src.source, "1.2.3.4: pacs: HTTP 500")
