@@ -279,8 +279,9 @@ class LocalRunner(Runner):
 
     def ingest_pacs(self, series: Sequence[PacsSeries], options: IngestOptions, *,
                     target: Target, on_report: ReportFn | None = None) -> IngestOutcome:
-        """Each series retrieved, read, embedded and written here, one at a time; a bad series
-        is a failed report, a server problem (:class:`ingest.dicomweb.PacsError`) raises."""
+        """Each series retrieved (one at a time), read, embedded and written here through the
+        same stages as files; a bad series is a failed report, a server that refuses us or
+        cannot be reached (:class:`ingest.dicomweb.PacsUnavailable`) raises."""
         from ingest.pacs_ingest import ingest_series
 
         emb = self.embedder(options.model)

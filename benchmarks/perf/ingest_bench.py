@@ -57,8 +57,9 @@ def run_pipelined(files: list[Path], embedder: Embedder, store_dir: Path,
     with EdgeStore(store_dir) as store:
         reports = ingest_paths(files, store, embedder, prefetch=prefetch, stats=stats,
                                progress=progress)
+    log(f"pipelined: {stats.summary()}")
     failed = [r.to_dict() for r in reports if r.status == "failed"]
-    out = stats.to_dict()
+    out = stats.to_dict()  # stage seconds by field (read_s, ...) and by stage name (stages)
     out.update(slices_per_s=stats.slices / stats.wall_s, failed=failed,
                volumes_reported=len(reports))
     return out

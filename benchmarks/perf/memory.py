@@ -112,7 +112,8 @@ def bench_memory(size_gb: float, model: str, device: str, batch_size: int,
             res.update(file_bytes=size, n_volumes=n, slices=n * shape[2])
             res["ingest_growth_bytes"] = res["peak_rss_bytes"] - res["peak_rss_before_ingest_bytes"]
             out["runs"][label] = res
-            log(f"memory {label}: peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB")
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in res["pipeline"]["stages"].items())
+            log(f"memory {label}: peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB; {stages}")
             path.unlink()
     full, small = out["runs"]["full"], out["runs"]["small"]
     out["file_bytes"] = full["file_bytes"]
