@@ -99,11 +99,11 @@ def ingest_series(
     retrieve) is reported as failed and the others go on.
 
     A server that refuses us or cannot be reached raises :class:`PacsUnavailable`: it would
-    fail every series the same way. A series' labels count as given (none without a table),
-    as for a queued series: re-ingesting without a table does not keep the stored ones.
+    fail every series the same way. As for files, without a labels table (``labels=None``)
+    a re-ingested series keeps the labels stored for it.
     """
     with PacsClient(target) as client:
         return ingest_paths(pacs_sources(series, client), store, embedder,
-                            labels=labels if labels is not None else {}, intensity=intensity,
+                            labels=labels, intensity=intensity,
                             upsert_batch=upsert_batch, progress=progress, on_report=on_report,
                             limits=limits)

@@ -79,7 +79,7 @@ class QueueRunner(Runner):
         from runner.queue.submit import submit_series
 
         return self._outcome(submit_series(series, options.model, options.intensity,
-                                           self.settings))
+                                           self.settings, options.labels))
 
     def _outcome(self, jobs: Sequence[VolumeJob]) -> IngestOutcome:
         self._submitted.update((j.task_id, j) for j in jobs)

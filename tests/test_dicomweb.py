@@ -311,6 +311,44 @@ def test_wrong_credentials_and_unreachable_one_line(orthanc: Orthanc,  # noqa: F
     assert "Wrong-" not in r.stderr + r3.stderr + r4.stderr
 
 
+def test_reingest_without_a_labels_table_keeps_the_stored_labels(
+        orthanc: Orthanc, study: dict, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for files, a series re-ingested without a labels table keeps the labels stored for
+    it (here past the cheap QIDO pre-check, as a changed series would be); a table's labels
+    replace them."""
+    import tests.plugin_embedder  # noqa: F401  (registers test-tiny)
+    from ingest import pacs_ingest
+    from ingest.embedders import get_embedder
+    from search.store_edge import EdgeStore
+    from search.volumes import list_volumes
+
+    for k, v in orthanc.env().items():
+        monkeypatch.setenv(k, v)
+    spec = parse_source("pacs", Settings())
+    series = dicomweb.list_series(spec, QidoFilters(study_uid=study["ct"][0].StudyInstanceUID,
+                                                    modality="CT"))
+    uid = series[0].volume_id
+    embedder = get_embedder("test-tiny", device="cpu")
+
+    def labels_now(store: EdgeStore) -> dict[str, str]:
+        return {v.volume_id: v.labels for v in list_volumes(store)}[uid]
+
+    with EdgeStore(tmp_path / "store") as store:
+        first = pacs_ingest.ingest_series(series, store, embedder, target=spec.target,
+                                          labels={uid: {"region": "chest"}})
+        assert [r.status for r in first] == ["indexed"]
+        assert labels_now(store).get("region") == "chest"
+        monkeypatch.setattr(pacs_ingest, "already_indexed", lambda *a, **k: False)
+        again = pacs_ingest.ingest_series(series, store, embedder, target=spec.target)
+        assert [r.status for r in again] == ["skipped"]
+        assert labels_now(store).get("region") == "chest"
+        relabel = pacs_ingest.ingest_series(series, store, embedder, target=spec.target,
+                                            labels={uid: {"region": "abdomen"}})
+        assert [r.status for r in relabel] == ["relabelled"]
+        assert labels_now(store).get("region") == "abdomen"
+
+
 def test_parse_source_and_mask() -> None:
     s = Settings(pacs={"url": "http://pacs:8042/dicom-web", "username": "u",  # type: ignore
                        "password": "sekret", "token": None})
@@ -390,18 +428,23 @@ def test_pacs_error_is_medir_error() -> None:
 
 def test_ingest_through_the_queue(orthanc: Orthanc, study: dict, tmp_path: Path,  # noqa: F811
                                   queue_env: str, worker: Any) -> None:
-    """With --queue each series is one task; the worker retrieves it with its own settings."""
+    """With --queue each series is one task; the worker retrieves it with its own settings,
+    and the series' row of a labels table travels with it, as in-process."""
     store = tmp_path / "qstore"
     w = worker(store_path=store, env={**TINY, **orthanc.env()})
     env = {**orthanc.env(), "MEDIR_REDIS_URL": queue_env, "MEDIR_STORE_PATH": str(store)}
     st = study["ct"][0].StudyInstanceUID
-    r = medir("ingest", "pacs", "--study", st, "--modality", "CT", "--queue", env=env)
+    uid = study["ct"][0].SeriesInstanceUID
+    table = tmp_path / "labels.csv"
+    table.write_text(f"case_id,modality,region\n{uid},CT,chest\n")
+    r = medir("ingest", "pacs", "--study", st, "--modality", "CT", "--queue",
+              "--labels", str(table), env=env)
     assert r.returncode == 0, r.stdout + r.stderr + w.tail()
     assert "submitted 1 series" in r.stdout
     w.stop()
     vols = _store_volumes(store)
-    assert {u: v["points"] for u, v in vols.items()} == {
-        study["ct"][0].SeriesInstanceUID: len(study["ct"])}
+    assert {u: v["points"] for u, v in vols.items()} == {uid: len(study["ct"])}
+    assert vols[uid]["region"] == "chest"
     _no_secret(r.stdout, r.stderr, w.log.read_text(errors="replace"))
 
 

@@ -261,21 +261,25 @@ def _answer(what: str, read: Callable[[], T]) -> T:
 
 
 def submit_series(series: Sequence[PacsSeries], model: str, intensity: str,
-                  settings: Settings) -> list[VolumeJob]:
+                  settings: Settings,
+                  labels: Mapping[str, Mapping[str, str]] | None = None) -> list[VolumeJob]:
     """One ``ingest_volume`` task per PACS series; returns the submitted jobs. The task's
     ``path`` is the series' source URL, without credentials: the worker authenticates with
-    its own settings."""
+    its own settings. Each task carries its series' row of the ``labels`` table (None: no
+    table, the worker keeps the labels stored for the series), as a file's job does."""
+    from ingest.collection import labels_for
     from runner.queue.jobs import Job, job_store
 
     app = _app(settings)
     records = job_store(settings)
     jobs = []
     for s in series:
-        job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id)
+        rows = labels_for(labels, s.volume_id) if labels is not None else None
+        job = VolumeJob(str(uuid.uuid4()), s.source, None, s.volume_id, labels=rows)
         records.create(Job(job.task_id, kind="ingest", file=s.source, volume=s.volume_id,
                            model=model))
         app.send_task(INGEST_TASK, task_id=job.task_id, queue=INGEST_QUEUE, kwargs={
-            "path": s.source, "index_4d": None, "model": model, "labels": {},
+            "path": s.source, "index_4d": None, "model": model, "labels": rows,
             "intensity": intensity,
         })
         jobs.append(job)
