@@ -24,7 +24,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL = "dinov2-s-onnx-int8"
 DEFAULT_SAMPLING = "every-mm:7"
 #: Query slices at most (evenly spaced among the sampling's): a query's model cost is one
-#: forward pass per slice, and 20 left every evaluation query's rank-1 class unchanged.
+#: forward pass per slice, and 20 left every evaluation query's top volume unchanged
+#: (docs/perf.md, issue22-max-slices-quality.json).
 DEFAULT_MAX_SLICES = 20
 #: Windowing plus physical scale (every slice resampled to a 400 mm field of view before the
 #: model): leave-one-case-out modality/region 12/20 → 15/20 (the reachable ceiling), no class
