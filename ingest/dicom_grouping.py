@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ingest.dicom_geometry import CLUSTER_TOL, Frame, frames_of_dataset, stack_geometry
-from ingest.dicom_header import HEADER_ERRORS, declared_itemsize, declared_shape, error_reason
+from ingest.dicom_header import HEADER_ERRORS, declared_itemsize, declared_shape
 from ingest.dicom_series import DicomSeries, series_label
 from ingest.reader import Limits, check_declared_size
 from ingest.skipped import (
@@ -34,7 +34,7 @@ from ingest.skipped import (
     UNSUPPORTED_IMAGE,
     Skipped,
 )
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 
 # The only attributes copied out of a DICOM header (display and filters, never ranking).
 META_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
@@ -99,7 +99,7 @@ def scanned_instance(name: str, ds: Dataset, limits: Limits | None,
         sop = str(ds.get("SOPInstanceUID", "") or "")
     except HEADER_ERRORS as exc:
         return ScannedInstance(name, skip=Skipped(name, BAD_FILE,
-                                                  f"unreadable header ({error_reason(exc)})"))
+                                                  f"unreadable header ({exception_line(exc)})"))
     if reason:
         return ScannedInstance(name, skip=Skipped(name, NON_IMAGE_DICOM, reason))
     if unsupported:
@@ -121,7 +121,7 @@ def scanned_instance(name: str, ds: Dataset, limits: Limits | None,
         return dataclasses.replace(base, series_error=(kind, exc.reason))
     except HEADER_ERRORS as exc:  # hostile values pydicom cannot convert
         return dataclasses.replace(base, series_error=(
-            BAD_FILE, f"unreadable geometry ({error_reason(exc)})"))
+            BAD_FILE, f"unreadable geometry ({exception_line(exc)})"))
     return dataclasses.replace(base, meta=meta, frames=frames, itemsize=itemsize)
 
 

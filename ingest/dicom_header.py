@@ -23,7 +23,7 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 
 # What pydicom raises on hostile header values (bad VRs, numbers that are not numbers, ...).
 HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
@@ -67,7 +67,7 @@ def read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MAX
         try:
             ds = _read_deflated(path, *deflated, pixels, max_inflated, why, reads)
         except _READ_ERRORS as exc:
-            raise VolumeError(path, f"not a readable DICOM file ({error_reason(exc)})") from None
+            raise VolumeError(path, f"not a readable DICOM file ({exception_line(exc)})") from None
         if "SOPClassUID" not in ds:
             raise VolumeError(path, "not a DICOM object (no SOP Class UID)")
         return ds
@@ -79,7 +79,7 @@ def read_header(path: Path, pixels: bool = False, max_inflated: int = HEADER_MAX
     except InvalidDicomError:
         pass
     except _READ_ERRORS as exc:
-        raise VolumeError(path, f"not a readable DICOM file ({error_reason(exc)})") from None
+        raise VolumeError(path, f"not a readable DICOM file ({exception_line(exc)})") from None
     try:  # old files without the 128-byte preamble and "DICM"
         ds = _dcmread(path, pixels, True, reads)
         if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
@@ -257,14 +257,6 @@ def declared_shape(ds: Dataset) -> tuple[int, int, int]:
             int(ds.get("NumberOfFrames", 1) or 1))
 
 
-def error_reason(exc: BaseException) -> str:
-    """An exception as one short line (its type and the first line of its message): what a
-    skipped file's reason or an error shows, never a traceback or a multi-line value."""
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-
 __all__ = [
     "DEFER_BYTES",
     "HEADER_ERRORS",
@@ -272,6 +264,5 @@ __all__ = [
     "MAX_HEADER_READS",
     "declared_itemsize",
     "declared_shape",
-    "error_reason",
     "read_header",
 ]

@@ -19,10 +19,9 @@ from ingest.dicom_header import (
     HEADER_MAX_BYTES,
     declared_itemsize,
     declared_shape,
-    error_reason,
     read_header,
 )
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 
 
 class SeriesPixels:
@@ -73,7 +72,7 @@ class SeriesPixels:
             itemsize = declared_itemsize(ds)
             samples = int(ds.get("SamplesPerPixel", 1) or 1)
         except HEADER_ERRORS as exc:
-            raise VolumeError(name, f"unreadable header ({error_reason(exc)})") from None
+            raise VolumeError(name, f"unreadable header ({exception_line(exc)})") from None
         if ((rows, cols, frames, samples) != (frame.rows, frame.cols, n_frames, 1)
                 or itemsize > self.itemsize):
             raise VolumeError(name, f"the header declares {rows}x{cols} pixels x {frames} "
@@ -91,7 +90,7 @@ class SeriesPixels:
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             ts_name = UID(str(ts)).name if ts else "unknown transfer syntax"
             raise VolumeError(name, f"cannot decode pixel data ({ts_name}: "
-                                    f"{error_reason(exc)})") from None
+                                    f"{exception_line(exc)})") from None
         return np.asarray(arr)
 
 

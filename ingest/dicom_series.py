@@ -21,14 +21,13 @@ from ingest.dicom_header import (
     HEADER_ERRORS,
     declared_itemsize,
     declared_shape,
-    error_reason,
     read_header,
 )
 from ingest.dicom_pixels import SeriesPixels
 from ingest.digest import file_sha256
 from ingest.reader import Limits, VolumeFile, _read_proxy, _to_canonical, check_declared_size
 from ingest.volume import Volume
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 
 
 @dataclass
@@ -104,7 +103,7 @@ def _frames_of(series: DicomSeries, limits: Limits | None) -> tuple[list[Frame],
             size = declared_itemsize(ds)
             rows, cols, n_frames = declared_shape(ds)
         except HEADER_ERRORS as exc:
-            raise VolumeError(name, f"unreadable header ({error_reason(exc)})") from None
+            raise VolumeError(name, f"unreadable header ({exception_line(exc)})") from None
         check_declared_size(Path(name), (cols, rows, n_frames), size, limits)
         itemsize = max(itemsize, size)
         frames.extend(frames_of_dataset(i, ds, name))
@@ -122,7 +121,7 @@ def _files_digest(files: Sequence[Path]) -> str:
         try:
             digests.append(file_sha256(p))
         except OSError as exc:
-            raise VolumeError(p, f"unreadable ({error_reason(exc)})") from None
+            raise VolumeError(p, f"unreadable ({exception_line(exc)})") from None
     total = hashlib.sha256()
     for d in sorted(digests):
         total.update(d.encode())

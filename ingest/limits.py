@@ -15,7 +15,7 @@ import numpy as np
 
 from ingest.compression import GZIP_ERRORS, gzip_decompressor, zlib_decompressor
 from medir.config import LimitsSettings
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 
 MAX_VOXELS = 1 << 34  # absolute ceiling, whatever the settings say
 GZIP_SLACK = 1 << 20  # bytes a compressed stream may hold beyond the declared data
@@ -107,12 +107,8 @@ def check_stream(p: Path, fobj: object, declared: int, kind: str, what: str = "d
                 raise VolumeError(p, f"decompression bomb: the compressed {what} yields more "
                                      f"than {bound} bytes, the header declares {declared}")
     except STREAM_ERRORS as exc:
-        raise VolumeError(p, f"corrupt compressed {what} ({_reason(exc)})") from None
+        raise VolumeError(p, f"corrupt compressed {what} ({exception_line(exc)})") from None
     if total < declared:
         raise VolumeError(p, f"truncated: the header declares {declared} bytes of {what}, the "
                              f"compressed stream holds {total}")
 
-
-def _reason(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

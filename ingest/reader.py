@@ -35,7 +35,7 @@ from ingest.limits import (
     MAX_VOXELS as MAX_VOXELS,  # re-exported: ingest.dicom's scan limits
 )
 from ingest.volume import Volume
-from medir.errors import VolumeError
+from medir.errors import VolumeError, exception_line
 from medir.ids import case_id_of, with_index
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _open_nifti(p: Path, lim: Limits) -> VolumeFile:
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for garbage
-        raise VolumeError(p, f"not a readable NIfTI file ({_reason(exc)})") from None
+        raise VolumeError(p, f"not a readable NIfTI file ({exception_line(exc)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeError(p, f"not a NIfTI image ({type(img).__name__})")
     shape = _spatial_shape(p, tuple(int(s) for s in img.shape), lim)
@@ -261,7 +261,7 @@ def _raw_pixdim(p: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> tuple[float,
         dims = int(raw["dim"][0])
         return tuple(float(z) for z in raw["pixdim"][1:1 + min(max(dims, 3), 3)])
     except Exception as exc:
-        raise VolumeError(p, f"unreadable NIfTI header ({_reason(exc)})") from None
+        raise VolumeError(p, f"unreadable NIfTI header ({exception_line(exc)})") from None
 
 
 def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
@@ -272,12 +272,12 @@ def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
             header = nrrd.read_header(fh)
             data_offset = fh.tell()
     except Exception as exc:
-        raise VolumeError(p, f"not a readable NRRD header ({_reason(exc)})") from None
+        raise VolumeError(p, f"not a readable NRRD header ({exception_line(exc)})") from None
     try:
         sizes = tuple(int(s) for s in np.asarray(header["sizes"]).reshape(-1))
         dtype = nrrd.reader._determine_datatype(header)
     except Exception as exc:
-        raise VolumeError(p, f"bad NRRD header ({_reason(exc)})") from None
+        raise VolumeError(p, f"bad NRRD header ({exception_line(exc)})") from None
     shape = _spatial_shape(p, sizes, lim)
     nbytes = check_declared_size(p, shape, dtype.itemsize, lim)
     data_path = _nrrd_data_file(p, header)
@@ -295,7 +295,7 @@ def _open_nrrd(p: Path, lim: Limits) -> VolumeFile:
                     header["data file"] = str(data_path)
                 data = nrrd.read_data(header, fh, str(p))
     except Exception as exc:
-        raise VolumeError(p, f"not a readable NRRD file ({_reason(exc)})") from None
+        raise VolumeError(p, f"not a readable NRRD file ({exception_line(exc)})") from None
     shape = _spatial_shape(p, tuple(int(s) for s in data.shape), lim)
     affine = nrrd_affine(p, header, len(shape))
     zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
@@ -431,7 +431,7 @@ def _read_proxy(path: Path, proxy: object, index: object) -> tuple[np.ndarray, l
     except MemoryError:
         raise VolumeError(path, "the header declares more voxels than fit in memory") from None
     except _READ_ERRORS as exc:
-        raise VolumeError(path, f"truncated or corrupt data ({_reason(exc)})") from None
+        raise VolumeError(path, f"truncated or corrupt data ({exception_line(exc)})") from None
     if arr.dtype.kind not in "biuf":
         raise VolumeError(path, f"unsupported voxel type {arr.dtype}")
     # No float32 copy here: _to_canonical casts while it reorients (one full-size copy, not two)
@@ -472,7 +472,3 @@ def _to_canonical(
     zyx = np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1], dtype=np.float32)
     return zyx, sp
 
-
-def _reason(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

@@ -10,6 +10,14 @@ class MedirError(Exception):
     """Base class of every error medir reports to users (CLI exit code 2, one line)."""
 
 
+def exception_line(exc: BaseException) -> str:
+    """An exception as one short line, its type and the first line of its message: how a
+    library's error (nibabel, pydicom, zlib, ...) reads inside a medir message, never a
+    traceback or a multi-line value."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 class VolumeError(MedirError):
     """A file that cannot be used as a volume. The message names the file and the problem."""
 
