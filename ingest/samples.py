@@ -41,15 +41,10 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from ingest.digest import file_sha256
-from ingest.labels import (  # noqa: F401  (re-exported: the labels moved to ingest.labels)
+from ingest.labels import (
     EVAL_MANIFEST_COLUMNS,
-    LABEL_KEYS,
     MANIFEST_COLUMNS,
     MANIFEST_NAME,
-    load_labels_csv,
-    load_volume_ids,
-    lookup_labels,
-    manifest_labels,
     read_manifest,
     write_manifest,
 )

@@ -102,8 +102,8 @@ def indexed_samples(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     """An embedded store holding every sample volume, embedded once per test session with the
     default model. Closed after building: copy it (``copy_store``) before opening it."""
     from ingest.embedders import get_embedder
+    from ingest.labels import load_labels_csv, read_manifest
     from ingest.pipeline import ingest_paths
-    from ingest.samples import load_labels_csv, read_manifest
     from search.store_edge import EdgeStore
 
     path = tmp_path_factory.mktemp("indexed") / "store"

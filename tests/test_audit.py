@@ -108,7 +108,7 @@ def test_bench_audit_scores_known_duplicates(tmp_path: Path) -> None:
     import nibabel as nib
     from typer.testing import CliRunner
 
-    from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
+    from ingest.labels import EVAL_MANIFEST_COLUMNS, write_manifest
     from medir.cli import app
 
     coll = tmp_path / "coll"

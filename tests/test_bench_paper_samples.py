@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.samples import MANIFEST_NAME, read_manifest, write_manifest
+from ingest.labels import MANIFEST_NAME, read_manifest, write_manifest
 
 # The smallest sample volumes (344 slices): CT and MR, head, chest and abdomen, a 4D file.
 SMALL = ("mr_abdomen_totalseg", "mr_head_epi4d_nibabel", "mr_head_t1c_pyradiomics",

@@ -77,7 +77,7 @@ def test_bench_feedback_measures_one_mark(tmp_path: Path) -> None:
     import nibabel as nib
     from typer.testing import CliRunner
 
-    from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
+    from ingest.labels import EVAL_MANIFEST_COLUMNS, write_manifest
     from medir.cli import app
     from tests.test_audit import _textured
 

@@ -222,7 +222,7 @@ def test_rerank_through_the_store(tmp_path: Path, method: str,
 
 # ---- the bench on a synthetic collection (the test embedder) -------------------------------
 def _collection(root: Path) -> Path:
-    from ingest.samples import EVAL_MANIFEST_COLUMNS, write_manifest
+    from ingest.labels import EVAL_MANIFEST_COLUMNS, write_manifest
 
     root.mkdir()
     rows = []
@@ -331,7 +331,7 @@ def test_real_model_perturbed_queries_find_their_own_case(samples_dir: Path,
     from benchmarks.perturb import get_perturbations
     from benchmarks.quality import QualityConfig, run_quality
     from ingest.embedders import get_embedder
-    from ingest.samples import read_manifest, write_manifest
+    from ingest.labels import read_manifest, write_manifest
 
     coll = tmp_path / "small"
     coll.mkdir()
@@ -358,8 +358,9 @@ def test_fetch_eval_collection_gzips_nii_members_and_writes_the_case(tmp_path: P
     import hashlib
     import zipfile
 
+    from ingest.labels import read_manifest
     from ingest.reader import open_volume
-    from ingest.samples import fetch_samples, read_manifest
+    from ingest.samples import fetch_samples
     from ingest.samples_catalog import Sample
 
     nii = tmp_path / "a.nii"

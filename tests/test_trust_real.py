@@ -38,9 +38,9 @@ def test_domain_of_every_real_volume_and_perturbation(eval_dir: Path) -> None:
     volume, every ``no-hu`` copy and every MR ``rescaled`` copy is right."""
     from benchmarks.perturb import SUITE, NamedPerturbation
     from ingest.intensity_domain import HU, NON_HU, intensity_domain
+    from ingest.labels import read_manifest
     from ingest.preprocess import looks_like_hu
     from ingest.reader import open_volume
-    from ingest.samples import read_manifest
 
     right = total = old_right = 0
     wrong: list[str] = []
