@@ -36,6 +36,9 @@ DEFAULT_WEIGHTING = "gaussian"
 DEFAULT_SIGMA = 0.25
 DEFAULT_K = 1
 DEFAULT_TOP = 10
+#: The largest k and top a query takes (the settings, the query options and the UI alike).
+MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
+MAX_TOP = 10_000  # volumes in the ranking
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medir"
 DEFAULT_WEIGHTS_DIR = Path("models")
@@ -127,8 +130,8 @@ class SearchSettings(BaseModel):
     measured here, docs/perf.md: the same top volume as all slices on every leave-one-out
     query, at 1/7 of the embedding on 1 mm CT), k=1, Gaussian-weighted vote."""
 
-    k: int = Field(DEFAULT_K, ge=1, le=1000, description="nearest slices per query slice")
-    top: int = Field(DEFAULT_TOP, ge=1, description="volumes in the ranking")
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="nearest slices per query slice")
+    top: int = Field(DEFAULT_TOP, ge=1, le=MAX_TOP, description="volumes in the ranking")
     sampling: str = Field(
         DEFAULT_SAMPLING,
         description="all | every-n:N | every-mm:X | random:K[:SEED], optionally ,max=N")

@@ -19,6 +19,8 @@ from medir.config import (
     DEFAULT_SIGMA,
     DEFAULT_TOP,
     DEFAULT_WEIGHTING,
+    MAX_K,
+    MAX_TOP,
     SearchSettings,
     check_intensity,
 )
@@ -28,8 +30,7 @@ from search.rerank import check_rerank
 from search.sampling import Sampling, Weighting
 from search.store import LABEL_KEYS
 
-MAX_K = 1000  # neighbours per slice; the vote needs few, a large k only dilutes it
-MAX_TOP = 10_000  # volumes in the ranking
+__all__ = ["MAX_K", "MAX_TOP", "QueryOptions", "configured_options", "default_weighting"]
 
 
 @dataclass

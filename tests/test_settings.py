@@ -93,3 +93,18 @@ def test_configuration_page_is_current() -> None:
     assert r.stdout.strip() == page.strip()
     for name in ("MEDIR_PLUGINS", "MEDIR_ALLOW_DOWNLOADS", "MEDIR_SEARCH__SAMPLING"):
         assert f"`{name}`" in page
+
+
+@pytest.mark.parametrize("field", ["k", "top"])
+def test_query_limits_are_one_pair_for_settings_and_options(field: str) -> None:
+    """A k or top the settings accept is one a query accepts, and one past the query's limit
+    is refused by the settings already (not by every query later)."""
+    from pydantic import ValidationError
+
+    from medir.config import MAX_K, MAX_TOP
+
+    limit = {"k": MAX_K, "top": MAX_TOP}[field]
+    search = SearchSettings(**{field: limit})
+    assert getattr(configured_options(search, intensity="auto"), field) == limit
+    with pytest.raises(ValidationError):
+        SearchSettings(**{field: limit + 1})

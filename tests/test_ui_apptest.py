@@ -238,3 +238,17 @@ def test_ingest_page_ingests_a_folder_with_errors_per_file(
         "broken.nii.gz": "failed", "tiny_ok.nii.gz": "indexed"}
     at = _page("collection_page").run()
     assert at.dataframe[0].value.iloc[0]["volumes"] == 1
+
+
+def test_search_page_takes_any_k_and_top_the_settings_allow(
+        sample_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The k and top a query accepts are one pair of limits (medir.config.MAX_K/MAX_TOP):
+    settings at those limits open the Search page with their values, not an exception."""
+    from medir.config import MAX_K, MAX_TOP
+
+    monkeypatch.setenv("MEDIR_SEARCH__K", str(MAX_K))
+    monkeypatch.setenv("MEDIR_SEARCH__TOP", str(MAX_TOP))
+    get_settings.cache_clear()
+    at = _page("search_page").run()
+    assert not at.exception, at.exception
+    assert (at.number_input(key="k").value, at.number_input(key="top").value) == (MAX_K, MAX_TOP)

@@ -25,7 +25,7 @@ import numpy as np
 import streamlit as st
 from numpy.typing import NDArray
 
-from medir.config import DEFAULT_SAMPLING, Settings
+from medir.config import DEFAULT_SAMPLING, MAX_K, MAX_TOP, Settings
 from medir.errors import MedirError
 from runner.library import (
     LABEL_KEYS,
@@ -184,8 +184,8 @@ def _query_inputs(s: Settings, stats: dict[str, Any], stored: list[str]
         c1, c2 = st.columns(2)
         weighting = _weighting_input(s, c1, c2)
         c1, c2 = st.columns(2)
-        k = int(c1.number_input("k neighbours per slice", 1, 100, s.search.k, key="k"))
-        top = int(c2.number_input("Top-N volumes", 1, 100, s.search.top, key="top"))
+        k = int(c1.number_input("k neighbours per slice", 1, MAX_K, s.search.k, key="k"))
+        top = int(c2.number_input("Top-N volumes", 1, MAX_TOP, s.search.top, key="top"))
         filters = _filter_inputs(collection_of(stats, model, s))
         cross = st.checkbox("Cross-modality search", value=False, key="cross_modality",
                             help="By default a CT query (voxels in Hounsfield units) only meets "
