@@ -494,6 +494,9 @@ def test_cli_ingest_json_volumes_prune(cases: Path, tmp_path: Path) -> None:
     r = medir("info", "--json")
     stats = json.loads(r.stdout)
     assert stats["collections"][0]["volumes"] == 3
+    # "is the queue on?" is the runner's answer: an empty MEDIR_REDIS_URL is off for both
+    r = medir("info", "--json", env={"MEDIR_REDIS_URL": ""})
+    assert r.returncode == 0 and json.loads(r.stdout)["queue"] is False, r.stdout + r.stderr
     shutil.rmtree(cases / "p003")
     r = medir("prune")
     assert r.returncode == 0 and "would remove p003/ct" in r.stdout

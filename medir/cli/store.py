@@ -28,18 +28,20 @@ def info(
 ) -> None:
     """Store mode, collections, volumes and points per model, label facets."""
     from runner import get_runner
+    from runner.base import queue_on
 
     settings = get_settings()
     with get_runner(settings) as runner:
         stats = runner.stats()
     if as_json:
         print(json.dumps({**stats, "default_model": settings.model,
-                          "queue": settings.redis_url is not None}, indent=2, default=str))
+                          "queue": queue_on(settings)}, indent=2, default=str))
         return
     out.print(safe_text(mask_secrets(f"store: {stats['mode']} at {stats['location']}")),
               highlight=False)
     out.print(safe_text(f"default model: {settings.model}; queue: "
-                        f"{safe_url(settings.redis_url) or 'off'}"), highlight=False)
+                        f"{safe_url(settings.redis_url) if queue_on(settings) else 'off'}"),
+              highlight=False)
     if not stats["collections"]:
         out.print("no collections yet: medir ingest PATH...")
     for c in stats["collections"]:
