@@ -172,11 +172,9 @@ class QueueRunner(Runner):
     def workers_alive(self) -> bool:
         """Whether any worker answers a ping."""
         from runner.queue.app import get_app
+        from runner.queue.watch import workers_alive
 
-        try:
-            return bool(get_app(self.settings).control.ping(timeout=1.0))
-        except Exception:
-            return False
+        return workers_alive(get_app(self.settings))
 
     def close(self) -> None:
         self._local.close()
